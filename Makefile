@@ -1,0 +1,33 @@
+# Two entry points, as README.rst says: `make demo` and `make test`.
+# Each installs what it needs into a virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test docs bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install -q -e ".[$*]"
+	touch $@
+
+install: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed-plot
+	$(BIN)/skseg demo --output skseg-demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+docs: $(VENV)/.installed-docs
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_segmenter.py
+
+clean:
+	rm -rf $(VENV) docs/_build docs/auto_examples docs/gen_modules skseg-demo

@@ -1,0 +1,18 @@
+"""skseg: unsupervised semantic segmentation with self-supervised ViT features.
+
+The public API is re-exported here; implementations live in private modules.
+"""
+
+from ._backbone import WeightsUnavailableError
+from ._features import FeatureSequence, ImageFeatures
+from ._transformer import ViTPatchTransformer
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "FeatureSequence",
+    "ImageFeatures",
+    "ViTPatchTransformer",
+    "WeightsUnavailableError",
+    "__version__",
+]

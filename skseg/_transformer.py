@@ -1,0 +1,321 @@
+"""ViTPatchTransformer: per-image patch attention features from a timm ViT."""
+
+from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._backbone import (
+    FACETS,
+    check_facet_support,
+    check_model_name,
+    forward_facets,
+    get_model,
+    resolve_device,
+    weights_identity,
+)
+from ._cache import FeatureCache
+from ._features import FeatureSequence, ImageFeatures
+from ._images import check_images, content_hash, load_rgb
+from ._validation import HasMethods, Interval, StrOptions, validate_params
+
+
+def _round_to_patch(side, patch):
+    return max(patch, int(round(side / patch)) * patch)
+
+
+class ViTPatchTransformer(TransformerMixin, BaseEstimator):
+    """Patch attention features of a self-supervised Vision Transformer.
+
+    Runs a `timm <https://github.com/huggingface/pytorch-image-models>`_ ViT
+    (DINO, DINOv2, DINOv3 or any plain ViT) over a list of images and returns,
+    per image, a grid of patch features taken from one attention block, the
+    final CLS token and, optionally, the CLS-to-patch attention of the last
+    block.
+
+    Parameters
+    ----------
+    model : str, default="vit_small_patch8_224.dino"
+        A timm model name, with or without a pretrained tag, e.g.
+        ``"vit_small_patch16_224.dino"``, ``"vit_small_patch14_reg4_dinov2.lvd142m"``
+        or ``"vit_small_patch16_dinov3.lvd1689m"``.
+    pretrained : bool, default=True
+        Load pretrained weights from the Hugging Face hub (or its local
+        cache). Ignored when ``weights`` is given. ``False`` gives random
+        weights, useful only for testing.
+    weights : str or path-like, default=None
+        A local weights file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) in
+        timm's format or the original DINO / DINOv2 / DINOv3 release format,
+        converted by timm's checkpoint filter. Pickle files are read with
+        ``torch.load(weights_only=True)``.
+    facet : {"key", "query", "value", "token"}, default="key"
+        What to read from block ``layer``: the attention keys, queries or
+        values (heads concatenated), or the block's output tokens.
+    layer : int, default=-1
+        Index of the block to read, negative from the end.
+    attention : bool, default=False
+        Also return the last block's CLS-to-patch attention averaged over
+        heads (computed from the CLS query alone, never the full matrix).
+    image_size : int, (int, int) or None, default=224
+        An int resizes every image to a square of that side, a pair to
+        ``(height, width)``; ``None`` keeps each image's aspect ratio. Sides are
+        rounded to a multiple of the patch size. Images are resized whole, never
+        cropped, so the patch grid covers the full image.
+    batch_size : int, default=16
+        Images per forward pass.
+    device : {"auto", "cpu", "cuda", "mps"}, default="auto"
+        Where to run the model; ``"auto"`` takes CUDA, then MPS, then CPU.
+    dtype : {"float32", "float16"}, default="float32"
+        Type of the returned arrays; ``"float16"`` halves their memory.
+    memory : None, str, path-like or joblib.Memory, default=None
+        A per-image feature cache keyed by image content and every parameter
+        that changes the features, so no forward pass is ever run twice.
+    verbose : bool, default=False
+        Show a progress bar.
+
+    Attributes
+    ----------
+    patch_size_ : int
+        Side of a patch in pixels.
+    n_prefix_tokens_ : int
+        CLS and register tokens dropped from the patch grid.
+    n_features_out_ : int
+        Dimension of a patch feature.
+    mean_, std_ : tuple of float
+        The model's own normalisation.
+
+    See Also
+    --------
+    MultilevelSegmenter : Clusters these features into label masks.
+    ImageFeatures : The per-image record returned by :meth:`transform`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skseg import ViTPatchTransformer
+    >>> images = [np.random.default_rng(0).random((64, 48, 3))]
+    >>> vit = ViTPatchTransformer("vit_small_patch16_224.dino", pretrained=False,
+    ...                           image_size=64)
+    >>> features = vit.fit_transform(images)
+    >>> features[0].patches.shape, features[0].image_shape
+    ((4, 4, 384), (64, 48))
+    """
+
+    _parameter_constraints = {
+        "model": [str],
+        "pretrained": ["boolean"],
+        "weights": [str, HasMethods("__fspath__"), None],
+        "facet": [StrOptions(set(FACETS))],
+        "layer": [Integral],
+        "attention": ["boolean"],
+        "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
+        "dtype": [StrOptions({"float32", "float16"})],
+        "memory": [None, str, HasMethods("__fspath__"), HasMethods(["cache"])],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        model="vit_small_patch8_224.dino",
+        *,
+        pretrained=True,
+        weights=None,
+        facet="key",
+        layer=-1,
+        attention=False,
+        image_size=224,
+        batch_size=16,
+        device="auto",
+        dtype="float32",
+        memory=None,
+        verbose=False,
+    ):
+        self.model = model
+        self.pretrained = pretrained
+        self.weights = weights
+        self.facet = facet
+        self.layer = layer
+        self.attention = attention
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.memory = memory
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.requires_fit = True
+        tags.transformer_tags.preserves_dtype = []
+        tags.non_deterministic = False
+        return tags
+
+    def _check_image_size(self):
+        size = self.image_size
+        if isinstance(size, (tuple, list)):
+            if len(size) != 2 or not all(isinstance(s, Integral) and s >= 1 for s in size):
+                raise ValueError(
+                    f"image_size={size!r} must be an int, a (height, width) pair of "
+                    "positive ints, or None."
+                )
+
+    def _backbone(self):
+        return get_model(
+            self.model,
+            pretrained=self.pretrained,
+            weights=self.weights,
+            device=resolve_device(self.device),
+        )
+
+    def fit(self, X=None, y=None):
+        """Validate the parameters and build (or load) the model.
+
+        Parameters
+        ----------
+        X : ignored
+            Present for API consistency; no statistics are learned from images.
+        y : ignored
+
+        Returns
+        -------
+        self : ViTPatchTransformer
+        """
+        validate_params(self)
+        self._check_image_size()
+        check_model_name(self.model)
+        model = self._backbone()
+        check_facet_support(model, self.model, self.facet, self.layer, self.attention)
+        from timm.data import resolve_model_data_config
+
+        config = resolve_model_data_config(model)
+        self.patch_size_ = int(model.patch_embed.patch_size[0])
+        self.n_prefix_tokens_ = int(model.num_prefix_tokens)
+        self.mean_ = tuple(float(m) for m in config["mean"])
+        self.std_ = tuple(float(s) for s in config["std"])
+        block = model.blocks[self.layer]
+        if self.facet == "token":
+            self.n_features_out_ = int(model.embed_dim)
+        else:
+            self.n_features_out_ = int(block.attn.num_heads * block.attn.head_dim)
+        return self
+
+    def _target_size(self, shape):
+        patch = self.patch_size_
+        if self.image_size is None:
+            size = shape
+        elif isinstance(self.image_size, Integral):
+            size = (self.image_size, self.image_size)
+        else:
+            size = tuple(self.image_size)
+        return tuple(_round_to_patch(side, patch) for side in size)
+
+    def _cache_config(self):
+        import timm
+
+        return (
+            "skseg-features-v1",
+            timm.__version__,
+            self.model,
+            bool(self.pretrained) and self.weights is None,
+            weights_identity(self.weights),
+            self.facet,
+            self.layer % len(self._backbone().blocks),
+            bool(self.attention),
+            self.image_size if not isinstance(self.image_size, list) else tuple(self.image_size),
+            self.dtype,
+        )
+
+    def _prepare(self, image, size, device):
+        """Load, resize (antialiased, no crop) and normalise one image."""
+        rgb = torch.from_numpy(load_rgb(image)).permute(2, 0, 1)[None]
+        if rgb.shape[2:] != size:
+            rgb = F.interpolate(rgb, size=size, mode="bilinear", antialias=True,
+                                align_corners=False)
+        mean = torch.tensor(self.mean_).view(1, 3, 1, 1)
+        std = torch.tensor(self.std_).view(1, 3, 1, 1)
+        return ((rgb - mean) / std)[0].to(device, non_blocking=True)
+
+    def transform(self, X):
+        """Extract patch features for every image.
+
+        Parameters
+        ----------
+        X : list of str, path-like, PIL.Image.Image or ndarray
+            Images: files (EXIF orientation honoured), PIL images, or arrays
+            ``HxW``, ``HxWx3``, ``HxWx4`` of ``uint8``, ``uint16`` or floats in
+            [0, 1]. All are checked before any forward pass.
+
+        Returns
+        -------
+        features : FeatureSequence of ImageFeatures
+            One record per image, in input order.
+        """
+        check_is_fitted(self, "patch_size_")
+        shapes = check_images(X, min_side=self.patch_size_)
+        model = self._backbone()
+        device = next(model.parameters()).device
+        cache = FeatureCache(self.memory, self._cache_config())
+        keys = [content_hash(image) for image in X] if cache.enabled else [None] * len(X)
+
+        records = [cache.get(key) if cache.enabled else None for key in keys]
+        todo = [i for i, record in enumerate(records) if record is None]
+        # Images of one target size share a batch, so every batch is one tensor.
+        by_size = {}
+        for i in todo:
+            by_size.setdefault(self._target_size(shapes[i]), []).append(i)
+        batches = [
+            (size, indices[start:start + self.batch_size])
+            for size, indices in by_size.items()
+            for start in range(0, len(indices), self.batch_size)
+        ]
+        dtype = np.dtype(self.dtype)
+        from tqdm.auto import tqdm
+
+        with ThreadPoolExecutor(max_workers=4) as pool, tqdm(
+            total=len(todo), disable=not self.verbose, unit="img", desc="ViT features"
+        ) as progress:
+
+            def submit(batch):
+                size, indices = batch
+                return [pool.submit(self._prepare, X[i], size, device) for i in indices]
+
+            pending = submit(batches[0]) if batches else None
+            for b, (size, indices) in enumerate(batches):
+                tensors = [future.result() for future in pending]
+                # Decode the next batch while this one runs through the model.
+                pending = submit(batches[b + 1]) if b + 1 < len(batches) else None
+                patches, cls, attention = forward_facets(
+                    model, torch.stack(tensors), facet=self.facet, layer=self.layer,
+                    attention=self.attention,
+                )
+                patches = patches.float().cpu().numpy().astype(dtype, copy=False)
+                cls = cls.float().cpu().numpy().astype(dtype, copy=False)
+                if attention is not None:
+                    attention = attention.float().cpu().numpy().astype(dtype, copy=False)
+                for j, i in enumerate(indices):
+                    records[i] = {
+                        "patches": patches[j].copy(),
+                        "cls": cls[j].copy(),
+                        "attention": None if attention is None else attention[j].copy(),
+                    }
+                    cache.put(keys[i], records[i])
+                progress.update(len(indices))
+
+        return FeatureSequence(
+            ImageFeatures(
+                patches=record["patches"],
+                cls=record["cls"],
+                attention=record["attention"],
+                image_shape=shapes[i],
+                image=X[i],
+                patch_size=self.patch_size_,
+            )
+            for i, record in enumerate(records)
+        )

@@ -1,0 +1,26 @@
+import os
+
+# No test may reach the network: the hub client must fail at once, not retry.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Small and fast: a DINO ViT-S/16 with random weights on 64-pixel images.
+TINY_MODEL = "vit_small_patch16_224.dino"
+
+
+@pytest.fixture
+def tiny_vit_kwargs():
+    return dict(model=TINY_MODEL, pretrained=False, image_size=64, device="cpu")
+
+
+@pytest.fixture
+def rgb_images():
+    rng = np.random.default_rng(0)
+    return [
+        (rng.random((48 + 8 * i, 64 - 4 * i, 3)) * 255).astype(np.uint8) for i in range(4)
+    ]
