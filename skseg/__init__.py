@@ -5,6 +5,7 @@ The public API is re-exported here; implementations live in private modules.
 
 from ._backbone import WeightsUnavailableError
 from ._features import FeatureSequence, ImageFeatures
+from ._segmenter import MultilevelSegmenter
 from ._transformer import ViTPatchTransformer
 
 __version__ = "0.1.0.dev0"
@@ -12,6 +13,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "FeatureSequence",
     "ImageFeatures",
+    "MultilevelSegmenter",
     "ViTPatchTransformer",
     "WeightsUnavailableError",
     "__version__",

@@ -1,0 +1,298 @@
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from sklearn.base import clone
+from sklearn.cluster import KMeans
+
+import skseg._segmenter
+from skseg import ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
+from skseg._clustering import batched_two_means
+from skseg._refine import pamr
+from skseg.datasets import make_patch_features
+from skseg.metrics import mean_iou
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return make_patch_features(n_images=60, n_classes=4, random_state=0)
+
+
+def _seg(**kwargs):
+    params = dict(n_classes=4, refine=None, random_state=0, device="cpu")
+    params.update(kwargs)
+    return MultilevelSegmenter(**params)
+
+
+def test_planted_structure_is_recovered_where_plain_kmeans_fails(planted):
+    X, masks = planted
+    labels = _seg().fit_predict(X)
+    assert mean_iou(masks, labels) > 0.9
+    flat = np.concatenate([f.patches.reshape(-1, f.patches.shape[2]) for f in X])
+    single = KMeans(5, n_init=4, random_state=0).fit(flat).labels_
+    baseline = [part.reshape(14, 14) for part in np.split(single, len(X))]
+    assert mean_iou(masks, baseline) < 0.5
+
+
+@pytest.mark.parametrize("consensus", ["vote", "intersection", "image"])
+@pytest.mark.parametrize("foreground", ["border", "attention"])
+def test_every_consensus_and_foreground_rule(planted, consensus, foreground):
+    X, masks = planted
+    labels = _seg(consensus=consensus, foreground=foreground).fit_predict(X)
+    assert mean_iou(masks, labels) > 0.85
+
+
+def test_each_level_finds_the_foreground(planted):
+    X, masks = planted
+    seg = _seg().fit(X)
+    levels = seg.predict_levels(X)
+    for name in ("dataset", "category", "image"):
+        accuracy = np.mean([(lv[name] == (m > 0)).mean() for lv, m in zip(levels, masks)])
+        assert accuracy > 0.95, name
+    vote = np.mean([lv["consensus"] for lv in levels])
+    assert 0 < vote < 1
+    assert all(0 <= lv["category_index"] < seg.n_categories_ for lv in levels)
+    np.testing.assert_array_equal(
+        [lv["category_index"] for lv in levels], seg.categories_
+    )
+
+
+def test_consensus_rules_combine_levels_as_documented(planted):
+    X, _ = planted
+    for consensus in ("vote", "intersection", "image"):
+        seg = _seg(consensus=consensus).fit(X)
+        for lv in seg.predict_levels(X[:10]):
+            votes = lv["dataset"].astype(int) + lv["category"] + lv["image"]
+            expected = {"vote": votes >= 2, "intersection": votes == 3,
+                        "image": lv["image"]}[consensus]
+            np.testing.assert_array_equal(lv["consensus"] >= 0.5, expected)
+
+
+def test_levels_are_kept_consistent_by_agreement():
+    # Flip the feature space: whatever K-means calls cluster 0 or 1, the
+    # category and image levels must follow the dataset level's foreground.
+    X, masks = make_patch_features(n_images=30, n_classes=3, random_state=3)
+    flipped = [ImageFeatures(patches=-f.patches, cls=f.cls) for f in X]
+    for data in (X, flipped):
+        levels = _seg(n_classes=3).fit(data).predict_levels(data)
+        agree = [np.mean(lv["category"] == lv["image"]) for lv in levels]
+        assert np.mean(agree) > 0.95
+
+
+def test_objects_are_labelled_region_by_region():
+    X, masks = make_patch_features(n_images=80, n_classes=4, max_objects=2, random_state=1)
+    labels = _seg().fit_predict(X)
+    two_classes = [i for i, m in enumerate(masks) if len(np.unique(m)) == 3]
+    assert two_classes
+    assert np.mean([len(np.unique(labels[i])) == 3 for i in two_classes]) > 0.8
+
+
+def test_min_region_size_drops_small_regions(planted):
+    X, _ = planted
+    with pytest.raises(ValueError, match="No foreground region"):
+        _seg(min_region_size=14 * 14 + 1).fit(X)
+    sizes = _seg(min_region_size=0.2).fit_predict(X)
+    for mask in sizes:
+        regions, n = ndimage.label(mask > 0, structure=np.ones((3, 3)))
+        assert all(np.sum(regions == r) >= 0.2 * 196 for r in range(1, n + 1))
+
+
+def test_predict_reuses_fitted_centroids(planted, monkeypatch):
+    X, masks = planted
+    seg = _seg().fit(X[:40])
+    fitted = {k: np.copy(v) for k, v in vars(seg).items()
+              if k.endswith("_") and isinstance(v, np.ndarray)}
+    calls = []
+    real = skseg._segmenter.fit_kmeans
+    monkeypatch.setattr(skseg._segmenter, "fit_kmeans",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    held_out = seg.predict(X[40:])
+    assert not calls  # no K-means is fitted at predict time
+    for key, value in fitted.items():
+        np.testing.assert_array_equal(getattr(seg, key), value)
+    assert mean_iou(masks[40:], held_out) > 0.85
+    # Predicting the training images gives the training masks.
+    for a, b in zip(seg.predict(X[:40]), seg.labels_):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_predict_equals_fit_labels_and_is_deterministic(planted):
+    X, _ = planted
+    a = _seg().fit_predict(X)
+    b = _seg().fit(X).labels_
+    c = _seg(n_jobs=2).fit(X).labels_
+    for x, y, z in zip(a, b, c):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(x, z)
+    other = _seg(random_state=5).fit(X)
+    assert other.labels_[0].dtype == np.uint8
+
+
+def test_four_d_array_input(planted):
+    X, masks = planted
+    array = np.stack([f.patches for f in X])
+    labels = _seg().fit_predict(array)
+    assert labels[0].shape == (14, 14)
+    assert mean_iou(masks, labels) > 0.85
+    with pytest.raises(ValueError, match="4-D"):
+        _seg().fit(array[0])
+
+
+def test_masks_come_back_at_image_resolution(planted):
+    X, masks = planted
+    big = [ImageFeatures(patches=f.patches, cls=f.cls, image_shape=(112, 84)) for f in X]
+    labels = _seg().fit_predict(big)
+    assert labels[0].shape == (112, 84)
+    # Nearest-patch downsampling of the labels agrees with the planted masks.
+    rows = (np.arange(14) * 8 + 4)
+    cols = (np.arange(14) * 6 + 3)
+    small = [lab[np.ix_(rows, cols)] for lab in labels]
+    assert mean_iou(masks, small) > 0.85
+
+
+def _scene(rng, size=48):
+    """A flat-coloured square on a flat background, with its true mask."""
+    image = np.full((size, size, 3), 0.2, np.float32)
+    truth = np.zeros((size, size), bool)
+    y, x = rng.integers(8, 20, size=2)
+    truth[y:y + 20, x:x + 20] = True
+    image[truth] = (0.9, 0.5, 0.1)
+    return np.clip(image + 0.02 * rng.standard_normal(image.shape), 0, 1).astype(np.float32), truth
+
+
+def test_pamr_moves_mask_edges_onto_image_edges():
+    rng = np.random.default_rng(0)
+    image, truth = _scene(rng)
+    coarse = torch.nn.functional.interpolate(
+        torch.from_numpy(truth[None, None].astype(np.float32)), size=(6, 6), mode="area")
+    soft = torch.nn.functional.interpolate(coarse, size=(48, 48), mode="bilinear")
+    probs = torch.cat([1 - soft, soft], 1)
+    refined = pamr(torch.from_numpy(image).permute(2, 0, 1)[None], probs)
+    before = ((soft[0, 0] > 0.5).numpy() == truth).mean()
+    after = ((refined[0, 1] > refined[0, 0]).numpy() == truth).mean()
+    assert after > before + 0.02 and after > 0.97
+    assert torch.equal(pamr(torch.zeros(1, 3, 48, 48), probs, n_iter=0), probs)
+
+
+def test_refinement_uses_pixels_and_warns_without_them(planted):
+    rng = np.random.default_rng(0)
+    features, truths = [], []
+    for _ in range(12):
+        image, truth = _scene(rng)
+        # Blocky patch features that only roughly follow the square.
+        grid = truth.reshape(6, 8, 6, 8).mean((1, 3)) > 0.5
+        patches = np.where(grid[..., None], 1.0, -1.0) * np.ones((6, 6, 8))
+        patches = patches + 0.05 * rng.standard_normal(patches.shape)
+        features.append(ImageFeatures(patches=patches, image=image, image_shape=(48, 48)))
+        truths.append(truth.astype(int))
+    plain = _seg(n_classes=1).fit_predict(features)
+    refined = _seg(n_classes=1, refine="pamr").fit_predict(features)
+    assert mean_iou(truths, refined) > mean_iou(truths, plain)
+    X, _ = planted
+    with pytest.warns(UserWarning, match="refinement is skipped"):
+        _seg(refine="pamr").fit(X)
+
+
+def test_crop_region_descriptors_re_encode_with_a_vit():
+    rng = np.random.default_rng(0)
+    features = []
+    for _ in range(6):
+        image, truth = _scene(rng, size=64)
+        grid = truth.reshape(8, 8, 8, 8).mean((1, 3)) > 0.5
+        patches = np.where(grid[..., None], 1.0, -1.0) * np.ones((8, 8, 4))
+        features.append(ImageFeatures(patches=patches + 0.05 * rng.standard_normal(patches.shape),
+                                      image=image, image_shape=(64, 64)))
+    encoder = ViTPatchTransformer("vit_small_patch16_224.dino", pretrained=False,
+                                  image_size=32, device="cpu")
+    seg = _seg(n_classes=2, region="crop", region_encoder=encoder).fit(features)
+    assert seg.class_centroids_.shape == (2, 384)
+    assert not hasattr(encoder, "patch_size_")  # the given encoder is cloned, not fitted
+    labels = seg.predict(features[:2])
+    assert set(np.unique(labels[0])) <= {0, 1, 2} and labels[0].max() > 0
+    with pytest.raises(ValueError, match="region_encoder"):
+        _seg(region="crop").fit(features)
+
+
+def test_batched_two_means_matches_a_per_image_loop():
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.standard_normal((5, 30, 4)).astype(np.float32))
+    X[:, :10] += 3
+    init = torch.zeros(5, 30, dtype=torch.bool)
+    init[:, :12] = True
+    init[4] = False  # the level above saw no foreground here
+    split, centroids = batched_two_means(X, init, max_iter=50)
+    for b in range(5):
+        km = KMeans(2, init=centroids[b].numpy(), n_init=1).fit(X[b].numpy())
+        assert (km.labels_ == split[b].numpy()).all() or (km.labels_ != split[b].numpy()).all()
+        assert split[b, :10].all() != split[b, 10:].any()
+
+
+def test_bad_input_is_refused_before_clustering(planted, monkeypatch):
+    X, _ = planted
+    monkeypatch.setattr(skseg._segmenter, "fit_kmeans",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("clustered")))
+    nan = np.array(X[3].patches)
+    nan[0, 0, 0] = np.nan
+    cases = [
+        ([], ValueError, "empty"),
+        ("images", TypeError, "sequence of ImageFeatures"),
+        ([X[0], np.zeros((4, 4, 64))], TypeError, r"X\[1\] is a ndarray"),
+        ([X[0], ImageFeatures(patches=np.ones((4, 4, 8)), cls=np.ones(64))], ValueError,
+         "image 1 has 8-dimensional"),
+        ([X[0], ImageFeatures(patches=nan, cls=X[3].cls)], ValueError, "image 1 has NaN"),
+        ([X[0], ImageFeatures(patches=np.ones((1, 1, 64)), cls=X[0].cls)], ValueError,
+         "at least 2 patches"),
+        ([X[0], ImageFeatures(patches=X[1].patches)], ValueError, "lacks a CLS token"),
+    ]
+    for data, error, message in cases:
+        with pytest.raises(error, match=message):
+            _seg().fit(data)
+    with pytest.raises(ValueError, match="no attention map"):
+        _seg(foreground="attention").fit([X[0], ImageFeatures(patches=X[1].patches, cls=X[1].cls)])
+    for params in ({"n_classes": 0}, {"n_dataset_clusters": 1}, {"consensus": "all"},
+                   {"refine": "crf"}, {"min_region_size": 1.5}, {"refine_dilations": (0,)}):
+        with pytest.raises(ValueError):
+            _seg(**params).fit(X)
+
+
+def test_predict_checks_the_feature_dimension(planted):
+    X, _ = planted
+    seg = _seg().fit(X)
+    other, _ = make_patch_features(n_images=3, n_features=32, random_state=0)
+    with pytest.raises(ValueError, match="fitted on 64"):
+        seg.predict(other)
+    with pytest.raises(ValueError, match="CLS tokens in both"):
+        seg.predict(np.stack([f.patches for f in X[:2]]))
+
+
+def test_corner_settings_are_legal(planted):
+    X, _ = planted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _seg(consensus="image", n_categories=1).fit_predict(X)
+        _seg(n_dataset_clusters=5, n_classes=1).fit_predict(X[:10])
+    with pytest.warns(UserWarning, match="exceeds the 3 images"):
+        _seg(n_categories=10).fit(X[:3])
+    with pytest.warns(UserWarning, match="fewer than n_classes"):
+        seg = _seg(n_classes=50).fit(X[:5])
+    assert seg.n_classes_ < 50
+
+
+def test_estimator_conventions(planted):
+    X, _ = planted
+    seg = MultilevelSegmenter()
+    assert not [k for k in vars(seg) if k.endswith("_")]
+    assert repr(_seg()).startswith("MultilevelSegmenter(")
+    fitted = _seg().fit(X)
+    restored = pickle.loads(pickle.dumps(fitted))
+    for a, b in zip(restored.predict(X[:5]), fitted.predict(X[:5])):
+        np.testing.assert_array_equal(a, b)
+    cloned = clone(fitted)
+    assert not hasattr(cloned, "labels_") and cloned.get_params() == fitted.get_params()
+    assert fitted.n_features_in_ == 64
+    assert fitted.dataset_centroids_.shape == (2, 64)
+    assert fitted.category_centroids_.shape == (4, 2, 64)
+    assert fitted.dataset_foreground_.dtype == bool and fitted.dataset_foreground_.sum() == 1
