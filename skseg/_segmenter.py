@@ -173,7 +173,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     refine_iter : int, default=10
         PAMR propagation steps.
     refine_dilations : tuple of int, default=(1, 2, 4, 8, 12, 24)
-        PAMR neighbourhood dilations in pixels.
+        PAMR neighbourhood dilations in pixels (of the working resolution).
+    refine_max_side : int, default=128
+        PAMR runs on the image and mask shrunk so that their longer side is
+        at most this (the original applies it to coarse masks, too); the
+        refined mask is then upsampled to full size.
     region : {"pooled", "crop"}, default="pooled"
         Region descriptor: the coverage-weighted mean of the region's patch
         features (fast), or the CLS token of the region's bounding-box crop
@@ -183,14 +187,15 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     min_region_size : int or float, default=0.01
         Smallest object region kept: pixels if an int, a fraction of the image
         area if a float. Smaller regions become background.
-    max_samples : int, default=100_000
+    max_samples : int, default=20_000
         Patches drawn at random to fit the dataset-level and each category's
         K-means; every patch is then assigned to the nearest centroid.
     max_iter : int, default=20
         Iterations of the image-level 2-means.
     n_init : "auto" or int, default=4
-        Restarts of the scikit-learn K-means fits (a few restarts keep the
-        class clustering out of poor local minima at little cost).
+        Restarts of the K-means fits of image categories and region classes
+        (a few restarts keep them out of poor local minima at little cost).
+        The foreground/background fits over patches use one k-means++ start.
     metric : {"cosine", "euclidean"}, default="cosine"
         ``"cosine"`` normalises patch features and descriptors to unit length
         before clustering.
@@ -251,6 +256,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         "refine": [StrOptions({"pamr"}), None],
         "refine_iter": [Interval(Integral, 0, None, closed="left")],
         "refine_dilations": [tuple, list],
+        "refine_max_side": [Interval(Integral, 1, None, closed="left")],
         "region": [StrOptions({"pooled", "crop"})],
         "region_encoder": [None, HasMethods(["fit", "transform"])],
         "min_region_size": [
@@ -278,10 +284,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         refine="pamr",
         refine_iter=10,
         refine_dilations=(1, 2, 4, 8, 12, 24),
+        refine_max_side=128,
         region="pooled",
         region_encoder=None,
         min_region_size=0.01,
-        max_samples=100_000,
+        max_samples=20_000,
         max_iter=20,
         n_init=4,
         metric="cosine",
@@ -298,6 +305,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.refine = refine
         self.refine_iter = refine_iter
         self.refine_dilations = refine_dilations
+        self.refine_max_side = refine_max_side
         self.region = region
         self.region_encoder = region_encoder
         self.min_region_size = min_region_size
@@ -390,7 +398,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             )
         self.dataset_centroids_ = fit_kmeans(
             data.patches, self.n_dataset_clusters, max_samples=self.max_samples,
-            n_init=self.n_init, random_state=rng,
+            n_init=1, random_state=rng,
         )
         assignment = nearest_centroid(data.patches, self.dataset_centroids_)
         if self.foreground == "border":
@@ -428,7 +436,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 continue
             pair = fit_kmeans(
                 data.patches[rows], 2, max_samples=self.max_samples,
-                n_init=self.n_init, random_state=rng,
+                n_init=1, random_state=rng,
             )
             split = nearest_centroid(data.patches[rows], pair) == 1
             # Consistency with the level above: the cluster that agrees best
@@ -569,12 +577,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         if has_pixels and (refine or self.region == "crop"):
             rgb = [_pixels(f) for f in features]
         if refine and has_pixels:
-            image = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).to(device)
-            probabilities = pamr(
-                image, torch.cat([1 - scores, scores], 1),
-                n_iter=self.refine_iter, dilations=tuple(self.refine_dilations),
-            )
-            masks = probabilities[:, 1] > probabilities[:, 0]
+            masks = self._refined(np.stack(rgb), scores, device) > 0.5
         else:
             masks = scores[:, 0] > 0.5
         masks = masks.cpu().numpy()
@@ -593,6 +596,27 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 described = pooled_descriptors(region_map, n_regions, data.features[i].patches)
             out.append((region_map, n_regions, described))
         return out
+
+    def _refined(self, rgb, scores, device):
+        """PAMR at a working resolution, as its authors apply it to coarse
+        masks, then back to full size. Only the foreground probability is
+        propagated: affinities sum to one, so the background stays its
+        complement."""
+        height, width = scores.shape[-2:]
+        shrink = min(1.0, self.refine_max_side / max(height, width))
+        work = (max(1, round(height * shrink)), max(1, round(width * shrink)))
+        image = torch.from_numpy(rgb).permute(0, 3, 1, 2).to(device)
+        if work != (height, width):
+            image = F.interpolate(image, size=work, mode="bilinear", antialias=True,
+                                  align_corners=False)
+            scores = F.interpolate(scores, size=work, mode="bilinear", antialias=True,
+                                   align_corners=False)
+        refined = pamr(image, scores, n_iter=self.refine_iter,
+                       dilations=tuple(self.refine_dilations))
+        if work != (height, width):
+            refined = F.interpolate(refined, size=(height, width), mode="bilinear",
+                                    align_corners=False)
+        return refined[:, 0]
 
     def _min_region_pixels(self, height, width):
         if isinstance(self.min_region_size, Integral):
