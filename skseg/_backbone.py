@@ -89,7 +89,11 @@ def _build_model(name, pretrained, weights, device):
                 "for random weights."
             ) from exc
     else:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        # Random weights from a fixed seed, so every process (joblib workers,
+        # a later session) builds the same model and features are reproducible.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(name, pretrained=False, **kwargs)
     for attribute in ("blocks", "patch_embed", "num_prefix_tokens", "forward_features"):
         if not hasattr(model, attribute):
             raise ValueError(

@@ -46,7 +46,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     pretrained : bool, default=True
         Load pretrained weights from the Hugging Face hub (or its local
         cache). Ignored when ``weights`` is given. ``False`` gives random
-        weights, useful only for testing.
+        weights (from a fixed seed, the same in every process), useful only
+        for testing and offline demos.
     weights : str or path-like, default=None
         A local weights file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) in
         timm's format or the original DINO / DINOv2 / DINOv3 release format,

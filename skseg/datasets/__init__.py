@@ -1,5 +1,17 @@
 """Dataset loaders and synthetic data generators."""
 
-from ._synthetic import make_patch_features
+from ._coco import load_coco_stuff
+from ._folder import load_image_folder
+from ._masks import MaskFiles
+from ._synthetic import make_patch_features, make_scenes
+from ._voc import VOC_CLASSES, load_voc
 
-__all__ = ["make_patch_features"]
+__all__ = [
+    "MaskFiles",
+    "VOC_CLASSES",
+    "load_coco_stuff",
+    "load_image_folder",
+    "load_voc",
+    "make_patch_features",
+    "make_scenes",
+]

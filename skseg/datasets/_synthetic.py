@@ -123,3 +123,103 @@ def make_patch_features(
         ))
         masks.append(mask)
     return FeatureSequence(features), masks
+
+
+def _texture(rng, shape, colour, kind, frequency):
+    """A colour modulated by stripes, checks or noise."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w] / max(h, w)
+    angle = rng.uniform(0, np.pi)
+    if kind == 0:
+        pattern = np.sin(2 * np.pi * frequency * (xx * np.cos(angle) + yy * np.sin(angle)))
+    elif kind == 1:
+        pattern = np.sign(np.sin(2 * np.pi * frequency * xx) * np.sin(2 * np.pi * frequency * yy))
+    else:
+        pattern = rng.standard_normal((h, w))
+    return np.clip(colour + 0.12 * pattern[..., None], 0, 1)
+
+
+def make_scenes(
+    n_images=20,
+    n_classes=3,
+    image_size=(96, 96),
+    *,
+    n_backgrounds=2,
+    max_objects=2,
+    min_object_size=0.2,
+    max_object_size=0.45,
+    noise=0.03,
+    random_state=None,
+):
+    """Synthetic photographs with known segmentation masks.
+
+    Like :func:`sklearn.datasets.make_blobs` for segmentation: each image has
+    a textured background of one of ``n_backgrounds`` kinds and 1 to
+    ``max_objects`` non-overlapping objects (ellipses or rectangles), each of
+    a class with its own colour and texture, at random sizes and positions.
+
+    Parameters
+    ----------
+    n_images : int, default=20
+    n_classes : int, default=3
+    image_size : (int, int), default=(96, 96)
+        ``(height, width)``.
+    n_backgrounds : int, default=2
+    max_objects : int, default=2
+    min_object_size, max_object_size : float, default=0.2, 0.45
+        Object side as a fraction of the shorter image side.
+    noise : float, default=0.03
+        Standard deviation of the pixel noise.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    images : list of ndarray of shape (H, W, 3), uint8
+    masks : list of ndarray of shape (H, W), uint8
+        0 for background, ``k + 1`` for class ``k``.
+
+    Examples
+    --------
+    >>> from skseg.datasets import make_scenes
+    >>> images, masks = make_scenes(n_images=4, random_state=0)
+    >>> images[0].shape, masks[0].shape
+    ((96, 96, 3), (96, 96))
+    """
+    if max_objects > n_classes:
+        raise ValueError(f"max_objects={max_objects} exceeds n_classes={n_classes}.")
+    if not 0 < min_object_size <= max_object_size < 1:
+        raise ValueError("need 0 < min_object_size <= max_object_size < 1.")
+    rng = np.random.default_rng(check_random_state(random_state).randint(2**31))
+    h, w = image_size
+    side = min(h, w)
+    # Colours spread around the hue circle so classes are told apart by eye.
+    hues = (np.arange(n_classes) + rng.uniform(0, 1)) / n_classes
+    class_colours = 0.5 + 0.35 * np.stack([np.cos(2 * np.pi * (hues + s / 3)) for s in range(3)], 1)
+    class_kinds = np.arange(n_classes) % 3
+    background_colours = rng.uniform(0.15, 0.45, size=(n_backgrounds, 3))
+    images, masks = [], []
+    for _ in range(n_images):
+        kind = rng.integers(n_backgrounds)
+        image = _texture(rng, (h, w), background_colours[kind], kind % 3, 3 + 2 * kind)
+        mask = np.zeros((h, w), dtype=np.uint8)
+        n_objects = rng.integers(1, max_objects + 1)
+        for label in rng.choice(n_classes, size=n_objects, replace=False):
+            for _attempt in range(20):  # find a place that overlaps nothing
+                oh, ow = (rng.uniform(min_object_size, max_object_size, 2) * side).astype(int)
+                y, x = rng.integers(0, h - oh), rng.integers(0, w - ow)
+                if not mask[max(0, y - 2):y + oh + 2, max(0, x - 2):x + ow + 2].any():
+                    break
+            else:
+                continue
+            yy, xx = np.mgrid[:oh, :ow]
+            if rng.random() < 0.5:  # ellipse
+                shape = ((yy - oh / 2) / (oh / 2)) ** 2 + ((xx - ow / 2) / (ow / 2)) ** 2 <= 1
+            else:
+                shape = np.ones((oh, ow), dtype=bool)
+            texture = _texture(rng, (oh, ow), class_colours[label], class_kinds[label], 6)
+            image[y:y + oh, x:x + ow][shape] = texture[shape]
+            mask[y:y + oh, x:x + ow][shape] = label + 1
+        image = np.clip(image + noise * rng.standard_normal(image.shape), 0, 1)
+        images.append((image * 255).round().astype(np.uint8))
+        masks.append(mask)
+    return images, masks

@@ -51,7 +51,8 @@ def _checked_pairs(y_true, y_pred, ignore_index):
                 raise ValueError(
                     f"{name}[{index}] has negative labels other than ignore_index={ignore_index}."
                 )
-        pairs.append((truth, pred))
+        pairs.append((truth.view(np.uint8) if truth.dtype == bool else truth,
+                      pred.view(np.uint8) if pred.dtype == bool else pred))
     return pairs
 
 
@@ -73,25 +74,33 @@ def confusion_matrix(y_true, y_pred, *, ignore_index=255):
         Labels present in the kept pixels, sorted.
     """
     pairs = _checked_pairs(y_true, y_pred, ignore_index)
-    kept = []
-    for truth, pred in pairs:
+    high_true, low, high = 0, None, None
+    for truth, pred in pairs:  # first pass: the id ranges, nothing copied
         valid = truth != ignore_index
-        kept.append((truth[valid].astype(np.int64), pred[valid].astype(np.int64)))
-    high_true = max((t.max() for t, _ in kept if t.size), default=0)
-    low = min((p.min() for _, p in kept if p.size), default=0)
-    high = max((p.max() for _, p in kept if p.size), default=0)
+        if valid.any():
+            high_true = max(high_true, int(truth.max(where=valid, initial=0)))
+            limits = np.iinfo(pred.dtype)
+            p_low = int(pred.min(where=valid, initial=limits.max))
+            p_high = int(pred.max(where=valid, initial=limits.min))
+            low = p_low if low is None else min(low, p_low)
+            high = p_high if high is None else max(high, p_high)
+    low = 0 if low is None else low
+    high = low if high is None else high
     if high - low < 1 << 16:
         column_ids = np.arange(low, high + 1)
-        columns = [p - low for _, p in kept]
     else:  # sparse, huge ids: index them by rank instead
-        column_ids = np.unique(np.concatenate([p for _, p in kept]))
-        columns = [np.searchsorted(column_ids, p) for _, p in kept]
+        column_ids = np.unique(np.concatenate([p[t != ignore_index] for t, p in pairs]))
     width = len(column_ids)
-    # One bincount per image over a combined (true, pred) index.
-    counts = np.zeros((high_true + 1) * width, dtype=np.int64)
-    for (truth, _), column in zip(kept, columns):
-        counts += np.bincount(truth * width + column, minlength=counts.size)
-    counts = counts.reshape(high_true + 1, width)
+    n_bins = (high_true + 1) * width
+    # One bincount per image over a combined (true, pred) index; void pixels
+    # go to one extra bin that is dropped.
+    counts = np.zeros(n_bins + 1, dtype=np.int64)
+    for truth, pred in pairs:
+        column = pred - low if width == high - low + 1 else np.searchsorted(column_ids, pred)
+        index = truth.astype(np.int64) * width + column
+        index[truth == ignore_index] = n_bins
+        counts += np.bincount(index.ravel(), minlength=n_bins + 1)
+    counts = counts[:n_bins].reshape(high_true + 1, width)
     true_ids = np.flatnonzero(counts.sum(1))
     present = np.flatnonzero(counts.sum(0))
     return counts[np.ix_(true_ids, present)], true_ids, column_ids[present]
