@@ -16,7 +16,7 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/activate
 
 install: $(VENV)/.installed-test
 
-demo: $(VENV)/.installed-plot
+demo: $(VENV)/.installed-test
 	$(BIN)/skseg demo --output skseg-demo
 
 test: $(VENV)/.installed-test

@@ -150,7 +150,10 @@ def cmd_segment(args):
         labels = pipeline.fit(images).named_steps["seg"].labels_
         if args.save_model:
             Path(args.save_model).parent.mkdir(parents=True, exist_ok=True)
-            joblib.dump(pipeline, args.save_model)
+            # Predicting needs the centroids, not the training masks, which
+            # at full resolution can outweigh everything else many times.
+            saved = clone_without_labels(pipeline)
+            joblib.dump(saved, args.save_model)
             _say(args, f"Saved the fitted pipeline to {args.save_model}.")
     kept = 0
     for (path, name), mask in tqdm(list(zip(good, labels)), desc="writing", unit="img",
@@ -170,6 +173,17 @@ def cmd_segment(args):
               file=sys.stderr)
         return 1
     return 0
+
+
+def clone_without_labels(pipeline):
+    """A shallow copy of a fitted pipeline whose segmenter drops ``labels_``."""
+    import copy
+
+    saved = copy.copy(pipeline)
+    segmenter = copy.copy(pipeline.steps[-1][1])
+    vars(segmenter).pop("labels_", None)
+    saved.steps = [*pipeline.steps[:-1], (pipeline.steps[-1][0], segmenter)]
+    return saved
 
 
 def _read_mask(path):
@@ -270,7 +284,9 @@ def build_parser():
     segment.add_argument("--cache", type=Path,
                          help="feature cache folder (default: OUTPUT/.skseg-cache)")
     segment.add_argument("--no-cache", action="store_true", help="do not cache features")
-    segment.add_argument("--save-model", type=Path, help="save the fitted pipeline here")
+    segment.add_argument("--save-model", type=Path,
+                         help="save the fitted pipeline here (its centroids, not the "
+                              "training masks)")
     segment.add_argument("--load-model", type=Path,
                          help="predict with a saved pipeline instead of fitting "
                               "(a pickle: load only files you trust)")

@@ -218,16 +218,18 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     dataset_centroids_ : ndarray of shape (n_dataset_clusters, d)
     dataset_foreground_ : ndarray of shape (n_dataset_clusters,), bool
         Which dataset-level clusters are foreground.
-    category_centers_ : ndarray of shape (n_categories_, d_cls)
+    category_centers_ : ndarray of shape (n_categories, d_cls)
         Centres of the image pseudo-categories.
-    category_centroids_ : ndarray of shape (n_categories_, 2, d)
+    category_centroids_ : ndarray of shape (n_categories, 2, d)
         Background and foreground centroid of each category's 2-means.
     categories_ : ndarray of shape (n_images,)
         Category of each training image.
-    class_centroids_ : ndarray of shape (n_classes_, d_region)
+    class_centroids_ : ndarray of shape (n_classes, d_region)
         Centroids of the region descriptors; class ``k + 1`` is centroid ``k``.
-    n_categories_, n_classes_ : int
-        The numbers actually used.
+    n_categories_ : int
+        Number of categories used (``n_categories``, capped at the images).
+    n_classes_ : int
+        Number of classes used (``n_classes``, capped at the regions found).
     uses_cls_ : bool
         Whether categories were formed from CLS tokens (else mean patches).
 

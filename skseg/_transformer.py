@@ -86,8 +86,10 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         CLS and register tokens dropped from the patch grid.
     n_features_out_ : int
         Dimension of a patch feature.
-    mean_, std_ : tuple of float
-        The model's own normalisation.
+    mean_ : tuple of float
+        The model's normalisation mean.
+    std_ : tuple of float
+        The model's normalisation standard deviation.
 
     See Also
     --------

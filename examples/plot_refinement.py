@@ -1,0 +1,36 @@
+"""
+Refinement: from patch masks to object edges
+============================================
+
+The consensus mask lives on the patch grid (14 x 14 for ViT-S/16 at 224 px).
+Upsampled bilinearly it is blocky; pixel-adaptive mask refinement (PAMR,
+``refine="pamr"``) moves its edges onto the image's own colour edges.
+
+This holds whatever the backbone: here the ViT has random weights, and the
+difference is the same kind with DINO features.
+"""
+
+import matplotlib.pyplot as plt
+
+from skseg import MultilevelSegmenter, ViTPatchTransformer
+from skseg.datasets import make_scenes
+from skseg.metrics import mean_iou
+
+images, truths = make_scenes(n_images=24, n_classes=3, image_size=(160, 160), random_state=0)
+features = ViTPatchTransformer("vit_small_patch16_224.dino", pretrained=False).fit_transform(images)
+plain = MultilevelSegmenter(n_classes=3, refine=None, random_state=0).fit_predict(features)
+refined = MultilevelSegmenter(n_classes=3, refine="pamr", random_state=0).fit_predict(features)
+print(f"mIoU without refinement {mean_iou(truths, plain):.3f}, "
+      f"with PAMR {mean_iou(truths, refined):.3f}")
+
+fig, axes = plt.subplots(3, 3, figsize=(7, 7))
+for row, i in enumerate([3, 4, 5]):
+    for column, (title, picture) in enumerate(
+        [("image", images[i]), ("no refinement", plain[i] > 0), ("PAMR", refined[i] > 0)]
+    ):
+        axes[row, column].imshow(picture, cmap="gray")
+        axes[0, column].set_title(title)
+        axes[row, column].set_xticks([])
+        axes[row, column].set_yticks([])
+plt.tight_layout()
+plt.show()
