@@ -38,7 +38,6 @@ sphinx_gallery_conf = {
     "download_all_examples": False,
     "remove_config_comments": True,
     "within_subsection_order": "FileNameSortKey",
-    "reference_url": {"skseg": None},
 }
 
 templates_path = ["_templates"]

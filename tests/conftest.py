@@ -24,3 +24,23 @@ def rgb_images():
     return [
         (rng.random((48 + 8 * i, 64 - 4 * i, 3)) * 255).astype(np.uint8) for i in range(4)
     ]
+
+
+@pytest.fixture
+def vit_forwards(monkeypatch):
+    """Shapes of the batches that went through the ViT, in order."""
+    import skseg._transformer
+
+    shapes = []
+    real = skseg._transformer.forward_facets
+
+    def recording(model, batch, **kwargs):
+        shapes.append(tuple(batch.shape))
+        return real(model, batch, **kwargs)
+
+    monkeypatch.setattr(skseg._transformer, "forward_facets", recording)
+    return shapes
+
+
+def n_images_through_vit(shapes):
+    return sum(shape[0] for shape in shapes)

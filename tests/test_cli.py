@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import skseg._transformer
 from skseg._cli import main
 from skseg.datasets import make_scenes
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, n_images_through_vit
 
 FAST = ["--model", TINY_MODEL, "--random-weights", "--image-size", "64", "--n-classes", "2",
         "--refine", "none", "--device", "cpu", "-q"]
@@ -27,16 +26,7 @@ def photo_folder(tmp_path):
     return folder
 
 
-@pytest.fixture
-def forwards(monkeypatch):
-    seen = []
-    real = skseg._transformer.forward_facets
-    monkeypatch.setattr(skseg._transformer, "forward_facets",
-                        lambda model, batch, **kw: seen.append(len(batch)) or real(model, batch, **kw))
-    return seen
-
-
-def test_segment_a_folder_writes_palette_pngs(photo_folder, tmp_path, forwards):
+def test_segment_a_folder_writes_palette_pngs(photo_folder, tmp_path, vit_forwards):
     out = tmp_path / "out"
     assert main(["segment", str(photo_folder), "-r", "-o", str(out), "--overlay", *FAST]) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
@@ -46,12 +36,12 @@ def test_segment_a_folder_writes_palette_pngs(photo_folder, tmp_path, forwards):
         assert png.mode == "P" and png.size == (64, 48)
         assert np.asarray(png).max() <= 2
     assert (out / "img0_overlay.jpg").is_file()
-    assert sum(forwards) == 6
+    assert n_images_through_vit(vit_forwards) == 6
     # Run again: finished outputs are kept and the feature cache skips the ViT.
     before = (out / "img0.png").stat().st_mtime_ns
     assert main(["segment", str(photo_folder), "-r", "-o", str(out), *FAST]) == 0
     assert (out / "img0.png").stat().st_mtime_ns == before
-    assert sum(forwards) == 6
+    assert n_images_through_vit(vit_forwards) == 6
     assert main(["segment", str(photo_folder), "-r", "-o", str(out), "--force", *FAST]) == 0
     assert (out / "img0.png").stat().st_mtime_ns != before
 
@@ -76,7 +66,7 @@ def test_globs_and_files_as_inputs(photo_folder, tmp_path):
                                                         "img5.png"]
 
 
-def test_saved_model_predicts_new_images_without_refitting(photo_folder, tmp_path, forwards):
+def test_saved_model_predicts_new_images_without_refitting(photo_folder, tmp_path, vit_forwards):
     model = tmp_path / "model.joblib"
     assert main(["segment", str(photo_folder), "-o", str(tmp_path / "a"),
                  "--save-model", str(model), "--no-cache", *FAST]) == 0
@@ -85,10 +75,10 @@ def test_saved_model_predicts_new_images_without_refitting(photo_folder, tmp_pat
     new.mkdir()
     for i, image in enumerate(new_images):
         Image.fromarray(image).save(new / f"new{i}.png")
-    seen = len(forwards)
+    seen = len(vit_forwards)
     assert main(["segment", str(new), "-o", str(tmp_path / "b"), "--load-model", str(model),
                  "-q"]) == 0
-    assert sum(forwards[seen:]) == 2  # only the new images went through the ViT
+    assert n_images_through_vit(vit_forwards[seen:]) == 2  # only the new images went through the ViT
     assert len(list((tmp_path / "b").glob("*.png"))) == 2
 
 

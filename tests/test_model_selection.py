@@ -6,12 +6,11 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
-import skseg._transformer
 from skseg import MultilevelSegmenter, ViTPatchTransformer
 from skseg.datasets import make_patch_features, make_scenes
 from skseg.metrics import mean_iou, miou_scorer
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, n_images_through_vit
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +25,7 @@ def _pipeline(**vit_params):
     return Pipeline([("vit", vit), ("seg", seg)])
 
 
-@pytest.fixture
-def forward_counter(monkeypatch):
-    images_seen = []
-    real = skseg._transformer.forward_facets
-
-    def counting(model, batch, **kwargs):
-        images_seen.append(batch.shape[0])
-        return real(model, batch, **kwargs)
-
-    monkeypatch.setattr(skseg._transformer, "forward_facets", counting)
-    return images_seen
-
-
-def test_grid_search_over_a_pipeline_on_images(scenes, forward_counter, tmp_path):
+def test_grid_search_over_a_pipeline_on_images(scenes, vit_forwards, tmp_path):
     images, masks = scenes
     search = GridSearchCV(
         _pipeline(memory=tmp_path / "features"),
@@ -50,7 +36,7 @@ def test_grid_search_over_a_pipeline_on_images(scenes, forward_counter, tmp_path
     scores = search.cv_results_["mean_test_score"]
     assert np.all((scores >= 0) & (scores <= 1))
     # 4 candidates x 3 folds + the refit, yet each image went through the ViT once.
-    assert sum(forward_counter) == len(images)
+    assert n_images_through_vit(vit_forwards) == len(images)
     labels = search.predict(images[:2])
     assert labels[0].shape == masks[0].shape
     # The scorer is mean IoU of the fitted pipeline's predictions.

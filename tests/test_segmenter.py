@@ -277,7 +277,7 @@ def test_corner_settings_are_legal(planted):
     with pytest.warns(UserWarning, match="exceeds the 3 images"):
         _seg(n_categories=10).fit(X[:3])
     with pytest.warns(UserWarning, match="fewer than n_classes"):
-        seg = _seg(n_classes=50).fit(X[:5])
+        seg = _seg(n_classes=50, n_categories=2).fit(X[:5])
     assert seg.n_classes_ < 50
 
 

@@ -13,7 +13,7 @@ import skseg._transformer
 from skseg import FeatureSequence, ImageFeatures, ViTPatchTransformer, WeightsUnavailableError
 from skseg._backbone import forward_facets, get_model
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, n_images_through_vit
 
 FAMILIES = [
     # (model, patch, prefix tokens)
@@ -126,19 +126,11 @@ def test_features_do_not_depend_on_batch_or_position(rgb_images):
     np.testing.assert_array_equal(one[2].patches, again[2].patches)
 
 
-def test_keep_aspect_groups_sizes_into_batches(rgb_images, monkeypatch):
-    shapes = []
-    real = skseg._transformer.forward_facets
-
-    def spy(model, batch, **kwargs):
-        shapes.append(tuple(batch.shape))
-        return real(model, batch, **kwargs)
-
-    monkeypatch.setattr(skseg._transformer, "forward_facets", spy)
+def test_keep_aspect_groups_sizes_into_batches(vit_forwards):
     images = [np.zeros((48, 64, 3), np.uint8), np.zeros((64, 48, 3), np.uint8),
               np.zeros((48, 64, 3), np.uint8)]
     features = _vit(image_size=None).fit().transform(images)
-    assert sorted(shapes) == [(1, 3, 64, 48), (2, 3, 48, 64)]
+    assert sorted(vit_forwards) == [(1, 3, 64, 48), (2, 3, 48, 64)]
     assert [f.grid_shape for f in features] == [(3, 4), (4, 3), (3, 4)]
 
 
@@ -242,24 +234,19 @@ def test_hooks_are_removed_even_when_the_forward_fails(rgb_images):
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in modules)
 
 
-def test_memory_cache_skips_forward_passes(tmp_path, rgb_images, monkeypatch):
-    calls = []
-    real = skseg._transformer.forward_facets
+def test_memory_cache_skips_forward_passes(tmp_path, rgb_images, vit_forwards):
+    def calls():
+        return n_images_through_vit(vit_forwards)
 
-    def counting(model, batch, **kwargs):
-        calls.append(batch.shape[0])
-        return real(model, batch, **kwargs)
-
-    monkeypatch.setattr(skseg._transformer, "forward_facets", counting)
     plain = _vit().fit().transform(rgb_images)
-    assert sum(calls) == 4
+    assert calls() == 4
     cached = _vit(memory=tmp_path / "cache").fit()
     first = cached.transform(rgb_images[:2])
-    assert sum(calls) == 6
+    assert calls() == 6
     second = cached.transform(rgb_images)  # two hits, two misses
-    assert sum(calls) == 8
+    assert calls() == 8
     third = clone(cached).fit().transform(rgb_images[::-1])
-    assert sum(calls) == 8
+    assert calls() == 8
     for a, b, c, d in zip(plain, second, third[::-1], list(first) + list(second[2:])):
         np.testing.assert_allclose(a.patches, b.patches, atol=1e-5)
         np.testing.assert_array_equal(b.patches, c.patches)
@@ -267,11 +254,11 @@ def test_memory_cache_skips_forward_passes(tmp_path, rgb_images, monkeypatch):
     assert third[0].image is rgb_images[3]
     # Anything that changes the features is part of the key.
     _vit(memory=tmp_path / "cache", facet="query").fit().transform(rgb_images[:1])
-    assert sum(calls) == 9
+    assert calls() == 9
     changed = rgb_images[0].copy()
     changed[0, 0, 0] ^= 1
     _vit(memory=tmp_path / "cache").fit().transform([changed])
-    assert sum(calls) == 10
+    assert calls() == 10
 
 
 def _reference_features(name, images, size):
