@@ -39,10 +39,15 @@ def nearest_centroid(X, centroids):
     return out.cpu().numpy()
 
 
-def _masked_means(X, weights):
-    """Weighted means over the patch axis: X (B, N, d), weights (B, N)."""
-    total = weights.sum(1, keepdim=True)
-    return (weights[..., None] * X).sum(1) / total.clamp_min(1e-12), total[:, 0]
+def _cluster_means(X, assignment, previous):
+    """Means of the two clusters of every image, by one batched product.
+
+    A cluster left without patches keeps its ``previous`` centroid.
+    """
+    weights = torch.stack([~assignment, assignment], 1).to(X.dtype)  # (B, 2, N)
+    counts = weights.sum(2, keepdim=True)
+    means = torch.bmm(weights, X) / counts.clamp_min(1)
+    return torch.where(counts > 0, means, previous)
 
 
 def batched_two_means(X, init_foreground, *, max_iter):
@@ -64,31 +69,23 @@ def batched_two_means(X, init_foreground, *, max_iter):
         Membership of cluster 1 (the one started from the foreground).
     centroids : Tensor of shape (B, 2, d)
     """
-    fg = init_foreground.to(X.dtype)
-    c_fg, n_fg = _masked_means(X, fg)
-    c_bg, n_bg = _masked_means(X, 1 - fg)
-    # Where the level above put every patch on one side, start the empty side
-    # from the patch farthest from the other centroid.
-    for centroid, count, other in ((c_fg, n_fg, c_bg), (c_bg, n_bg, c_fg)):
-        empty = count == 0
+    # Start from the split of the level above. Where it put every patch on
+    # one side, start the empty side from the patch farthest from the other.
+    start = _cluster_means(X, init_foreground, torch.zeros_like(X[:, :2]))
+    counts = torch.stack([(~init_foreground).sum(1), init_foreground.sum(1)], 1)
+    for side in (0, 1):
+        empty = counts[:, side] == 0
         if empty.any():
-            far = ((X[empty] - other[empty, None]) ** 2).sum(-1).argmax(1)
-            centroid[empty] = X[empty][torch.arange(int(empty.sum())), far]
-    centroids = torch.stack([c_bg, c_fg], 1)
+            far = ((X[empty] - start[empty, 1 - side, None]) ** 2).sum(-1).argmax(1)
+            start[empty, side] = X[empty][torch.arange(int(empty.sum())), far]
+    centroids = start
     assignment = init_foreground
     for _ in range(max_iter):
         dist = torch.cdist(X, centroids)  # (B, N, 2)
         new_assignment = dist[..., 1] < dist[..., 0]
         converged = torch.equal(new_assignment, assignment)
         assignment = new_assignment
-        weights = assignment.to(X.dtype)
-        means_fg, count_fg = _masked_means(X, weights)
-        means_bg, count_bg = _masked_means(X, 1 - weights)
-        # A cluster that lost all its patches keeps its previous centroid.
-        centroids = torch.stack([
-            torch.where((count_bg > 0)[:, None], means_bg, centroids[:, 0]),
-            torch.where((count_fg > 0)[:, None], means_fg, centroids[:, 1]),
-        ], 1)
+        centroids = _cluster_means(X, assignment, centroids)
         if converged:
             break
     return assignment, centroids

@@ -33,7 +33,9 @@ _IMAGE_BATCH_FLOATS = 1 << 25
 
 
 def _unit(X):
-    return X / np.maximum(np.linalg.norm(X, axis=-1, keepdims=True), 1e-12)
+    """Rows scaled to unit length (zero rows stay zero)."""
+    norms = np.sqrt(np.einsum("...i,...i->...", X, X))
+    return X / np.maximum(norms, 1e-12)[..., None]
 
 
 def _as_feature_list(X):
@@ -90,7 +92,7 @@ class _FeatureData:
                     f"image {index} has no attention map, needed by foreground='attention'; "
                     "extract with ViTPatchTransformer(attention=True)."
                 )
-            for name in ("patches", "cls", "attention"):
+            for name in ("cls", "attention"):
                 values = getattr(f, name)
                 if values is not None and not np.isfinite(values).all():
                     raise ValueError(f"image {index} has NaN or infinite {name}.")
@@ -106,6 +108,11 @@ class _FeatureData:
         patches = np.concatenate(
             [f.patches.reshape(-1, dim).astype(np.float32, copy=False) for f in features]
         )
+        # One pass over all patches: a NaN or inf makes its row sum non-finite.
+        bad = ~np.isfinite(patches.sum(1, dtype=np.float64))
+        if bad.any():
+            index = int(self.image_of_patch[np.argmax(bad)])
+            raise ValueError(f"image {index} has NaN or infinite patches.")
         self.patches = _unit(patches) if metric == "cosine" else patches
         if has_cls:
             descriptors = np.stack([f.cls for f in features]).astype(np.float32)
