@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ._backbone import FACETS, WeightsUnavailableError
-from ._images import check_images, load_rgb
+from ._images import check_each_image, load_rgb
 from .datasets._folder import IMAGE_SUFFIXES
 
 
@@ -128,15 +128,16 @@ def cmd_segment(args):
 
     items = expand_inputs(args.input, args.recursive)
     good, failed = [], []
-    for path, name in items:  # every file is checked before the ViT runs
-        try:
-            check_images([path])
+    # Every file is checked before the ViT runs.
+    checks = check_each_image([path for path, _ in items])
+    for (path, name), result in zip(items, checks):
+        if not isinstance(result, Exception):
             good.append((path, name))
-        except (ValueError, TypeError) as exc:
-            if args.strict:
-                raise UserError(f"{path}: {exc}") from exc
-            failed.append(path)
-            print(f"skseg: skipped {path}: {exc}", file=sys.stderr)
+            continue
+        if args.strict:
+            raise UserError(str(result))
+        failed.append(path)
+        print(f"skseg: skipped {path}: {result}", file=sys.stderr)
     if not good:
         raise UserError("none of the inputs could be read.")
     images = [path for path, _ in good]
