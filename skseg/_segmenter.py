@@ -188,7 +188,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     region : {"pooled", "crop"}, default="pooled"
         Region descriptor: the coverage-weighted mean of the region's patch
         features (fast), or the CLS token of the region's bounding-box crop
-        re-encoded by ``region_encoder`` (faithful, slower).
+        re-encoded by ``region_encoder`` (faithful, slower; the crops of all
+        images are encoded in one batched call at the end).
     region_encoder : estimator, default=None
         A :class:`ViTPatchTransformer` (fitted or not) for ``region="crop"``.
     min_region_size : int or float, default=0.01
@@ -345,9 +346,17 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             raise ValueError("region='crop' needs a region_encoder, e.g. a ViTPatchTransformer.")
 
     def _data(self, X):
-        return _FeatureData(
+        data = _FeatureData(
             X, metric=self.metric, needs_attention=self.foreground == "attention"
         )
+        if self.region == "crop":
+            for index, f in enumerate(data.features):
+                if f.image is None:
+                    raise ValueError(
+                        f"image {index} carries no pixels (ImageFeatures.image is None), "
+                        "needed by region='crop'."
+                    )
+        return data
 
     def fit(self, X, y=None):
         """Fit the three clustering levels and the region classes.
@@ -369,15 +378,15 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         self.n_features_in_ = data.n_features
         self.uses_cls_ = data.has_cls
-        self._fit_dataset_level(data, rng)
-        fg_dataset = self.dataset_foreground_[nearest_centroid(data.patches, self.dataset_centroids_)]
+        fg_dataset = self._fit_dataset_level(data, rng)
         self._fit_categories(data, fg_dataset, rng)
         if self.region == "crop":
             self.region_encoder_ = (
                 clone(self.region_encoder).fit() if _needs_fit(self.region_encoder)
                 else self.region_encoder
             )
-        regions, descriptors = self._regions(data, self._consensus(data)[0])
+        soft, _, _ = self._consensus(data, fg_dataset, self.categories_)
+        regions, descriptors = self._regions(data, soft)
         n_regions = sum(len(d) for d in descriptors)
         if n_regions == 0:
             raise ValueError(
@@ -418,6 +427,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             self.dataset_foreground_ = attention_foreground(
                 assignment, data.attention(), self.n_dataset_clusters
             )
+        return self.dataset_foreground_[assignment]
 
     def _fit_categories(self, data, fg_dataset, rng):
         requested = self.n_classes if self.n_categories is None else self.n_categories
@@ -434,10 +444,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.categories_ = nearest_centroid(data.descriptors, self.category_centers_)
         patch_category = self.categories_[data.image_of_patch]
         # A category no image fell into keeps the dataset-wide split.
-        fallback = np.stack([
-            data.patches[~fg_dataset].mean(0) if (~fg_dataset).any() else data.patches.mean(0),
-            data.patches[fg_dataset].mean(0) if fg_dataset.any() else data.patches.mean(0),
-        ])
+        sides = np.stack([~fg_dataset, fg_dataset]).astype(np.float32)
+        counts = sides.sum(1, keepdims=True)
+        overall = data.patches.mean(0)
+        fallback = np.where(counts > 0, sides @ data.patches / np.maximum(counts, 1), overall)
         centroids = np.repeat(fallback[None], self.n_categories_, axis=0).astype(np.float32)
         for category in range(self.n_categories_):
             rows = np.flatnonzero(patch_category == category)
@@ -456,10 +466,17 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.category_centroids_ = centroids
 
     # --------------------------------------------------------------- levels
-    def _consensus(self, data):
-        """Soft consensus per image at patch resolution, and the three levels."""
-        fg_dataset = self.dataset_foreground_[nearest_centroid(data.patches, self.dataset_centroids_)]
-        categories = nearest_centroid(data.descriptors, self.category_centers_)
+    def _consensus(self, data, fg_dataset=None, categories=None):
+        """Soft consensus per image at patch resolution, and the three levels.
+
+        ``fit`` passes the dataset-level mask and the categories it has just
+        computed; for new images they come from the fitted centroids.
+        """
+        if fg_dataset is None:
+            assignment = nearest_centroid(data.patches, self.dataset_centroids_)
+            fg_dataset = self.dataset_foreground_[assignment]
+        if categories is None:
+            categories = nearest_centroid(data.descriptors, self.category_centers_)
         pairs = self.category_centroids_
         # Nearest of the category's two centroids, for every patch at once:
         # foreground iff x.(c_fg - c_bg) > (|c_fg|^2 - |c_bg|^2) / 2.
@@ -595,10 +612,6 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         for j, i in enumerate(batch):
             region_map, n_regions = object_regions(masks[j], min_size)
             if self.region == "crop":
-                if rgb is None:
-                    raise ValueError(
-                        f"image {i} carries no pixels, needed by region='crop'."
-                    )
                 described = region_crops(rgb[j], region_map, n_regions,
                                          self.region_encoder_.patch_size_)
             else:
@@ -690,7 +703,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         """
         check_is_fitted(self, "class_centroids_")
         data = self._checked_data(X)
-        regions, descriptors = self._regions(data, self._consensus(data)[0])
+        soft, _, _ = self._consensus(data)
+        regions, descriptors = self._regions(data, soft)
         return self._label(regions, descriptors)
 
     def fit_predict(self, X, y=None):

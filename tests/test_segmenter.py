@@ -214,6 +214,9 @@ def test_crop_region_descriptors_re_encode_with_a_vit():
     assert set(np.unique(labels[0])) <= {0, 1, 2} and labels[0].max() > 0
     with pytest.raises(ValueError, match="region_encoder"):
         _seg(region="crop").fit(features)
+    no_pixels = [ImageFeatures(patches=f.patches) for f in features]
+    with pytest.raises(ValueError, match="image 0 carries no pixels"):
+        _seg(region="crop", region_encoder=encoder).fit(no_pixels)
 
 
 def test_batched_two_means_matches_a_per_image_loop():
