@@ -32,10 +32,18 @@ from ._validation import HasMethods, Interval, StrOptions, validate_params
 _IMAGE_BATCH_FLOATS = 1 << 25
 
 
+def _row_norms(X, chunk=65536):
+    """Euclidean norm of every row, a block of rows at a time (no n x d temporary)."""
+    norms = np.empty(len(X), dtype=X.dtype)
+    for start in range(0, len(X), chunk):
+        block = X[start:start + chunk]
+        norms[start:start + chunk] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return norms
+
+
 def _unit(X):
     """Rows scaled to unit length (zero rows stay zero)."""
-    norms = np.sqrt(np.einsum("...i,...i->...", X, X))
-    return X / np.maximum(norms, 1e-12)[..., None]
+    return X / np.maximum(_row_norms(X), 1e-12)[:, None]
 
 
 def _as_feature_list(X):
@@ -108,12 +116,17 @@ class _FeatureData:
         patches = np.concatenate(
             [f.patches.reshape(-1, dim).astype(np.float32, copy=False) for f in features]
         )
-        # One pass over all patches: a NaN or inf makes its row sum non-finite.
-        bad = ~np.isfinite(patches.sum(1, dtype=np.float64))
+        # One pass over all patches: a NaN or inf makes its row norm non-finite.
+        norms = _row_norms(patches)
+        bad = ~np.isfinite(norms)
         if bad.any():
             index = int(self.image_of_patch[np.argmax(bad)])
-            raise ValueError(f"image {index} has NaN or infinite patches.")
-        self.patches = _unit(patches) if metric == "cosine" else patches
+            problem = "NaN or infinite" if not np.isfinite(features[index].patches).all() \
+                else "too large (their squares overflow float32)"
+            raise ValueError(f"image {index} has {problem} patches.")
+        if metric == "cosine":
+            patches /= np.maximum(norms, 1e-12)[:, None]  # in place: patches is our copy
+        self.patches = patches
         if has_cls:
             descriptors = np.stack([f.cls for f in features]).astype(np.float32)
         else:  # no global token: an image is described by its mean patch

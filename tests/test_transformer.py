@@ -151,9 +151,14 @@ def test_equivalent_inputs_give_equal_features(tmp_path):
     grey = (rng.random((40, 56)) * 255).astype(np.uint8)
     grey_path = tmp_path / "grey.png"
     Image.fromarray(grey).save(grey_path)
-    a, b, c = _vit().fit().transform([grey, np.repeat(grey[..., None], 3, 2), grey_path])
-    np.testing.assert_allclose(a.patches, b.patches, atol=1e-5)
-    np.testing.assert_allclose(a.patches, c.patches, atol=1e-5)
+    grey16 = grey.astype(np.uint16) * 257
+    grey16_path = tmp_path / "grey16.png"
+    Image.fromarray(grey16).save(grey16_path)  # a 16-bit PNG
+    a, b, c, d, e = _vit().fit().transform(
+        [grey, np.repeat(grey[..., None], 3, 2), grey_path, grey16, grey16_path]
+    )
+    for other in (b, c, d, e):
+        np.testing.assert_allclose(a.patches, other.patches, atol=1e-4)
 
 
 def test_exif_orientation_is_honoured(tmp_path):
