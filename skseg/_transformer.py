@@ -65,7 +65,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         An int resizes every image to a square of that side, a pair to
         ``(height, width)``; ``None`` keeps each image's aspect ratio. Sides are
         rounded to a multiple of the patch size. Images are resized whole, never
-        cropped, so the patch grid covers the full image.
+        cropped, so the patch grid covers the full image. Images of one target
+        size share batches, so with ``None`` batches are only as full as the
+        dataset has images of equal size.
     batch_size : int, default=16
         Images per forward pass.
     device : {"auto", "cpu", "cuda", "mps"}, default="auto"
