@@ -1,5 +1,5 @@
-# Two entry points, as README.rst says: `make demo` and `make test`.
-# Each installs what it needs into a virtual environment first.
+# The entry points README.rst names: `make demo`, `make test`, `make docs`,
+# `make bench`. Each installs what it needs into a virtual environment first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -28,6 +28,7 @@ docs: $(VENV)/.installed-docs
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_segmenter.py
+	$(BIN)/python benchmarks/bench_metrics.py
 
 clean:
 	rm -rf $(VENV) docs/_build docs/auto_examples docs/gen_modules skseg-demo
