@@ -357,6 +357,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             )
         if self.region == "crop" and self.region_encoder is None:
             raise ValueError("region='crop' needs a region_encoder, e.g. a ViTPatchTransformer.")
+        resolve_device(self.device)  # an unavailable device fails now, not mid-run
 
     def _data(self, X):
         data = _FeatureData(

@@ -256,7 +256,8 @@ def test_bad_input_is_refused_before_clustering(planted, monkeypatch):
     with pytest.raises(ValueError, match="no attention map"):
         _seg(foreground="attention").fit([X[0], ImageFeatures(patches=X[1].patches, cls=X[1].cls)])
     for params in ({"n_classes": 0}, {"n_dataset_clusters": 1}, {"consensus": "all"},
-                   {"refine": "crf"}, {"min_region_size": 1.5}, {"refine_dilations": (0,)}):
+                   {"refine": "crf"}, {"min_region_size": 1.5}, {"refine_dilations": (0,)},
+                   {"device": "tpu"}):
         with pytest.raises(ValueError):
             _seg(**params).fit(X)
 
@@ -299,3 +300,14 @@ def test_estimator_conventions(planted):
     assert fitted.dataset_centroids_.shape == (2, 64)
     assert fitted.category_centroids_.shape == (4, 2, 64)
     assert fitted.dataset_foreground_.dtype == bool and fitted.dataset_foreground_.sum() == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_an_unavailable_device_fails_before_any_work(planted, monkeypatch):
+    X, _ = planted
+    monkeypatch.setattr(skseg._segmenter, "fit_kmeans",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("clustered")))
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        _seg(device="cuda").fit(X)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        ViTPatchTransformer("vit_small_patch16_224.dino", pretrained=False, device="cuda").fit()
