@@ -328,6 +328,9 @@ def main(argv=None):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if getattr(args, "n_classes", 0) > 255:
+        # Known now, not after the fit: labels are written as palette PNGs.
+        parser.error("--n-classes must be at most 255 (labels are palette PNG values)")
     try:
         return args.handler(args)
     except (UserError, WeightsUnavailableError, ValueError, TypeError, OSError) as exc:

@@ -39,6 +39,23 @@ def nearest_centroid(X, centroids):
     return out.cpu().numpy()
 
 
+def second_is_nearer(pairs):
+    """The linear rule equivalent to "nearer the second of two centroids".
+
+    ``||x - c1||^2 < ||x - c0||^2`` iff ``x . (c1 - c0) > (|c1|^2 - |c0|^2) / 2``,
+    so one product per point decides instead of two distances. Works on
+    numpy arrays and torch tensors of shape (..., 2, d).
+
+    Returns
+    -------
+    direction : array of shape (..., d)
+    offset : array of shape (...)
+    """
+    direction = pairs[..., 1, :] - pairs[..., 0, :]
+    offset = 0.5 * ((pairs[..., 1, :] ** 2).sum(-1) - (pairs[..., 0, :] ** 2).sum(-1))
+    return direction, offset
+
+
 def _cluster_means(X, assignment, previous):
     """Means of the two clusters of every image, by one batched product.
 
@@ -81,10 +98,7 @@ def batched_two_means(X, init_foreground, *, max_iter):
     centroids = start
     assignment = init_foreground
     for _ in range(max_iter):
-        # Nearer the foreground centroid iff x.(c1 - c0) > (|c1|^2 - |c0|^2) / 2:
-        # one batched matrix-vector product instead of two distances.
-        direction = centroids[:, 1] - centroids[:, 0]
-        offset = 0.5 * (centroids[:, 1].square().sum(1) - centroids[:, 0].square().sum(1))
+        direction, offset = second_is_nearer(centroids)
         new_assignment = torch.bmm(X, direction[:, :, None])[..., 0] > offset[:, None]
         converged = torch.equal(new_assignment, assignment)
         assignment = new_assignment

@@ -21,6 +21,7 @@ from ._clustering import (
     border_foreground,
     fit_kmeans,
     nearest_centroid,
+    second_is_nearer,
 )
 from ._features import ImageFeatures
 from ._images import load_rgb
@@ -491,11 +492,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             fg_dataset = self.dataset_foreground_[assignment]
         if categories is None:
             categories = nearest_centroid(data.descriptors, self.category_centers_)
-        pairs = self.category_centroids_
-        # Nearest of the category's two centroids, for every patch at once:
-        # foreground iff x.(c_fg - c_bg) > (|c_fg|^2 - |c_bg|^2) / 2.
-        direction = pairs[:, 1] - pairs[:, 0]
-        offset = 0.5 * ((pairs[:, 1] ** 2).sum(1) - (pairs[:, 0] ** 2).sum(1))
+        # Nearest of its category's two centroids, for every patch at once.
+        direction, offset = second_is_nearer(self.category_centroids_)
         patch_category = categories[data.image_of_patch]
         scores = _row_dot(data.patches, direction, patch_category)
         fg_category = scores > offset[patch_category]

@@ -105,6 +105,9 @@ def test_bad_option_values_exit_non_zero(capsys):
         main(["segment", "x", "-o", "y", "--n-classes", "0"])
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
+        main(["segment", "x", "-o", "y", "--n-classes", "256"])
+    assert "at most 255" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         main(["segment", "x", "-o", "y", "--image-size", "big"])
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
 
