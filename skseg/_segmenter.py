@@ -24,8 +24,7 @@ from ._clustering import (
     second_is_nearer,
 )
 from ._features import ImageFeatures
-from ._images import load_rgb
-from ._refine import pamr
+from ._refine import foreground_masks, load_pixels
 from ._regions import object_regions, pooled_descriptors, region_crops
 from ._validation import HasMethods, Interval, StrOptions, validate_params
 
@@ -607,50 +606,26 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
     def _regions_of_batch(self, data, soft, batch, refine, device):
         features = [data.features[i] for i in batch]
-        height, width = features[0].image_shape
-        scores = torch.from_numpy(np.stack([soft[i] for i in batch]))[:, None].to(device)
-        scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
+        image_shape = features[0].image_shape
         has_pixels = features[0].image is not None
-        rgb = None
-        if has_pixels and (refine or self.region == "crop"):
-            rgb = [_pixels(f) for f in features]
-        if refine and has_pixels:
-            masks = self._refined(np.stack(rgb), scores, device) > 0.5
-        else:
-            masks = scores[:, 0] > 0.5
-        masks = masks.cpu().numpy()
-        min_size = self._min_region_pixels(height, width)
+        masks = foreground_masks(
+            np.stack([soft[i] for i in batch]), image_shape,
+            [f.image for f in features] if refine and has_pixels else None,
+            n_iter=self.refine_iter, dilations=self.refine_dilations,
+            max_side=self.refine_max_side, device=device,
+        )
+        min_size = self._min_region_pixels(*image_shape)
         out = []
         for j, i in enumerate(batch):
             region_map, n_regions = object_regions(masks[j], min_size)
             if self.region == "crop":
-                described = region_crops(rgb[j], region_map, n_regions,
+                described = region_crops(load_pixels(features[j].image, image_shape),
+                                         region_map, n_regions,
                                          self.region_encoder_.patch_size_)
             else:
                 described = pooled_descriptors(region_map, n_regions, data.features[i].patches)
             out.append((region_map, n_regions, described))
         return out
-
-    def _refined(self, rgb, scores, device):
-        """PAMR at a working resolution, as its authors apply it to coarse
-        masks, then back to full size. Only the foreground probability is
-        propagated: affinities sum to one, so the background stays its
-        complement."""
-        height, width = scores.shape[-2:]
-        shrink = min(1.0, self.refine_max_side / max(height, width))
-        work = (max(1, round(height * shrink)), max(1, round(width * shrink)))
-        image = torch.from_numpy(rgb).permute(0, 3, 1, 2).to(device)
-        if work != (height, width):
-            image = F.interpolate(image, size=work, mode="bilinear", antialias=True,
-                                  align_corners=False)
-            scores = F.interpolate(scores, size=work, mode="bilinear", antialias=True,
-                                   align_corners=False)
-        refined = pamr(image, scores, n_iter=self.refine_iter,
-                       dilations=tuple(self.refine_dilations))
-        if work != (height, width):
-            refined = F.interpolate(refined, size=(height, width), mode="bilinear",
-                                    align_corners=False)
-        return refined[:, 0]
 
     def _min_region_pixels(self, height, width):
         if isinstance(self.min_region_size, Integral):
@@ -750,13 +725,3 @@ def _row_dot(X, directions, which, chunk=65536):
         out[start:start + chunk] = block[np.arange(len(block)), which[start:start + chunk]]
     return out
 
-
-def _pixels(features):
-    """The image's pixels at its recorded shape, float32 in [0, 1]."""
-    rgb = load_rgb(features.image)
-    if rgb.shape[:2] != tuple(features.image_shape):
-        tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        tensor = F.interpolate(tensor, size=features.image_shape, mode="bilinear",
-                               antialias=True, align_corners=False)
-        rgb = tensor[0].permute(1, 2, 0).contiguous().numpy()
-    return rgb
