@@ -1,27 +1,121 @@
-"""Clustering kernels of the segmenter: bounded K-means fits, chunked
-nearest-centroid assignment, and a 2-means batched over many images."""
+"""Clustering kernels of the segmenter: content-keyed bounded samples,
+K-means fits, chunked nearest-centroid assignment, and a 2-means batched over
+many images.
+
+Every random choice is derived from a seed and the *content* of an image,
+never from its position in a list, so the same set of images in any order,
+split into any chunks, on any number of workers, gives the same result.
+"""
+
+import hashlib
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.preprocessing import normalize
 
-# Rows per matrix product when assigning patches to centroids: bounds the
+# Rows per matrix product when assigning rows to centroids: bounds the
 # temporary (rows x n_centroids) distance block, not the data.
 _CHUNK = 65536
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def fit_kmeans(X, n_clusters, *, max_samples, n_init, random_state):
-    """K-means on at most ``max_samples`` rows drawn at random from ``X``.
+def unit_rows(X):
+    """Rows of ``X`` scaled to unit length in place (zero rows stay zero)."""
+    return normalize(X, copy=False) if len(X) else X
 
-    Returns
-    -------
-    centroids : ndarray of shape (n_clusters, d)
+
+def content_key(*arrays):
+    """A 64-bit key of the arrays' bytes: the identity of an image's features."""
+    digest = hashlib.blake2b(digest_size=8)
+    for array in arrays:
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).view(np.uint8).data)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _splitmix64(values):
+    """Vectorised SplitMix64: a fast, well-mixed 64-bit hash of each value."""
+    with np.errstate(over="ignore"):
+        z = values + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def patch_priorities(seed, key, n_patches):
+    """Pseudo-random priorities of the patches of one image.
+
+    A patch's priority depends only on ``seed``, the image's content ``key``
+    and the patch's position in its image: the patches with the smallest
+    priorities form a uniform random sample that no chunking or image order
+    changes.
     """
-    if len(X) > max_samples:
-        rows = random_state.choice(len(X), size=max_samples, replace=False)
-        rows.sort()  # the same sample gives the same fit whatever its order
-        X = X[rows]
-    seed = random_state.randint(np.iinfo(np.int32).max)
+    base = _splitmix64(np.array([seed], dtype=np.uint64))[0] ^ np.uint64(key)
+    with np.errstate(over="ignore"):
+        return _splitmix64(base + np.arange(n_patches, dtype=np.uint64) * _GOLDEN)
+
+
+def image_priorities(seed, keys):
+    """One priority per image, from its content key (as :func:`patch_priorities`)."""
+    base = _splitmix64(np.array([seed], dtype=np.uint64))[0]
+    return _splitmix64(base ^ np.asarray(keys, dtype=np.uint64))
+
+
+class BoundedSample:
+    """The ``size`` rows of smallest priority among all rows offered to it.
+
+    Rows arrive chunk by chunk; memory stays about twice ``size`` rows
+    whatever their total, and once the sample is full only rows that beat its
+    largest priority are kept at all. The result is sorted by priority, so it
+    does not depend on the order in which rows were offered.
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self._parts = []
+        self._pending = 0
+        self._threshold = None
+
+    def offer(self, priorities, rows):
+        if self._threshold is not None:
+            better = priorities < self._threshold
+            priorities, rows = priorities[better], rows[better]
+        if len(priorities):
+            self._parts.append((priorities, rows))
+            self._pending += len(priorities)
+            if self._pending >= 2 * self.size:
+                self._compact()
+
+    def merge(self, other):
+        """Offer every row that another sample holds."""
+        for priorities, rows in other._parts:
+            self.offer(priorities, rows)
+
+    def _compact(self):
+        priorities = np.concatenate([p for p, _ in self._parts])
+        rows = np.concatenate([r for _, r in self._parts])
+        if len(priorities) > self.size:
+            keep = np.argpartition(priorities, self.size - 1)[:self.size]
+            priorities, rows = priorities[keep], rows[keep]
+            self._threshold = priorities.max()
+        self._parts = [(priorities, rows)]
+        self._pending = len(priorities)
+
+    def __len__(self):
+        return min(self._pending, self.size)
+
+    def result(self):
+        """The sampled rows, in order of priority."""
+        if not self._parts:
+            return np.empty((0,))
+        self._compact()
+        priorities, rows = self._parts[0]
+        return rows[np.argsort(priorities, kind="stable")]
+
+
+def fit_kmeans(X, n_clusters, *, n_init, seed):
+    """K-means centroids of the rows of ``X`` (float32, ``(n_clusters, d)``)."""
     kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed)
     return kmeans.fit(X).cluster_centers_.astype(np.float32)
 
@@ -106,41 +200,3 @@ def batched_two_means(X, init_foreground, *, max_iter):
         if converged:
             break
     return assignment, centroids
-
-
-def agreement(candidate, reference):
-    """Intersection over union of two boolean masks along the last axis."""
-    inter = (candidate & reference).sum(-1)
-    union = (candidate | reference).sum(-1)
-    return inter / np.maximum(union, 1)
-
-
-def border_foreground(assignment, on_border, n_clusters):
-    """Clusters under-represented on the image border are foreground.
-
-    A cluster is background when its share of border patches exceeds its
-    share of all patches.
-    """
-    share_all = np.bincount(assignment, minlength=n_clusters) / len(assignment)
-    border = assignment[on_border]
-    share_border = np.bincount(border, minlength=n_clusters) / max(len(border), 1)
-    ratio = share_border / np.maximum(share_all, 1e-12)
-    return _at_least_one_each(ratio <= 1.0, -ratio)
-
-
-def attention_foreground(assignment, attention, n_clusters):
-    """Clusters with above-average CLS attention are foreground."""
-    counts = np.bincount(assignment, minlength=n_clusters)
-    sums = np.bincount(assignment, weights=attention, minlength=n_clusters)
-    means = sums / np.maximum(counts, 1)
-    return _at_least_one_each(means > attention.mean(), means)
-
-
-def _at_least_one_each(foreground, score):
-    """Keep both a foreground and a background cluster, decided by score."""
-    foreground = foreground.copy()
-    if foreground.all():
-        foreground[np.argmin(score)] = False
-    if not foreground.any():
-        foreground[np.argmax(score)] = True
-    return foreground

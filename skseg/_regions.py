@@ -1,4 +1,9 @@
-"""Object regions of a binary mask and their descriptors."""
+"""Object regions of a binary mask, their descriptors, and the label masks
+made from the class of each region."""
+
+import zlib
+from collections.abc import Sequence
+from numbers import Integral
 
 import numpy as np
 from scipy import ndimage
@@ -76,3 +81,86 @@ def region_crops(rgb, regions, n_regions, min_side):
         rgb[_grown(rows, regions.shape[0], min_side), _grown(cols, regions.shape[1], min_side)]
         for rows, cols in ndimage.find_objects(regions, max_label=n_regions)
     ]
+
+
+def encode_crops(encoder, crops_per_image):
+    """CLS token of every region crop, encoded in one batched call.
+
+    Parameters
+    ----------
+    encoder : fitted ViTPatchTransformer
+    crops_per_image : list of list of ndarray
+        The crops of each image's regions.
+
+    Returns
+    -------
+    descriptors : list of ndarray of shape (n_regions, d_cls)
+    """
+    flat = [crop for crops in crops_per_image for crop in crops]
+    if not flat:
+        return [np.zeros((0, 1), np.float32) for _ in crops_per_image]
+    tokens = np.stack([f.cls for f in encoder.transform(flat)]).astype(np.float32)
+    bounds = np.cumsum([0] + [len(crops) for crops in crops_per_image])
+    return [tokens[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+class CompactRegions:
+    """A region map kept compressed: a few kilobytes instead of a full-size array.
+
+    Region maps are large flat areas, so zlib shrinks them by one to two
+    orders of magnitude; the segmenter keeps one per image to produce label
+    masks on demand without holding full-size arrays.
+    """
+
+    __slots__ = ("shape", "dtype", "n_regions", "data")
+
+    def __init__(self, region_map, n_regions):
+        self.shape = region_map.shape
+        self.dtype = np.uint8 if n_regions < 256 else np.int32
+        self.n_regions = n_regions
+        self.data = zlib.compress(region_map.astype(self.dtype).tobytes(), 1)
+
+    def __getstate__(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def region_map(self):
+        return np.frombuffer(zlib.decompress(self.data), dtype=self.dtype).reshape(self.shape)
+
+
+class LabelMasks(Sequence):
+    """The label masks of a set of images, each produced when indexed.
+
+    Holds one compressed region map per image and the class of each region,
+    so memory stays small whatever the number of images; ``masks[i]`` is the
+    full-size ``(H, W)`` label array of image ``i`` (0 for background,
+    ``1..n_classes`` for the classes). Integer, slice and array indexing as
+    for :class:`FeatureSequence`.
+    """
+
+    def __init__(self, regions, classes, dtype):
+        self._regions = list(regions)
+        self._classes = list(classes)
+        self._dtype = dtype
+
+    def __len__(self):
+        return len(self._regions)
+
+    def __getitem__(self, key):
+        if isinstance(key, Integral):
+            lookup = np.zeros(len(self._classes[key]) + 1, dtype=self._dtype)
+            lookup[1:] = self._classes[key]
+            return lookup[self._regions[key].region_map()]
+        indices = range(len(self))[key] if isinstance(key, slice) else np.asarray(key)
+        if isinstance(indices, np.ndarray) and indices.dtype == bool:
+            indices = np.flatnonzero(indices)
+        return LabelMasks(
+            [self._regions[i] for i in indices], [self._classes[i] for i in indices],
+            self._dtype,
+        )
+
+    def __repr__(self):
+        return f"LabelMasks(<{len(self)} images>)"

@@ -1,159 +1,280 @@
-"""MultilevelSegmenter: dataset-, category- and image-level clustering of patch
-features, their consensus, upsampling, refinement and region labelling."""
+"""MultilevelSegmenter: the method of Cheung et al. as a scikit-learn estimator.
 
+``fit`` reads the features in passes over chunks of images, so memory is
+bounded by a chunk and the bounded K-means samples, not by the number of
+images:
+
+1. survey: check every image, key it by content, describe it (CLS token),
+   draw the dataset-level sample;
+2. dataset level: fit its K-means, count its clusters on the border (or under
+   the CLS attention) to decide which are foreground; group images into
+   categories and draw each category's sample;
+3. category level: each category's 2-means, oriented by the dataset level;
+4. the per-image path that ``predict`` runs too: image level, consensus,
+   upsampling and refinement, object regions and their descriptors;
+5. classes: K-means of the region descriptors.
+"""
+
+import copy
 import math
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, ClusterMixin, clone
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
+from sklearn_compat.base import _fit_context
 
 from ._backbone import resolve_device
 from ._clustering import (
-    agreement,
-    attention_foreground,
-    batched_two_means,
-    border_foreground,
+    BoundedSample,
+    content_key,
     fit_kmeans,
+    image_priorities,
     nearest_centroid,
-    second_is_nearer,
+    patch_priorities,
+    unit_rows,
 )
-from ._features import ImageFeatures
+from ._features import FeatureSequence, ImageFeatures
+from ._levels import (
+    attention_foreground,
+    border_foreground,
+    border_patches,
+    category_foreground,
+    combine_levels,
+    image_foreground,
+    oriented_pair,
+    to_tensor,
+)
 from ._refine import foreground_masks, load_pixels
-from ._regions import object_regions, pooled_descriptors, region_crops
-from ._validation import HasMethods, Interval, StrOptions, validate_params
+from ._regions import (
+    CompactRegions,
+    LabelMasks,
+    encode_crops,
+    object_regions,
+    pooled_descriptors,
+    region_crops,
+)
+from ._validation import HasMethods, Interval, StrOptions
 
-# Floats per image-level batch (B x N x d): ~128 MB of float32.
-_IMAGE_BATCH_FLOATS = 1 << 25
-
-
-def _row_norms(X, chunk=65536):
-    """Euclidean norm of every row, a block of rows at a time (no n x d temporary)."""
-    norms = np.empty(len(X), dtype=X.dtype)
-    for start in range(0, len(X), chunk):
-        block = X[start:start + chunk]
-        norms[start:start + chunk] = np.sqrt(np.einsum("ij,ij->i", block, block))
-    return norms
-
-
-def _unit(X):
-    """Rows scaled to unit length (zero rows stay zero)."""
-    return X / np.maximum(_row_norms(X), 1e-12)[:, None]
+# Floats of patch features per chunk: ~32 MB of float32.
+_CHUNK_FLOATS = 1 << 23
+# Streams of random draws, one per use, derived from one seed.
+_SEEDS = ("dataset", "categories", "category_pairs", "classes")
 
 
-def _as_feature_list(X):
+def _as_features(X):
+    """X as a sequence of ImageFeatures (a 4-D array becomes one)."""
     if isinstance(X, np.ndarray):
         if X.ndim != 4:
             raise ValueError(
                 f"X as an array must be 4-D (n_images, h, w, d), got shape {X.shape}."
             )
-        return [ImageFeatures(patches=patches) for patches in X]
-    if isinstance(X, (str, bytes)) or not hasattr(X, "__len__"):
+        return FeatureSequence(ImageFeatures(patches=patches) for patches in X)
+    if isinstance(X, (str, bytes)) or not hasattr(X, "__len__") \
+            or not hasattr(X, "__getitem__"):
         raise TypeError(
             "X must be a sequence of ImageFeatures (ViTPatchTransformer's output) or "
             f"a 4-D array of patch features, got {type(X).__name__}."
         )
-    features = list(X)
-    for index, item in enumerate(features):
-        if not isinstance(item, ImageFeatures):
-            raise TypeError(
-                f"X[{index}] is a {type(item).__name__}, not ImageFeatures; pass images "
-                "through ViTPatchTransformer first."
+    if len(X) == 0:
+        raise ValueError("X is empty: at least one image is needed.")
+    return X
+
+
+def _check_type(index, f):
+    if not isinstance(f, ImageFeatures):
+        raise TypeError(
+            f"X[{index}] is a {type(f).__name__}, not ImageFeatures; pass images "
+            "through ViTPatchTransformer first."
+        )
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """What every image of X must have: what image 0 has in ``fit``, what
+    the fitted segmenter saw in ``predict``."""
+
+    n_features: int
+    has_cls: bool
+    metric: str
+    fitted: bool = False
+    needs_attention: bool = False
+    needs_pixels: str = None  # the parameter that needs them, if any
+
+    def check(self, index, f):
+        _check_type(index, f)
+        if f.patches.shape[2] != self.n_features:
+            raise ValueError(
+                f"image {index} has {f.patches.shape[2]}-dimensional features, but "
+                + (f"MultilevelSegmenter was fitted on {self.n_features}."
+                   if self.fitted else
+                   f"image 0 has {self.n_features}: all images must come from one "
+                   "extractor.")
             )
-    return features
+        if (f.cls is not None) != self.has_cls:
+            raise ValueError(
+                f"image {index} {'has' if f.cls is not None else 'lacks'} a CLS token "
+                f"but {'the images seen in fit' if self.fitted else 'image 0'} "
+                f"{'had' if self.has_cls else 'lacked'} one; give CLS tokens for all "
+                "images or for none."
+            )
+        if f.grid_shape[0] * f.grid_shape[1] < 2:
+            raise ValueError(
+                f"image {index} has a {f.grid_shape} patch grid: at least 2 patches "
+                "are needed to split foreground from background."
+            )
+        if self.needs_attention and f.attention is None:
+            raise ValueError(
+                f"image {index} has no attention map, needed by foreground='attention'; "
+                "extract with ViTPatchTransformer(attention=True)."
+            )
+        if self.needs_pixels and f.image is None:
+            raise ValueError(
+                f"image {index} carries no pixels (ImageFeatures.image is None), "
+                f"needed by {self.needs_pixels}."
+            )
+        for name in ("cls", "attention"):
+            values = getattr(f, name)
+            if values is not None and not np.isfinite(values).all():
+                raise ValueError(f"image {index} has NaN or infinite {name}.")
 
 
-class _FeatureData:
-    """All patches of a set of images as one (n_patches, d) float32 matrix,
-    with the per-image bookkeeping the levels need. Checks come first, so bad
-    input fails before any clustering."""
+class _Chunk:
+    """The checked features of images ``start..stop`` of X, ready to cluster:
+    all patches as one (n_patches, d) float32 matrix (unit rows with the
+    cosine metric), one descriptor and one content key per image."""
 
-    def __init__(self, X, *, metric, needs_attention):
-        features = _as_feature_list(X)
-        if not features:
-            raise ValueError("X is empty: at least one image is needed.")
-        dim = features[0].patches.shape[2]
-        has_cls = features[0].cls is not None
-        for index, f in enumerate(features):
-            if f.patches.shape[2] != dim:
-                raise ValueError(
-                    f"image {index} has {f.patches.shape[2]}-dimensional features, "
-                    f"image 0 has {dim}: all images must come from one extractor."
-                )
-            if f.grid_shape[0] * f.grid_shape[1] < 2:
-                raise ValueError(
-                    f"image {index} has a {f.grid_shape} patch grid: at least 2 patches "
-                    "are needed to split foreground from background."
-                )
-            if (f.cls is not None) != has_cls:
-                raise ValueError(
-                    f"image {index} {'has' if f.cls is not None else 'lacks'} a CLS token "
-                    f"but image 0 {'has' if has_cls else 'lacks'} one; give all or none."
-                )
-            if needs_attention and f.attention is None:
-                raise ValueError(
-                    f"image {index} has no attention map, needed by foreground='attention'; "
-                    "extract with ViTPatchTransformer(attention=True)."
-                )
-            for name in ("cls", "attention"):
-                values = getattr(f, name)
-                if values is not None and not np.isfinite(values).all():
-                    raise ValueError(f"image {index} has NaN or infinite {name}.")
-        if has_cls and len({f.cls.shape for f in features}) > 1:
-            raise ValueError("CLS tokens of different lengths in X.")
-
-        self.features = features
-        self.n_features = dim
-        self.grids = [f.grid_shape for f in features]
+    def __init__(self, X, start, stop, expected, keys=None):
+        self.start = start
+        self.records = [X[i] for i in range(start, stop)]
+        for index, f in enumerate(self.records, start):
+            expected.check(index, f)
+        self.grids = [f.grid_shape for f in self.records]
         sizes = np.array([h * w for h, w in self.grids])
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self.image_of_patch = np.repeat(np.arange(len(features)), sizes)
-        patches = np.concatenate(
-            [f.patches.reshape(-1, dim).astype(np.float32, copy=False) for f in features]
-        )
-        # One pass over all patches: a NaN or inf makes its row norm non-finite.
-        norms = _row_norms(patches)
-        bad = ~np.isfinite(norms)
+        self.image_of_patch = np.repeat(np.arange(len(self.records)), sizes)
+        patches = np.concatenate([
+            f.patches.reshape(-1, expected.n_features).astype(np.float32, copy=False)
+            for f in self.records
+        ])
+        # One pass over all patches: a NaN or inf makes its squared norm
+        # non-finite, and so does a value whose square overflows.
+        squares = np.einsum("ij,ij->i", patches, patches)
+        bad = ~np.isfinite(squares)
         if bad.any():
             index = int(self.image_of_patch[np.argmax(bad)])
-            problem = "NaN or infinite" if not np.isfinite(features[index].patches).all() \
+            problem = "NaN or infinite" \
+                if not np.isfinite(self.records[index].patches).all() \
                 else "too large (their squares overflow float32)"
-            raise ValueError(f"image {index} has {problem} patches.")
-        if metric == "cosine":
-            patches /= np.maximum(norms, 1e-12)[:, None]  # in place: patches is our copy
+            raise ValueError(f"image {start + index} has {problem} patches.")
+        if expected.metric == "cosine":  # in place: concatenate made a copy
+            patches /= np.maximum(np.sqrt(squares), 1e-12)[:, None]
         self.patches = patches
-        if has_cls:
-            descriptors = np.stack([f.cls for f in features]).astype(np.float32)
+        if expected.has_cls:
+            descriptors = np.stack([f.cls for f in self.records]).astype(np.float32)
         else:  # no global token: an image is described by its mean patch
-            descriptors = np.add.reduceat(self.patches, self.offsets[:-1]) / sizes[:, None]
-        self.descriptors = _unit(descriptors) if metric == "cosine" else descriptors
-        self.has_cls = has_cls
+            descriptors = np.add.reduceat(patches, self.offsets[:-1]) / sizes[:, None]
+        self.descriptors = unit_rows(descriptors) if expected.metric == "cosine" \
+            else descriptors
+        self.keys = keys if keys is not None else np.array(
+            [content_key(f.patches, f.cls) for f in self.records], dtype=np.uint64
+        )
 
     def __len__(self):
-        return len(self.features)
+        return len(self.records)
 
-    def rows(self, index):
-        return slice(self.offsets[index], self.offsets[index + 1])
+    def rows(self, j):
+        return slice(self.offsets[j], self.offsets[j + 1])
+
+    def priorities(self, seed):
+        """Every patch's sampling priority, keyed to its image's content."""
+        return np.concatenate([
+            patch_priorities(seed, key, h * w) for key, (h, w) in zip(self.keys, self.grids)
+        ])
 
     def on_border(self):
-        flags = []
-        for h, w in self.grids:
-            grid = np.ones((h, w), dtype=bool)
-            grid[1:-1, 1:-1] = False
-            flags.append(grid.ravel())
-        return np.concatenate(flags)
+        return np.concatenate([border_patches(grid) for grid in self.grids])
 
     def attention(self):
-        return np.concatenate([f.attention.ravel() for f in self.features]).astype(np.float64)
+        return np.concatenate([f.attention.ravel() for f in self.records]).astype(np.float64)
 
     def split(self, values):
         """Per-image (h, w) views of a per-patch vector."""
-        return [values[self.rows(i)].reshape(self.grids[i]) for i in range(len(self))]
+        return [values[self.rows(j)].reshape(self.grids[j]) for j in range(len(self))]
+
+
+# ------------------------------------------------- passes over chunks of X
+# Module-level functions with small arguments, so that any joblib backend
+# (threads, processes, Dask) can run them where the data lies.
+
+def _survey(X, start, stop, expected, seed, max_samples):
+    """Pass 1: checks, keys, descriptors, patch counts, the dataset sample."""
+    chunk = _Chunk(X, start, stop, expected)
+    sample = BoundedSample(max_samples)
+    sample.offer(chunk.priorities(seed), chunk.patches)
+    return chunk.keys, chunk.descriptors, np.diff(chunk.offsets), sample
+
+
+def _dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples):
+    """Pass 2: per dataset cluster, patch counts (all, on the border), CLS
+    attention and feature sums; each category's sample."""
+    chunk = _Chunk(X, start, stop, expected, keys[start:stop])
+    n_clusters = len(model.dataset_centroids_)
+    assignment = nearest_centroid(chunk.patches, model.dataset_centroids_)
+    statistics = {
+        "counts": np.bincount(assignment, minlength=n_clusters),
+        "border": np.bincount(assignment[chunk.on_border()], minlength=n_clusters),
+        "sums": np.stack([
+            chunk.patches[assignment == k].sum(0, dtype=np.float64)
+            for k in range(n_clusters)
+        ]),
+    }
+    if expected.needs_attention:
+        statistics["attention"] = np.bincount(
+            assignment, weights=chunk.attention(), minlength=n_clusters
+        )
+    patch_category = nearest_centroid(chunk.descriptors, model.category_centers_)[
+        chunk.image_of_patch
+    ]
+    priorities = chunk.priorities(seed)
+    samples = {}
+    for category in np.unique(patch_category):
+        rows = patch_category == category
+        samples[category] = BoundedSample(max_samples)
+        samples[category].offer(priorities[rows], chunk.patches[rows])
+    return statistics, samples
+
+
+def _segment(X, start, stop, expected, model, keys=None):
+    """The per-image path of fit and predict: levels, consensus, pixels,
+    regions and their descriptors for images ``start..stop``."""
+    chunk = _Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
+    return model._regions(chunk, model._levels(chunk)["consensus"])
+
+
+def _levels_only(X, start, stop, expected, model):
+    chunk = _Chunk(X, start, stop, expected)
+    levels = model._levels(chunk)
+    per_level = {name: chunk.split(values) for name, values in levels.items()
+                 if name != "category_index"}
+    return [
+        {**{name: maps[j] for name, maps in per_level.items()},
+         "category_index": int(levels["category_index"][j])}
+        for j in range(len(chunk))
+    ]
+
+
+def _needs_fit(estimator):
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        return True
+    return False
 
 
 class MultilevelSegmenter(ClusterMixin, BaseEstimator):
@@ -209,8 +330,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         Smallest object region kept: pixels if an int, a fraction of the image
         area if a float. Smaller regions become background.
     max_samples : int, default=20_000
-        Patches drawn at random to fit the dataset-level and each category's
-        K-means; every patch is then assigned to the nearest centroid.
+        Rows drawn at random to fit each K-means: patches for the dataset
+        level and each category's 2-means, images for the categories, regions
+        for the classes; every row is then assigned to its nearest centroid.
+        Draws are keyed to the content of each image, so the same images in
+        any order give the same sample.
     max_iter : int, default=20
         Iterations of the image-level 2-means.
     n_init : "auto" or int, default=4
@@ -222,18 +346,25 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         before clustering.
     batch_size : int, default=16
         Images per batch in the pixel stage (upsampling and PAMR).
+    chunk_size : int, default=None
+        Images read and processed together in each pass over ``X``; memory
+        grows with it, not with the number of images. ``None`` picks chunks
+        of about 32 MB of patch features (at most a share of the images per
+        job, so that ``n_jobs`` jobs have work). Results do not depend on it.
     device : {"auto", "cpu", "cuda", "mps"}, default="auto"
         Where the image-level clustering and refinement run.
     random_state : int, RandomState instance or None, default=None
         Seeds the subsampling and the K-means fits.
     n_jobs : int, default=None
-        Threads for the pixel stage (image loading, refinement, regions).
-        Results do not depend on it.
+        Chunks processed at once (threads by default, or any joblib backend
+        in effect, e.g. Dask's). Results do not depend on it.
 
     Attributes
     ----------
-    labels_ : list of ndarray of shape (H, W)
-        Label masks of the training images.
+    labels_ : LabelMasks
+        Label masks of the training images: a sequence whose item ``i`` is
+        the ``(H, W)`` mask of image ``i``, produced when indexed from a
+        compressed region map.
     n_features_in_ : int
         Dimension of the patch features seen in :meth:`fit`.
     dataset_centroids_ : ndarray of shape (n_dataset_clusters, d)
@@ -242,7 +373,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     category_centers_ : ndarray of shape (n_categories, d_cls)
         Centres of the image pseudo-categories.
     category_centroids_ : ndarray of shape (n_categories, 2, d)
-        Background and foreground centroid of each category's 2-means.
+        Background and foreground centroid of each category's 2-means (a
+        category without patches keeps the dataset-wide split).
     categories_ : ndarray of shape (n_images,)
         Category of each training image.
     class_centroids_ : ndarray of shape (n_classes, d_region)
@@ -291,6 +423,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         "n_init": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions({"cosine", "euclidean"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "chunk_size": [None, Interval(Integral, 1, None, closed="left")],
         "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
         "random_state": ["random_state"],
         "n_jobs": [None, Integral],
@@ -316,6 +449,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         n_init=4,
         metric="cosine",
         batch_size=16,
+        chunk_size=None,
         device="auto",
         random_state=None,
         n_jobs=None,
@@ -337,19 +471,101 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.n_init = n_init
         self.metric = metric
         self.batch_size = batch_size
+        self.chunk_size = chunk_size
         self.device = device
         self.random_state = random_state
         self.n_jobs = n_jobs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
+        tags.input_tags.two_d_array = False  # X is a sequence of per-image features
         return tags
 
     # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the three clustering levels and the region classes.
+
+        Parameters
+        ----------
+        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
+            Patch features (a list, a :class:`FeatureSequence`, a
+            :class:`FeatureStore`...); with a 4-D array there are no CLS
+            tokens and no pixels, so masks come back at patch resolution,
+            unrefined.
+        y : ignored
+            Accepted so that model selection can pass ground truth to a scorer.
+
+        Returns
+        -------
+        self : MultilevelSegmenter
+        """
+        self._check_params()
+        X = _as_features(X)
+        self.__dict__.pop("labels_", None)  # never shipped to the passes' workers
+        expected = self._expected(X)
+        master = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        seeds = dict(zip(_SEEDS, np.random.SeedSequence(master).generate_state(len(_SEEDS))))
+        chunks = self._chunks(X)
+
+        # 1. Survey: every image checked, keyed and described; a bounded,
+        # content-keyed sample of patches for the dataset level.
+        keys, descriptors, sizes = [], [], []
+        patch_sample = BoundedSample(self.max_samples)
+        for chunk_keys, chunk_descriptors, chunk_sizes, chunk_sample in self._map(
+            _survey, X, chunks, expected, seeds["dataset"], self.max_samples
+        ):
+            keys.append(chunk_keys)
+            descriptors.append(chunk_descriptors)
+            sizes.append(chunk_sizes)
+            patch_sample.merge(chunk_sample)
+        keys, descriptors = np.concatenate(keys), np.concatenate(descriptors)
+        n_patches = int(np.concatenate(sizes).sum())
+        if n_patches < self.n_dataset_clusters:
+            raise ValueError(
+                f"X has {n_patches} patches in all, fewer than "
+                f"n_dataset_clusters={self.n_dataset_clusters}."
+            )
+        self.n_features_in_ = expected.n_features
+        self.uses_cls_ = expected.has_cls
+
+        # 2. Dataset level, and the images' pseudo-categories.
+        self.dataset_centroids_ = fit_kmeans(
+            patch_sample.result(), self.n_dataset_clusters, n_init=1, seed=seeds["dataset"]
+        )
+        self._fit_categories(descriptors, keys, seeds["categories"])
+        statistics, category_samples = self._dataset_statistics(
+            X, chunks, expected, keys, seeds["category_pairs"]
+        )
+        if self.foreground == "border":
+            self.dataset_foreground_ = border_foreground(
+                statistics["counts"], statistics["border"]
+            )
+        else:
+            self.dataset_foreground_ = attention_foreground(
+                statistics["counts"], statistics["attention"]
+            )
+
+        # 3. Category level, oriented by the dataset level.
+        self.category_centroids_ = self._fit_category_pairs(
+            category_samples, statistics, seeds["category_pairs"]
+        )
+
+        # 4. The per-image path that predict runs: image level, consensus,
+        # pixels, regions and their descriptors.
+        if self.region == "crop":
+            self.region_encoder_ = (
+                clone(self.region_encoder).fit() if _needs_fit(self.region_encoder)
+                else self.region_encoder
+            )
+        regions, region_descriptors = self._segment_all(X, chunks, expected, keys)
+
+        # 5. Classes of the object regions.
+        self._fit_classes(region_descriptors, keys, seeds["classes"])
+        self.labels_ = self._label(regions, region_descriptors)
+        return self
+
     def _check_params(self):
-        validate_params(self)
         dilations = self.refine_dilations
         if not dilations or not all(isinstance(d, Integral) and d >= 1 for d in dilations):
             raise ValueError(
@@ -359,48 +575,93 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             raise ValueError("region='crop' needs a region_encoder, e.g. a ViTPatchTransformer.")
         resolve_device(self.device)  # an unavailable device fails now, not mid-run
 
-    def _data(self, X):
-        data = _FeatureData(
-            X, metric=self.metric, needs_attention=self.foreground == "attention"
+    def _expected(self, X, fitted=False):
+        """What every image must have: like image 0 in fit, like fit in predict."""
+        if fitted:
+            n_features, has_cls = self.n_features_in_, self.uses_cls_
+        else:
+            first = X[0]
+            _check_type(0, first)
+            n_features, has_cls = first.patches.shape[2], first.cls is not None
+        return _Expected(
+            n_features, has_cls, self.metric, fitted=fitted,
+            needs_attention=self.foreground == "attention" and not fitted,
+            needs_pixels="region='crop'" if self.region == "crop" else None,
         )
-        if self.region == "crop":
-            for index, f in enumerate(data.features):
-                if f.image is None:
-                    raise ValueError(
-                        f"image {index} carries no pixels (ImageFeatures.image is None), "
-                        "needed by region='crop'."
-                    )
-        return data
 
-    def fit(self, X, y=None):
-        """Fit the three clustering levels and the region classes.
+    def _chunks(self, X):
+        """Ranges of images read together; results do not depend on them."""
+        n_images = len(X)
+        per_chunk = self.chunk_size
+        if per_chunk is None:
+            per_chunk = max(1, _CHUNK_FLOATS // X[0].patches.size)
+            per_chunk = min(per_chunk, math.ceil(n_images / effective_n_jobs(self.n_jobs)))
+        return [(start, min(start + per_chunk, n_images))
+                for start in range(0, n_images, per_chunk)]
 
-        Parameters
-        ----------
-        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
-            Patch features; with a 4-D array there are no CLS tokens and no
-            pixels, so masks come back at patch resolution, unrefined.
-        y : ignored
-            Accepted so that model selection can pass ground truth to a scorer.
+    def _map(self, function, X, chunks, *args):
+        """``function(X, start, stop, *args)`` for every chunk, results in order."""
+        return Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(
+            delayed(function)(X, start, stop, *args) for start, stop in chunks
+        )
 
-        Returns
-        -------
-        self : MultilevelSegmenter
-        """
-        self._check_params()
-        data = self._data(X)
-        rng = check_random_state(self.random_state)
-        self.n_features_in_ = data.n_features
-        self.uses_cls_ = data.has_cls
-        fg_dataset = self._fit_dataset_level(data, rng)
-        self._fit_categories(data, fg_dataset, rng)
-        if self.region == "crop":
-            self.region_encoder_ = (
-                clone(self.region_encoder).fit() if _needs_fit(self.region_encoder)
-                else self.region_encoder
+    def _light(self):
+        """This estimator without its training masks: what the passes need."""
+        model = copy.copy(self)
+        model.__dict__.pop("labels_", None)
+        return model
+
+    def _fit_categories(self, descriptors, keys, seed):
+        requested = self.n_classes if self.n_categories is None else self.n_categories
+        self.n_categories_ = min(requested, len(descriptors))
+        if self.n_categories_ < requested:
+            warnings.warn(
+                f"n_categories={requested} exceeds the {len(descriptors)} images; using "
+                f"{self.n_categories_}.", UserWarning,
             )
-        soft, _, _ = self._consensus(data, fg_dataset, self.categories_)
-        regions, descriptors = self._regions(data, soft)
+        sample = BoundedSample(self.max_samples)
+        sample.offer(image_priorities(seed, keys), descriptors)
+        self.category_centers_ = fit_kmeans(
+            sample.result(), self.n_categories_, n_init=self.n_init, seed=seed
+        )
+        self.categories_ = nearest_centroid(descriptors, self.category_centers_)
+
+    def _dataset_statistics(self, X, chunks, expected, keys, seed):
+        statistics, samples = {}, {}
+        for chunk_statistics, chunk_samples in self._map(
+            _dataset_statistics, X, chunks, expected, keys, self._light(), seed,
+            self.max_samples,
+        ):
+            for name, values in chunk_statistics.items():
+                statistics[name] = statistics.get(name, 0) + values
+            for category, sample in chunk_samples.items():
+                samples.setdefault(category, BoundedSample(self.max_samples)).merge(sample)
+        return statistics, samples
+
+    def _fit_category_pairs(self, samples, statistics, seed):
+        # A category with fewer than two patches keeps the dataset-wide split.
+        sides = np.stack([~self.dataset_foreground_, self.dataset_foreground_])
+        counts = sides @ statistics["counts"]
+        overall = statistics["sums"].sum(0) / statistics["counts"].sum()
+        fallback = np.where(
+            (counts > 0)[:, None], sides @ statistics["sums"] / np.maximum(counts, 1)[:, None],
+            overall,
+        ).astype(np.float32)
+        pairs = np.repeat(fallback[None], self.n_categories_, axis=0)
+        for category, sample in sorted(samples.items()):
+            if len(sample) < 2:
+                continue
+            patches = sample.result()
+            pair = fit_kmeans(
+                patches, 2, n_init=1, seed=np.random.SeedSequence([seed, category]).generate_state(1)[0]
+            )
+            reference = self.dataset_foreground_[
+                nearest_centroid(patches, self.dataset_centroids_)
+            ]
+            pairs[category] = oriented_pair(pair, patches, reference)
+        return pairs
+
+    def _fit_classes(self, descriptors, keys, seed):
         n_regions = sum(len(d) for d in descriptors)
         if n_regions == 0:
             raise ValueError(
@@ -414,132 +675,135 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 f"n_classes={self.n_classes}; using {self.n_classes_} classes.",
                 UserWarning,
             )
-        all_descriptors = np.concatenate([d for d in descriptors if len(d)])
+        sample = BoundedSample(self.max_samples)
+        sample.offer(
+            np.concatenate([patch_priorities(seed, key, len(d))
+                            for key, d in zip(keys, descriptors)]),
+            np.concatenate([d for d in descriptors if len(d)]),
+        )
         self.class_centroids_ = fit_kmeans(
-            all_descriptors, self.n_classes_, max_samples=len(all_descriptors),
-            n_init=self.n_init, random_state=rng,
+            sample.result(), self.n_classes_, n_init=self.n_init, seed=seed
         )
-        self.labels_ = self._label(regions, descriptors)
-        return self
 
-    def _fit_dataset_level(self, data, rng):
-        if len(data.patches) < self.n_dataset_clusters:
-            raise ValueError(
-                f"X has {len(data.patches)} patches in all, fewer than "
-                f"n_dataset_clusters={self.n_dataset_clusters}."
-            )
-        self.dataset_centroids_ = fit_kmeans(
-            data.patches, self.n_dataset_clusters, max_samples=self.max_samples,
-            n_init=1, random_state=rng,
-        )
-        assignment = nearest_centroid(data.patches, self.dataset_centroids_)
-        if self.foreground == "border":
-            self.dataset_foreground_ = border_foreground(
-                assignment, data.on_border(), self.n_dataset_clusters
-            )
-        else:
-            self.dataset_foreground_ = attention_foreground(
-                assignment, data.attention(), self.n_dataset_clusters
-            )
-        return self.dataset_foreground_[assignment]
-
-    def _fit_categories(self, data, fg_dataset, rng):
-        requested = self.n_classes if self.n_categories is None else self.n_categories
-        self.n_categories_ = min(requested, len(data))
-        if self.n_categories_ < requested:
+    # ------------------------------------------------- the per-image path
+    def _segment_all(self, X, chunks, expected, keys=None):
+        """Region maps and region descriptors of every image, chunk by chunk."""
+        model = self._light()
+        regions, descriptors, no_pixels = [], [], 0
+        for chunk_regions, chunk_descriptors, chunk_no_pixels in self._map(
+            _segment, X, chunks, expected, model, keys
+        ):
+            regions.extend(chunk_regions)
+            descriptors.extend(chunk_descriptors)
+            no_pixels += chunk_no_pixels
+        if no_pixels and self.refine is not None and self.refine_iter > 0:
             warnings.warn(
-                f"n_categories={requested} exceeds the {len(data)} images; using "
-                f"{self.n_categories_}.", UserWarning,
+                f"{no_pixels} of {len(regions)} images carry no pixels "
+                "(ImageFeatures.image is None), so refinement is skipped for them.",
+                UserWarning,
             )
-        self.category_centers_ = fit_kmeans(
-            data.descriptors, self.n_categories_, max_samples=len(data),
-            n_init=self.n_init, random_state=rng,
-        )
-        self.categories_ = nearest_centroid(data.descriptors, self.category_centers_)
-        patch_category = self.categories_[data.image_of_patch]
-        # A category no image fell into keeps the dataset-wide split.
-        sides = np.stack([~fg_dataset, fg_dataset]).astype(np.float32)
-        counts = sides.sum(1, keepdims=True)
-        overall = data.patches.mean(0)
-        fallback = np.where(counts > 0, sides @ data.patches / np.maximum(counts, 1), overall)
-        centroids = np.repeat(fallback[None], self.n_categories_, axis=0).astype(np.float32)
-        for category in range(self.n_categories_):
-            rows = np.flatnonzero(patch_category == category)
-            if len(rows) < 2:
-                continue
-            pair = fit_kmeans(
-                data.patches[rows], 2, max_samples=self.max_samples,
-                n_init=1, random_state=rng,
-            )
-            split = nearest_centroid(data.patches[rows], pair) == 1
-            # Consistency with the level above: the cluster that agrees best
-            # with the dataset-level foreground is this category's foreground.
-            if agreement(~split, fg_dataset[rows]) > agreement(split, fg_dataset[rows]):
-                pair = pair[::-1]
-            centroids[category] = pair
-        self.category_centroids_ = centroids
+        return regions, descriptors
 
-    # --------------------------------------------------------------- levels
-    def _consensus(self, data, fg_dataset=None, categories=None):
-        """Soft consensus per image at patch resolution, and the three levels.
-
-        ``fit`` passes the dataset-level mask and the categories it has just
-        computed; for new images they come from the fitted centroids.
-        """
-        if fg_dataset is None:
-            assignment = nearest_centroid(data.patches, self.dataset_centroids_)
-            fg_dataset = self.dataset_foreground_[assignment]
-        if categories is None:
-            categories = nearest_centroid(data.descriptors, self.category_centers_)
-        # Nearest of its category's two centroids, for every patch at once.
-        direction, offset = second_is_nearer(self.category_centroids_)
-        patch_category = categories[data.image_of_patch]
-        scores = _row_dot(data.patches, direction, patch_category)
-        fg_category = scores > offset[patch_category]
-        fg_image = self._image_level(data, fg_category, categories)
-        votes = fg_dataset.astype(np.float32) + fg_category + fg_image
-        if self.consensus == "vote":
-            soft = votes / 3
-        elif self.consensus == "intersection":
-            soft = (votes == 3).astype(np.float32)
-        else:
-            soft = fg_image.astype(np.float32)
-        levels = {
-            "dataset": fg_dataset, "category": fg_category, "image": fg_image,
-            "consensus": soft,
-        }
-        return data.split(soft), levels, categories
-
-    def _image_level(self, data, fg_category, categories):
-        """Batched 2-means inside every image, started from the category mask."""
+    def _levels(self, chunk):
+        """The three level masks, their consensus and each image's category."""
         device = resolve_device(self.device)
-        fg_image = np.zeros(len(data.patches), dtype=bool)
-        by_grid = {}
-        for index, grid in enumerate(data.grids):
-            by_grid.setdefault(grid, []).append(index)
-        for (h, w), indices in by_grid.items():
-            per_batch = max(1, _IMAGE_BATCH_FLOATS // (h * w * data.n_features))
-            for start in range(0, len(indices), per_batch):
-                batch = indices[start:start + per_batch]
-                rows = np.concatenate([np.arange(data.offsets[i], data.offsets[i + 1]) for i in batch])
-                X = torch.from_numpy(data.patches[rows]).to(device).view(len(batch), h * w, -1)
-                init = torch.from_numpy(fg_category[rows]).to(device).view(len(batch), h * w)
-                split, centroids = batched_two_means(X, init, max_iter=self.max_iter)
-                split, init = split.cpu().numpy(), init.cpu().numpy()
-                keep = agreement(split, init)
-                flip = agreement(~split, init)
-                # Both zero: the category put no patch of this image in the
-                # foreground; then the cluster nearer the category's
-                # foreground centroid is foreground.
-                tie = (keep == 0) & (flip == 0)
-                if tie.any():
-                    cat_fg = torch.from_numpy(self.category_centroids_[categories[batch], 1]).to(device)
-                    nearer = ((centroids - cat_fg[:, None]) ** 2).sum(-1).argmin(1).cpu().numpy()
-                    flip = np.where(tie, nearer == 0, flip)
-                    keep = np.where(tie, nearer == 1, keep)
-                chosen = np.where((flip > keep)[:, None], ~split, split)
-                fg_image[rows] = chosen.ravel()
-        return fg_image
+        dataset = self.dataset_foreground_[
+            nearest_centroid(chunk.patches, self.dataset_centroids_)
+        ]
+        categories = nearest_centroid(chunk.descriptors, self.category_centers_)
+        category = category_foreground(
+            chunk.patches, self.category_centroids_, categories[chunk.image_of_patch]
+        )
+        image = np.empty_like(category)
+        for (h, w), members in _groups(chunk.grids):
+            rows = np.concatenate([np.arange(chunk.offsets[j], chunk.offsets[j + 1])
+                                   for j in members])
+            image[rows] = image_foreground(
+                to_tensor(chunk.patches[rows], device).view(len(members), h * w, -1),
+                to_tensor(category[rows], device).view(len(members), h * w),
+                to_tensor(self.category_centroids_[categories[members], 1], device),
+                max_iter=self.max_iter,
+            ).ravel()
+        return {
+            "dataset": dataset, "category": category, "image": image,
+            "consensus": combine_levels(dataset, category, image, self.consensus),
+            "category_index": categories,
+        }
+
+    def _regions(self, chunk, soft):
+        """Upsample, refine and split into regions; describe each region."""
+        device = resolve_device(self.device)
+        refine = self.refine is not None and self.refine_iter > 0
+        soft = chunk.split(soft)
+        regions, described = [None] * len(chunk), [None] * len(chunk)
+        groups = _groups([(f.image_shape, f.grid_shape, f.image is None)
+                          for f in chunk.records])
+        for (image_shape, _, no_pixels), members in groups:
+            for start in range(0, len(members), self.batch_size):
+                batch = members[start:start + self.batch_size]
+                masks = foreground_masks(
+                    np.stack([soft[j] for j in batch]), image_shape,
+                    None if no_pixels or not refine else [chunk.records[j].image for j in batch],
+                    n_iter=self.refine_iter, dilations=self.refine_dilations,
+                    max_side=self.refine_max_side, device=device,
+                )
+                min_size = self._min_region_pixels(*image_shape)
+                for j, mask in zip(batch, masks):
+                    region_map, n_regions = object_regions(mask, min_size)
+                    regions[j] = CompactRegions(region_map, n_regions)
+                    if self.region == "crop":
+                        described[j] = region_crops(
+                            load_pixels(chunk.records[j].image, image_shape), region_map,
+                            n_regions, self.region_encoder_.patch_size_,
+                        )
+                    else:
+                        described[j] = pooled_descriptors(
+                            region_map, n_regions, chunk.records[j].patches
+                        )
+        if self.region == "crop":
+            described = encode_crops(self.region_encoder_, described)
+        if self.metric == "cosine":
+            described = [unit_rows(d.astype(np.float32)) for d in described]
+        no_pixels = sum(f.image is None for f in chunk.records)
+        return regions, described, no_pixels
+
+    def _min_region_pixels(self, height, width):
+        if isinstance(self.min_region_size, Integral):
+            return int(self.min_region_size)
+        return max(1, math.ceil(self.min_region_size * height * width))
+
+    def _label(self, regions, descriptors):
+        classes = [
+            1 + nearest_centroid(d, self.class_centroids_) if len(d) else np.zeros(0, int)
+            for d in descriptors
+        ]
+        return LabelMasks(regions, classes, np.uint8 if self.n_classes_ < 256 else np.int32)
+
+    # -------------------------------------------------------------- predict
+    def predict(self, X):
+        """Label masks for new images with the fitted centroids.
+
+        The dataset-level, category and class centroids are reused; only the
+        image-level clustering is computed afresh. It runs the same per-image
+        path as :meth:`fit`, so ``predict`` of the training images gives
+        ``labels_``.
+
+        Parameters
+        ----------
+        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
+
+        Returns
+        -------
+        labels : LabelMasks
+            Item ``i`` is the ``(H, W)`` mask of image ``i``: 0 for
+            background, 1..n_classes_ for the classes.
+        """
+        check_is_fitted(self, "class_centroids_")
+        X = _as_features(X)
+        regions, descriptors = self._segment_all(
+            X, self._chunks(X), self._expected(X, fitted=True)
+        )
+        return self._label(regions, descriptors)
 
     def predict_levels(self, X):
         """The three level masks and their consensus, at patch resolution.
@@ -556,143 +820,13 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             soft score thresholded at 0.5) and ``"category_index"``.
         """
         check_is_fitted(self, "class_centroids_")
-        data = self._checked_data(X)
-        _, levels, categories = self._consensus(data)
-        per_level = {name: data.split(values) for name, values in levels.items()}
-        return [
-            {**{name: maps[i] for name, maps in per_level.items()},
-             "category_index": int(categories[i])}
-            for i in range(len(data))
-        ]
-
-    # ---------------------------------------------------------- pixel stage
-    def _regions(self, data, soft):
-        """Upsample, refine and split into regions; describe each region."""
-        refine = self.refine is not None and self.refine_iter > 0
-        no_pixels = [i for i, f in enumerate(data.features) if f.image is None]
-        if refine and no_pixels:
-            warnings.warn(
-                f"{len(no_pixels)} of {len(data)} images carry no pixels "
-                "(ImageFeatures.image is None), so refinement is skipped for them.",
-                UserWarning,
-            )
-        groups = {}
-        for i, f in enumerate(data.features):
-            groups.setdefault((f.image_shape, data.grids[i], f.image is None), []).append(i)
-        batches = [
-            indices[start:start + self.batch_size]
-            for indices in groups.values()
-            for start in range(0, len(indices), self.batch_size)
-        ]
-        device = resolve_device(self.device)
-        results = Parallel(n_jobs=self.n_jobs, prefer="threads")(
-            delayed(self._regions_of_batch)(data, soft, batch, refine, device)
-            for batch in batches
-        )
-        regions = [None] * len(data)
-        descriptors = [None] * len(data)
-        crops = []
-        for batch, result in zip(batches, results):
-            for i, (region_map, n_regions, described) in zip(batch, result):
-                regions[i] = region_map
-                descriptors[i] = described
-                if self.region == "crop":
-                    crops.append((i, described))
-        if self.region == "crop":
-            descriptors = self._encode_crops(crops, len(data))
-        elif self.metric == "cosine":
-            descriptors = [_unit(d) for d in descriptors]
-        return regions, descriptors
-
-    def _regions_of_batch(self, data, soft, batch, refine, device):
-        features = [data.features[i] for i in batch]
-        image_shape = features[0].image_shape
-        has_pixels = features[0].image is not None
-        masks = foreground_masks(
-            np.stack([soft[i] for i in batch]), image_shape,
-            [f.image for f in features] if refine and has_pixels else None,
-            n_iter=self.refine_iter, dilations=self.refine_dilations,
-            max_side=self.refine_max_side, device=device,
-        )
-        min_size = self._min_region_pixels(*image_shape)
-        out = []
-        for j, i in enumerate(batch):
-            region_map, n_regions = object_regions(masks[j], min_size)
-            if self.region == "crop":
-                described = region_crops(load_pixels(features[j].image, image_shape),
-                                         region_map, n_regions,
-                                         self.region_encoder_.patch_size_)
-            else:
-                described = pooled_descriptors(region_map, n_regions, data.features[i].patches)
-            out.append((region_map, n_regions, described))
-        return out
-
-    def _min_region_pixels(self, height, width):
-        if isinstance(self.min_region_size, Integral):
-            return int(self.min_region_size)
-        return max(1, math.ceil(self.min_region_size * height * width))
-
-    def _encode_crops(self, crops, n_images):
-        """CLS tokens of all region crops, encoded in one batched call."""
-        flat = [crop for _, image_crops in crops for crop in image_crops]
-        tokens = (
-            np.stack([f.cls for f in self.region_encoder_.transform(flat)]).astype(np.float32)
-            if flat else np.zeros((0, 1), np.float32)
-        )
-        if self.metric == "cosine":
-            tokens = _unit(tokens)
-        descriptors = [np.zeros((0, tokens.shape[1]), np.float32)] * n_images
-        start = 0
-        for i, image_crops in crops:
-            descriptors[i] = tokens[start:start + len(image_crops)]
-            start += len(image_crops)
-        return descriptors
-
-    def _label(self, regions, descriptors):
-        dtype = np.uint8 if self.n_classes_ < 256 else np.int32
-        masks = []
-        for region_map, described in zip(regions, descriptors):
-            lookup = np.zeros(len(described) + 1, dtype=dtype)
-            if len(described):
-                lookup[1:] = 1 + nearest_centroid(described, self.class_centroids_)
-            masks.append(lookup[region_map])
-        return masks
-
-    # -------------------------------------------------------------- predict
-    def _checked_data(self, X):
-        data = self._data(X)
-        if data.n_features != self.n_features_in_:
-            raise ValueError(
-                f"X has {data.n_features}-dimensional patch features, but "
-                f"MultilevelSegmenter was fitted on {self.n_features_in_}."
-            )
-        if data.has_cls != self.uses_cls_:
-            raise ValueError(
-                "X's image descriptors (CLS tokens or mean patches) do not match those "
-                "seen in fit: give CLS tokens in both or in neither."
-            )
-        return data
-
-    def predict(self, X):
-        """Label masks for new images with the fitted centroids.
-
-        The dataset-level, category and class centroids are reused; only the
-        image-level clustering is computed afresh.
-
-        Parameters
-        ----------
-        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
-
-        Returns
-        -------
-        labels : list of ndarray of shape (H, W)
-            0 for background, 1..n_classes_ for the classes.
-        """
-        check_is_fitted(self, "class_centroids_")
-        data = self._checked_data(X)
-        soft, _, _ = self._consensus(data)
-        regions, descriptors = self._regions(data, soft)
-        return self._label(regions, descriptors)
+        X = _as_features(X)
+        levels = []
+        for chunk_levels in self._map(
+            _levels_only, X, self._chunks(X), self._expected(X, fitted=True), self._light()
+        ):
+            levels.extend(chunk_levels)
+        return levels
 
     def fit_predict(self, X, y=None):
         """Fit and return the label masks of the training images.
@@ -704,24 +838,14 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
         Returns
         -------
-        labels : list of ndarray of shape (H, W)
+        labels : LabelMasks
         """
         return self.fit(X).labels_
 
 
-def _needs_fit(estimator):
-    try:
-        check_is_fitted(estimator)
-    except Exception:
-        return True
-    return False
-
-
-def _row_dot(X, directions, which, chunk=65536):
-    """``X[i] . directions[which[i]]`` for every row, by chunked matrix products."""
-    out = np.empty(len(X), dtype=np.float32)
-    for start in range(0, len(X), chunk):
-        block = X[start:start + chunk] @ directions.T
-        out[start:start + chunk] = block[np.arange(len(block)), which[start:start + chunk]]
-    return out
-
+def _groups(values):
+    """``(value, [indices])`` for each distinct value, in order of appearance."""
+    groups = {}
+    for index, value in enumerate(values):
+        groups.setdefault(value, []).append(index)
+    return list(groups.items())

@@ -268,7 +268,7 @@ def test_predict_checks_the_feature_dimension(planted):
     other, _ = make_patch_features(n_images=3, n_features=32, random_state=0)
     with pytest.raises(ValueError, match="fitted on 64"):
         seg.predict(other)
-    with pytest.raises(ValueError, match="CLS tokens in both"):
+    with pytest.raises(ValueError, match="CLS tokens for all images or for none"):
         seg.predict(np.stack([f.patches for f in X[:2]]))
 
 
