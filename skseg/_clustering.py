@@ -122,7 +122,9 @@ def fit_kmeans(X, n_clusters, *, n_init, seed):
 
 def nearest_centroid(X, centroids):
     """Index of the nearest centroid (squared Euclidean) for every row of X."""
-    X = torch.as_tensor(X)
+    X = torch.as_tensor(np.ascontiguousarray(X) if isinstance(X, np.ndarray) else X)
+    if isinstance(centroids, np.ndarray):
+        centroids = np.ascontiguousarray(centroids)
     centroids = torch.as_tensor(centroids, dtype=X.dtype, device=X.device)
     # argmin ||x - c||^2 = argmax (x.c - ||c||^2 / 2): one matrix product.
     half_norms = 0.5 * (centroids * centroids).sum(1)

@@ -2,6 +2,7 @@ import pickle
 
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.metrics import confusion_matrix as sk_confusion
 
 from skseg.metrics import (
@@ -119,7 +120,7 @@ def test_negative_ignore_index_is_allowed():
 
 
 def test_scorer_uses_predict_and_pickles():
-    class Fixed:
+    class Fixed(ClusterMixin, BaseEstimator):
         def predict(self, X):
             return [np.array([[5, 5, 6]])]
 

@@ -1,10 +1,15 @@
 """mIoU as a scikit-learn scorer, for GridSearchCV and cross_val_score."""
 
+from sklearn.metrics import make_scorer
+
 from ._iou import mean_iou
 
 
 def make_miou_scorer(**kwargs):
     """A scorer ``scorer(estimator, X, y)`` returning :func:`mean_iou`.
+
+    It is scikit-learn's ``make_scorer(mean_iou, **kwargs)``, with the
+    keyword arguments checked at once rather than at the first score.
 
     The estimator (a :class:`~skseg.MultilevelSegmenter` or a Pipeline ending
     in one) predicts masks for ``X``; ``y`` holds the ground-truth masks.
@@ -23,22 +28,8 @@ def make_miou_scorer(**kwargs):
     >>> from skseg.metrics import make_miou_scorer
     >>> scorer = make_miou_scorer(matching="majority")
     """
-    return _MIoUScorer(kwargs)
-
-
-class _MIoUScorer:
-    """A picklable scorer (GridSearchCV with n_jobs sends it to workers)."""
-
-    def __init__(self, kwargs):
-        mean_iou([[[0]]], [[[0]]], **kwargs)  # refuse bad keyword arguments now
-        self.kwargs = kwargs
-
-    def __call__(self, estimator, X, y):
-        return mean_iou(y, estimator.predict(X), **self.kwargs)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"make_miou_scorer({args})"
+    mean_iou([[[0]]], [[[0]]], **kwargs)  # refuse bad keyword arguments now
+    return make_scorer(mean_iou, **kwargs)
 
 
 miou_scorer = make_miou_scorer()

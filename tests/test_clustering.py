@@ -1,0 +1,127 @@
+"""The clustering kernels: content-keyed samples, K-means, batched 2-means."""
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
+from skseg._clustering import (
+    BoundedSample,
+    batched_two_means,
+    content_key,
+    image_priorities,
+    nearest_centroid,
+    patch_priorities,
+    second_is_nearer,
+    unit_rows,
+)
+
+
+def test_bounded_sample_keeps_the_smallest_priorities_in_any_order_and_chunking():
+    rng = np.random.default_rng(0)
+    priorities = rng.integers(0, 2**63, 1000).astype(np.uint64)
+    rows = np.arange(1000)
+    expected = rows[np.argsort(priorities)[:50]]
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(1000)
+        sample = BoundedSample(50)
+        for part in np.array_split(order, 7 + seed * 13):
+            sample.offer(priorities[part], rows[part])
+        np.testing.assert_array_equal(sample.result(), expected)
+        assert len(sample) == 50
+
+
+def test_bounded_sample_merges_partial_samples_and_keeps_all_when_small():
+    priorities = np.array([5, 1, 4, 2, 3], dtype=np.uint64)
+    rows = np.array([[50], [10], [40], [20], [30]])
+    left, right = BoundedSample(3), BoundedSample(3)
+    left.offer(priorities[:2], rows[:2])
+    right.offer(priorities[2:], rows[2:])
+    left.merge(right)
+    np.testing.assert_array_equal(left.result(), [[10], [20], [30]])
+    small = BoundedSample(10)
+    small.offer(priorities, rows)
+    assert len(small) == 5
+    np.testing.assert_array_equal(small.result(), [[10], [20], [30], [40], [50]])
+
+
+def test_priorities_depend_on_seed_content_and_position_only():
+    a = patch_priorities(0, 123, 50)
+    np.testing.assert_array_equal(a, patch_priorities(0, 123, 50))
+    np.testing.assert_array_equal(a[:10], patch_priorities(0, 123, 10))
+    assert len(set(a.tolist())) == 50
+    assert not np.array_equal(a, patch_priorities(1, 123, 50))
+    assert not np.array_equal(a, patch_priorities(0, 124, 50))
+    keys = np.array([1, 2, 3], dtype=np.uint64)
+    np.testing.assert_array_equal(image_priorities(7, keys)[::-1], image_priorities(7, keys[::-1]))
+    # A uniform sample: the smallest tenth of priorities is spread over positions.
+    many = patch_priorities(3, 99, 10_000)
+    chosen = np.argsort(many)[:1000]
+    assert 400 < (chosen < 5000).sum() < 600
+
+
+def test_content_key_identifies_the_bytes():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert content_key(x) == content_key(x.copy())
+    assert content_key(x) != content_key(x + 1)
+    assert content_key(x, None) == content_key(x)
+    assert content_key(x, np.ones(2)) != content_key(x)
+    assert content_key(np.asfortranarray(x)) == content_key(x)
+
+
+def test_unit_rows_scales_in_place_and_keeps_zero_rows():
+    X = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+    out = unit_rows(X)
+    assert out is X
+    np.testing.assert_allclose(X, [[0.6, 0.8], [0.0, 0.0]])
+    assert unit_rows(np.zeros((0, 3))).shape == (0, 3)
+
+
+def test_nearest_centroid_matches_brute_force():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 6)).astype(np.float32)
+    C = rng.standard_normal((5, 6)).astype(np.float32)
+    expected = ((X[:, None] - C) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(nearest_centroid(X, C), expected)
+
+
+def test_second_is_nearer_is_the_nearest_centroid_rule():
+    rng = np.random.default_rng(1)
+    pairs = rng.standard_normal((2, 4)).astype(np.float32)
+    X = rng.standard_normal((100, 4)).astype(np.float32)
+    direction, offset = second_is_nearer(pairs)
+    np.testing.assert_array_equal(X @ direction > offset, nearest_centroid(X, pairs) == 1)
+
+
+def test_batched_two_means_matches_a_per_image_loop():
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.standard_normal((5, 30, 4)).astype(np.float32))
+    X[:, :10] += 3
+    init = torch.zeros(5, 30, dtype=torch.bool)
+    init[:, :12] = True
+    init[4] = False  # the level above saw no foreground here
+    split, centroids = batched_two_means(X, init, max_iter=50)
+    for b in range(5):
+        km = KMeans(2, init=centroids[b].numpy(), n_init=1).fit(X[b].numpy())
+        assert (km.labels_ == split[b].numpy()).all() or (km.labels_ != split[b].numpy()).all()
+        assert split[b, :10].all() != split[b, 10:].any()
+
+
+def test_batched_two_means_seeds_an_empty_side_from_the_farthest_patch():
+    # Every patch starts on one side; the other side starts at the patch
+    # farthest from their mean, so one step separates the outlier.
+    X = torch.zeros(1, 6, 2)
+    X[0, 5] = torch.tensor([10.0, 0.0])
+    outlier = np.arange(6) == 5
+    for side in (True, False):
+        split, centroids = batched_two_means(X, torch.full((1, 6), side), max_iter=1)
+        # The seeded side holds the outlier alone.
+        np.testing.assert_array_equal(split[0].numpy(), ~outlier if side else outlier)
+        np.testing.assert_allclose(centroids[0, 0 if side else 1].numpy(), [10.0, 0.0])
+
+
+def test_batched_two_means_starts_from_the_level_above():
+    # Two equally good splits; the one the level above suggests is kept.
+    X = torch.tensor([[[0.0], [0.0], [1.0], [1.0]]])
+    init = torch.tensor([[True, True, False, False]])
+    split, _ = batched_two_means(X, init, max_iter=5)
+    np.testing.assert_array_equal(split[0].numpy(), [True, True, False, False])
