@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test docs bench clean
+.PHONY: install demo test docs bench mutants clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,10 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_segmenter.py
 	$(BIN)/python benchmarks/bench_metrics.py
 
+# Mutation testing of the stage modules ([tool.mutmut] in pyproject.toml);
+# `$(BIN)/mutmut results` lists the survivors, `$(BIN)/mutmut show NAME` one.
+mutants: $(VENV)/.installed-test $(VENV)/.installed-dev
+	$(BIN)/mutmut run --max-children 2
+
 clean:
-	rm -rf $(VENV) docs/_build docs/auto_examples docs/gen_modules skseg-demo
+	rm -rf mutants $(VENV) docs/_build docs/auto_examples docs/gen_modules skseg-demo

@@ -150,7 +150,6 @@ class _Chunk:
     cosine metric), one descriptor and one content key per image."""
 
     def __init__(self, X, start, stop, expected, keys=None):
-        self.start = start
         self.records = [X[i] for i in range(start, stop)]
         for index, f in enumerate(self.records, start):
             expected.check(index, f)
@@ -322,8 +321,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     region : {"pooled", "crop"}, default="pooled"
         Region descriptor: the coverage-weighted mean of the region's patch
         features (fast), or the CLS token of the region's bounding-box crop
-        re-encoded by ``region_encoder`` (faithful, slower; the crops of all
-        images are encoded in one batched call at the end).
+        re-encoded by ``region_encoder`` (faithful, slower; the crops of a
+        chunk of images are encoded in one batched call).
     region_encoder : estimator, default=None
         A :class:`ViTPatchTransformer` (fitted or not) for ``region="crop"``.
     min_region_size : int or float, default=0.01
