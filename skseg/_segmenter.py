@@ -23,6 +23,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClusterMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
@@ -177,7 +178,11 @@ class _Chunk:
         if expected.has_cls:
             descriptors = np.stack([f.cls for f in self.records]).astype(np.float32)
         else:  # no global token: an image is described by its mean patch
-            descriptors = np.add.reduceat(patches, self.offsets[:-1]) / sizes[:, None]
+            per_image = sparse.csr_matrix(
+                (np.ones(len(patches), np.float32), np.arange(len(patches)), self.offsets),
+                shape=(len(sizes), len(patches)),
+            )
+            descriptors = np.asarray(per_image @ patches) / sizes[:, None]
         self.descriptors = unit_rows(descriptors) if expected.metric == "cosine" \
             else descriptors
         self.keys = keys if keys is not None else np.array(
