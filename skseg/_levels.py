@@ -141,6 +141,61 @@ def combine_levels(dataset, category, image, rule):
     return image.astype(np.float32)
 
 
-def to_tensor(array, device):
-    """A numpy array on ``device`` without a copy on the CPU."""
+# ------------------------------------------------------- a chunk of images
+def chunk_levels(chunk, dataset_centroids, dataset_foreground, category_centers,
+                 category_pairs, *, consensus, max_iter, device):
+    """The three level masks of a chunk of images, their consensus, and each
+    image's category, from the fitted centroids.
+
+    Parameters
+    ----------
+    chunk : Chunk
+        Checked patches of the images, their descriptors and grids.
+    dataset_centroids : ndarray of shape (n_dataset_clusters, d)
+    dataset_foreground : ndarray of shape (n_dataset_clusters,), bool
+    category_centers : ndarray of shape (n_categories, d_descriptor)
+    category_pairs : ndarray of shape (n_categories, 2, d)
+    consensus : {"vote", "intersection", "image"}
+    max_iter : int
+        Iterations of the image-level 2-means.
+    device : torch.device
+
+    Returns
+    -------
+    levels : dict
+        ``"dataset"``, ``"category"``, ``"image"`` (bool, one per patch),
+        ``"consensus"`` (float, one per patch), ``"category_index"`` (one
+        per image).
+    """
+    dataset = dataset_foreground[nearest_centroid(chunk.patches, dataset_centroids)]
+    categories = nearest_centroid(chunk.descriptors, category_centers)
+    category = category_foreground(chunk.patches, category_pairs,
+                                   categories[chunk.image_of_patch])
+    image = np.empty_like(category)
+    # Images of one grid size run their 2-means together, as one batch.
+    for (h, w), members in group_indices(chunk.grids):
+        rows = np.concatenate([np.arange(chunk.offsets[j], chunk.offsets[j + 1])
+                               for j in members])
+        image[rows] = image_foreground(
+            _to_tensor(chunk.patches[rows], device).view(len(members), h * w, -1),
+            _to_tensor(category[rows], device).view(len(members), h * w),
+            _to_tensor(category_pairs[categories[members], 1], device),
+            max_iter=max_iter,
+        ).ravel()
+    return {
+        "dataset": dataset, "category": category, "image": image,
+        "consensus": combine_levels(dataset, category, image, consensus),
+        "category_index": categories,
+    }
+
+
+def _to_tensor(array, device):
     return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def group_indices(values):
+    """``(value, [indices])`` for each distinct value, in order of appearance."""
+    groups = {}
+    for index, value in enumerate(values):
+        groups.setdefault(value, []).append(index)
+    return list(groups.items())

@@ -18,12 +18,10 @@ images:
 import copy
 import math
 import warnings
-from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
-from scipy import sparse
 from sklearn.base import BaseEstimator, ClusterMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
@@ -33,23 +31,28 @@ from sklearn_compat.base import _fit_context
 from ._backbone import resolve_device
 from ._clustering import (
     BoundedSample,
-    content_key,
     fit_kmeans,
     image_priorities,
     nearest_centroid,
     patch_priorities,
     unit_rows,
 )
-from ._features import FeatureSequence, ImageFeatures
 from ._levels import (
     attention_foreground,
     border_foreground,
-    border_patches,
-    category_foreground,
-    combine_levels,
-    image_foreground,
+    chunk_levels,
+    group_indices,
     oriented_pair,
-    to_tensor,
+)
+from ._passes import (
+    CHUNK_FLOATS,
+    Expected,
+    as_features,
+    check_type,
+    dataset_statistics,
+    levels_only,
+    segment,
+    survey,
 )
 from ._refine import foreground_masks, load_pixels
 from ._regions import (
@@ -62,215 +65,8 @@ from ._regions import (
 )
 from ._validation import HasMethods, Interval, StrOptions
 
-# Floats of patch features per chunk: ~32 MB of float32.
-_CHUNK_FLOATS = 1 << 23
 # Streams of random draws, one per use, derived from one seed.
 _SEEDS = ("dataset", "categories", "category_pairs", "classes")
-
-
-def _as_features(X):
-    """X as a sequence of ImageFeatures (a 4-D array becomes one)."""
-    if isinstance(X, np.ndarray):
-        if X.ndim != 4:
-            raise ValueError(
-                f"X as an array must be 4-D (n_images, h, w, d), got shape {X.shape}."
-            )
-        return FeatureSequence(ImageFeatures(patches=patches) for patches in X)
-    if isinstance(X, (str, bytes)) or not hasattr(X, "__len__") \
-            or not hasattr(X, "__getitem__"):
-        raise TypeError(
-            "X must be a sequence of ImageFeatures (ViTPatchTransformer's output) or "
-            f"a 4-D array of patch features, got {type(X).__name__}."
-        )
-    if len(X) == 0:
-        raise ValueError("X is empty: at least one image is needed.")
-    return X
-
-
-def _check_type(index, f):
-    if not isinstance(f, ImageFeatures):
-        raise TypeError(
-            f"X[{index}] is a {type(f).__name__}, not ImageFeatures; pass images "
-            "through ViTPatchTransformer first."
-        )
-
-
-@dataclass(frozen=True)
-class _Expected:
-    """What every image of X must have: what image 0 has in ``fit``, what
-    the fitted segmenter saw in ``predict``."""
-
-    n_features: int
-    has_cls: bool
-    metric: str
-    fitted: bool = False
-    needs_attention: bool = False
-    needs_pixels: str = None  # the parameter that needs them, if any
-
-    def check(self, index, f):
-        _check_type(index, f)
-        if f.patches.shape[2] != self.n_features:
-            raise ValueError(
-                f"image {index} has {f.patches.shape[2]}-dimensional features, but "
-                + (f"MultilevelSegmenter was fitted on {self.n_features}."
-                   if self.fitted else
-                   f"image 0 has {self.n_features}: all images must come from one "
-                   "extractor.")
-            )
-        if (f.cls is not None) != self.has_cls:
-            raise ValueError(
-                f"image {index} {'has' if f.cls is not None else 'lacks'} a CLS token "
-                f"but {'the images seen in fit' if self.fitted else 'image 0'} "
-                f"{'had' if self.has_cls else 'lacked'} one; give CLS tokens for all "
-                "images or for none."
-            )
-        if f.grid_shape[0] * f.grid_shape[1] < 2:
-            raise ValueError(
-                f"image {index} has a {f.grid_shape} patch grid: at least 2 patches "
-                "are needed to split foreground from background."
-            )
-        if self.needs_attention and f.attention is None:
-            raise ValueError(
-                f"image {index} has no attention map, needed by foreground='attention'; "
-                "extract with ViTPatchTransformer(attention=True)."
-            )
-        if self.needs_pixels and f.image is None:
-            raise ValueError(
-                f"image {index} carries no pixels (ImageFeatures.image is None), "
-                f"needed by {self.needs_pixels}."
-            )
-        for name in ("cls", "attention"):
-            values = getattr(f, name)
-            if values is not None and not np.isfinite(values).all():
-                raise ValueError(f"image {index} has NaN or infinite {name}.")
-
-
-class _Chunk:
-    """The checked features of images ``start..stop`` of X, ready to cluster:
-    all patches as one (n_patches, d) float32 matrix (unit rows with the
-    cosine metric), one descriptor and one content key per image."""
-
-    def __init__(self, X, start, stop, expected, keys=None):
-        self.records = [X[i] for i in range(start, stop)]
-        for index, f in enumerate(self.records, start):
-            expected.check(index, f)
-        self.grids = [f.grid_shape for f in self.records]
-        sizes = np.array([h * w for h, w in self.grids])
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self.image_of_patch = np.repeat(np.arange(len(self.records)), sizes)
-        patches = np.concatenate([
-            f.patches.reshape(-1, expected.n_features).astype(np.float32, copy=False)
-            for f in self.records
-        ])
-        # One pass over all patches: a NaN or inf makes its squared norm
-        # non-finite, and so does a value whose square overflows.
-        squares = np.einsum("ij,ij->i", patches, patches)
-        bad = ~np.isfinite(squares)
-        if bad.any():
-            index = int(self.image_of_patch[np.argmax(bad)])
-            problem = "NaN or infinite" \
-                if not np.isfinite(self.records[index].patches).all() \
-                else "too large (their squares overflow float32)"
-            raise ValueError(f"image {start + index} has {problem} patches.")
-        if expected.metric == "cosine":  # in place: concatenate made a copy
-            patches /= np.maximum(np.sqrt(squares), 1e-12)[:, None]
-        self.patches = patches
-        if expected.has_cls:
-            descriptors = np.stack([f.cls for f in self.records]).astype(np.float32)
-        else:  # no global token: an image is described by its mean patch
-            per_image = sparse.csr_matrix(
-                (np.ones(len(patches), np.float32), np.arange(len(patches)), self.offsets),
-                shape=(len(sizes), len(patches)),
-            )
-            descriptors = np.asarray(per_image @ patches) / sizes[:, None]
-        self.descriptors = unit_rows(descriptors) if expected.metric == "cosine" \
-            else descriptors
-        self.keys = keys if keys is not None else np.array(
-            [content_key(f.patches, f.cls) for f in self.records], dtype=np.uint64
-        )
-
-    def __len__(self):
-        return len(self.records)
-
-    def rows(self, j):
-        return slice(self.offsets[j], self.offsets[j + 1])
-
-    def priorities(self, seed):
-        """Every patch's sampling priority, keyed to its image's content."""
-        return np.concatenate([
-            patch_priorities(seed, key, h * w) for key, (h, w) in zip(self.keys, self.grids)
-        ])
-
-    def on_border(self):
-        return np.concatenate([border_patches(grid) for grid in self.grids])
-
-    def attention(self):
-        return np.concatenate([f.attention.ravel() for f in self.records]).astype(np.float64)
-
-    def split(self, values):
-        """Per-image (h, w) views of a per-patch vector."""
-        return [values[self.rows(j)].reshape(self.grids[j]) for j in range(len(self))]
-
-
-# ------------------------------------------------- passes over chunks of X
-# Module-level functions with small arguments, so that any joblib backend
-# (threads, processes, Dask) can run them where the data lies.
-
-def _survey(X, start, stop, expected, seed, max_samples):
-    """Pass 1: checks, keys, descriptors, patch counts, the dataset sample."""
-    chunk = _Chunk(X, start, stop, expected)
-    sample = BoundedSample(max_samples)
-    sample.offer(chunk.priorities(seed), chunk.patches)
-    return chunk.keys, chunk.descriptors, np.diff(chunk.offsets), sample
-
-
-def _dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples):
-    """Pass 2: per dataset cluster, patch counts (all, on the border), CLS
-    attention and feature sums; each category's sample."""
-    chunk = _Chunk(X, start, stop, expected, keys[start:stop])
-    n_clusters = len(model.dataset_centroids_)
-    assignment = nearest_centroid(chunk.patches, model.dataset_centroids_)
-    statistics = {
-        "counts": np.bincount(assignment, minlength=n_clusters),
-        "border": np.bincount(assignment[chunk.on_border()], minlength=n_clusters),
-        "sums": np.stack([
-            chunk.patches[assignment == k].sum(0, dtype=np.float64)
-            for k in range(n_clusters)
-        ]),
-    }
-    if expected.needs_attention:
-        statistics["attention"] = np.bincount(
-            assignment, weights=chunk.attention(), minlength=n_clusters
-        )
-    patch_category = nearest_centroid(chunk.descriptors, model.category_centers_)[
-        chunk.image_of_patch
-    ]
-    priorities = chunk.priorities(seed)
-    samples = {}
-    for category in np.unique(patch_category):
-        rows = patch_category == category
-        samples[category] = BoundedSample(max_samples)
-        samples[category].offer(priorities[rows], chunk.patches[rows])
-    return statistics, samples
-
-
-def _segment(X, start, stop, expected, model, keys=None):
-    """The per-image path of fit and predict: levels, consensus, pixels,
-    regions and their descriptors for images ``start..stop``."""
-    chunk = _Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
-    return model._regions(chunk, model._levels(chunk)["consensus"])
-
-
-def _levels_only(X, start, stop, expected, model):
-    chunk = _Chunk(X, start, stop, expected)
-    levels = model._levels(chunk)
-    per_level = {name: chunk.split(values) for name, values in levels.items()
-                 if name != "category_index"}
-    return [
-        {**{name: maps[j] for name, maps in per_level.items()},
-         "category_index": int(levels["category_index"][j])}
-        for j in range(len(chunk))
-    ]
 
 
 def _needs_fit(estimator):
@@ -505,7 +301,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self : MultilevelSegmenter
         """
         self._check_params()
-        X = _as_features(X)
+        X = as_features(X)
         self.__dict__.pop("labels_", None)  # never shipped to the passes' workers
         expected = self._expected(X)
         master = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
@@ -517,7 +313,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         keys, descriptors, sizes = [], [], []
         patch_sample = BoundedSample(self.max_samples)
         for chunk_keys, chunk_descriptors, chunk_sizes, chunk_sample in self._map(
-            _survey, X, chunks, expected, seeds["dataset"], self.max_samples
+            survey, X, chunks, expected, seeds["dataset"], self.max_samples
         ):
             keys.append(chunk_keys)
             descriptors.append(chunk_descriptors)
@@ -585,9 +381,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             n_features, has_cls = self.n_features_in_, self.uses_cls_
         else:
             first = X[0]
-            _check_type(0, first)
+            check_type(0, first)
             n_features, has_cls = first.patches.shape[2], first.cls is not None
-        return _Expected(
+        return Expected(
             n_features, has_cls, self.metric, fitted=fitted,
             needs_attention=self.foreground == "attention" and not fitted,
             needs_pixels="region='crop'" if self.region == "crop" else None,
@@ -598,7 +394,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         n_images = len(X)
         per_chunk = self.chunk_size
         if per_chunk is None:
-            per_chunk = max(1, _CHUNK_FLOATS // X[0].patches.size)
+            per_chunk = max(1, CHUNK_FLOATS // X[0].patches.size)
             per_chunk = min(per_chunk, math.ceil(n_images / effective_n_jobs(self.n_jobs)))
         return [(start, min(start + per_chunk, n_images))
                 for start in range(0, n_images, per_chunk)]
@@ -633,7 +429,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     def _dataset_statistics(self, X, chunks, expected, keys, seed):
         statistics, samples = {}, {}
         for chunk_statistics, chunk_samples in self._map(
-            _dataset_statistics, X, chunks, expected, keys, self._light(), seed,
+            dataset_statistics, X, chunks, expected, keys, self._light(), seed,
             self.max_samples,
         ):
             for name, values in chunk_statistics.items():
@@ -695,7 +491,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         model = self._light()
         regions, descriptors, no_pixels = [], [], 0
         for chunk_regions, chunk_descriptors, chunk_no_pixels in self._map(
-            _segment, X, chunks, expected, model, keys
+            segment, X, chunks, expected, model, keys
         ):
             regions.extend(chunk_regions)
             descriptors.extend(chunk_descriptors)
@@ -710,29 +506,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
     def _levels(self, chunk):
         """The three level masks, their consensus and each image's category."""
-        device = resolve_device(self.device)
-        dataset = self.dataset_foreground_[
-            nearest_centroid(chunk.patches, self.dataset_centroids_)
-        ]
-        categories = nearest_centroid(chunk.descriptors, self.category_centers_)
-        category = category_foreground(
-            chunk.patches, self.category_centroids_, categories[chunk.image_of_patch]
+        return chunk_levels(
+            chunk, self.dataset_centroids_, self.dataset_foreground_,
+            self.category_centers_, self.category_centroids_,
+            consensus=self.consensus, max_iter=self.max_iter,
+            device=resolve_device(self.device),
         )
-        image = np.empty_like(category)
-        for (h, w), members in _groups(chunk.grids):
-            rows = np.concatenate([np.arange(chunk.offsets[j], chunk.offsets[j + 1])
-                                   for j in members])
-            image[rows] = image_foreground(
-                to_tensor(chunk.patches[rows], device).view(len(members), h * w, -1),
-                to_tensor(category[rows], device).view(len(members), h * w),
-                to_tensor(self.category_centroids_[categories[members], 1], device),
-                max_iter=self.max_iter,
-            ).ravel()
-        return {
-            "dataset": dataset, "category": category, "image": image,
-            "consensus": combine_levels(dataset, category, image, self.consensus),
-            "category_index": categories,
-        }
 
     def _regions(self, chunk, soft):
         """Upsample, refine and split into regions; describe each region."""
@@ -740,7 +519,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         refine = self.refine is not None and self.refine_iter > 0
         soft = chunk.split(soft)
         regions, described = [None] * len(chunk), [None] * len(chunk)
-        groups = _groups([(f.image_shape, f.grid_shape, f.image is None)
+        groups = group_indices([(f.image_shape, f.grid_shape, f.image is None)
                           for f in chunk.records])
         for (image_shape, _, no_pixels), members in groups:
             for start in range(0, len(members), self.batch_size):
@@ -803,7 +582,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             background, 1..n_classes_ for the classes.
         """
         check_is_fitted(self, "class_centroids_")
-        X = _as_features(X)
+        X = as_features(X)
         regions, descriptors = self._segment_all(
             X, self._chunks(X), self._expected(X, fitted=True)
         )
@@ -824,12 +603,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             soft score thresholded at 0.5) and ``"category_index"``.
         """
         check_is_fitted(self, "class_centroids_")
-        X = _as_features(X)
+        X = as_features(X)
         levels = []
-        for chunk_levels in self._map(
-            _levels_only, X, self._chunks(X), self._expected(X, fitted=True), self._light()
+        for per_image in self._map(
+            levels_only, X, self._chunks(X), self._expected(X, fitted=True), self._light()
         ):
-            levels.extend(chunk_levels)
+            levels.extend(per_image)
         return levels
 
     def fit_predict(self, X, y=None):
@@ -845,11 +624,3 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         labels : LabelMasks
         """
         return self.fit(X).labels_
-
-
-def _groups(values):
-    """``(value, [indices])`` for each distinct value, in order of appearance."""
-    groups = {}
-    for index, value in enumerate(values):
-        groups.setdefault(value, []).append(index)
-    return list(groups.items())

@@ -1,0 +1,229 @@
+"""Passes over chunks of X: what each task of ``fit`` and ``predict`` reads,
+checks and computes.
+
+The pass functions take small arguments (X, which pickles as its location
+when it is a store, a range of images, fitted centroids), so that any joblib
+backend (threads, processes, Dask) can run them where the data lies, and
+each returns only small per-image results.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+from ._clustering import (
+    BoundedSample,
+    content_key,
+    nearest_centroid,
+    patch_priorities,
+    unit_rows,
+)
+from ._features import FeatureSequence, ImageFeatures
+from ._levels import border_patches
+
+# Floats of patch features per chunk: ~32 MB of float32.
+CHUNK_FLOATS = 1 << 23
+
+
+def as_features(X):
+    """X as a sequence of ImageFeatures (a 4-D array becomes one)."""
+    if isinstance(X, np.ndarray):
+        if X.ndim != 4:
+            raise ValueError(
+                f"X as an array must be 4-D (n_images, h, w, d), got shape {X.shape}."
+            )
+        return FeatureSequence(ImageFeatures(patches=patches) for patches in X)
+    if isinstance(X, (str, bytes)) or not hasattr(X, "__len__") \
+            or not hasattr(X, "__getitem__"):
+        raise TypeError(
+            "X must be a sequence of ImageFeatures (ViTPatchTransformer's output) or "
+            f"a 4-D array of patch features, got {type(X).__name__}."
+        )
+    if len(X) == 0:
+        raise ValueError("X is empty: at least one image is needed.")
+    return X
+
+
+def check_type(index, f):
+    if not isinstance(f, ImageFeatures):
+        raise TypeError(
+            f"X[{index}] is a {type(f).__name__}, not ImageFeatures; pass images "
+            "through ViTPatchTransformer first."
+        )
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What every image of X must have: what image 0 has in ``fit``, what
+    the fitted segmenter saw in ``predict``."""
+
+    n_features: int
+    has_cls: bool
+    metric: str
+    fitted: bool = False
+    needs_attention: bool = False
+    needs_pixels: str = None  # the parameter that needs them, if any
+
+    def check(self, index, f):
+        check_type(index, f)
+        if f.patches.shape[2] != self.n_features:
+            raise ValueError(
+                f"image {index} has {f.patches.shape[2]}-dimensional features, but "
+                + (f"MultilevelSegmenter was fitted on {self.n_features}."
+                   if self.fitted else
+                   f"image 0 has {self.n_features}: all images must come from one "
+                   "extractor.")
+            )
+        if (f.cls is not None) != self.has_cls:
+            raise ValueError(
+                f"image {index} {'has' if f.cls is not None else 'lacks'} a CLS token "
+                f"but {'the images seen in fit' if self.fitted else 'image 0'} "
+                f"{'had' if self.has_cls else 'lacked'} one; give CLS tokens for all "
+                "images or for none."
+            )
+        if f.grid_shape[0] * f.grid_shape[1] < 2:
+            raise ValueError(
+                f"image {index} has a {f.grid_shape} patch grid: at least 2 patches "
+                "are needed to split foreground from background."
+            )
+        if self.needs_attention and f.attention is None:
+            raise ValueError(
+                f"image {index} has no attention map, needed by foreground='attention'; "
+                "extract with ViTPatchTransformer(attention=True)."
+            )
+        if self.needs_pixels and f.image is None:
+            raise ValueError(
+                f"image {index} carries no pixels (ImageFeatures.image is None), "
+                f"needed by {self.needs_pixels}."
+            )
+        for name in ("cls", "attention"):
+            values = getattr(f, name)
+            if values is not None and not np.isfinite(values).all():
+                raise ValueError(f"image {index} has NaN or infinite {name}.")
+
+
+class Chunk:
+    """The checked features of images ``start..stop`` of X, ready to cluster:
+    all patches as one (n_patches, d) float32 matrix (unit rows with the
+    cosine metric), one descriptor and one content key per image."""
+
+    def __init__(self, X, start, stop, expected, keys=None):
+        self.records = [X[i] for i in range(start, stop)]
+        for index, f in enumerate(self.records, start):
+            expected.check(index, f)
+        self.grids = [f.grid_shape for f in self.records]
+        sizes = np.array([h * w for h, w in self.grids])
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.image_of_patch = np.repeat(np.arange(len(self.records)), sizes)
+        patches = np.concatenate([
+            f.patches.reshape(-1, expected.n_features).astype(np.float32, copy=False)
+            for f in self.records
+        ])
+        # One pass over all patches: a NaN or inf makes its squared norm
+        # non-finite, and so does a value whose square overflows.
+        squares = np.einsum("ij,ij->i", patches, patches)
+        bad = ~np.isfinite(squares)
+        if bad.any():
+            index = int(self.image_of_patch[np.argmax(bad)])
+            problem = "NaN or infinite" \
+                if not np.isfinite(self.records[index].patches).all() \
+                else "too large (their squares overflow float32)"
+            raise ValueError(f"image {start + index} has {problem} patches.")
+        if expected.metric == "cosine":  # in place: concatenate made a copy
+            patches /= np.maximum(np.sqrt(squares), 1e-12)[:, None]
+        self.patches = patches
+        if expected.has_cls:
+            descriptors = np.stack([f.cls for f in self.records]).astype(np.float32)
+        else:  # no global token: an image is described by its mean patch
+            per_image = sparse.csr_matrix(
+                (np.ones(len(patches), np.float32), np.arange(len(patches)), self.offsets),
+                shape=(len(sizes), len(patches)),
+            )
+            descriptors = np.asarray(per_image @ patches) / sizes[:, None]
+        self.descriptors = unit_rows(descriptors) if expected.metric == "cosine" \
+            else descriptors
+        self.keys = keys if keys is not None else np.array(
+            [content_key(f.patches, f.cls) for f in self.records], dtype=np.uint64
+        )
+
+    def __len__(self):
+        return len(self.records)
+
+    def rows(self, j):
+        return slice(self.offsets[j], self.offsets[j + 1])
+
+    def priorities(self, seed):
+        """Every patch's sampling priority, keyed to its image's content."""
+        return np.concatenate([
+            patch_priorities(seed, key, h * w) for key, (h, w) in zip(self.keys, self.grids)
+        ])
+
+    def on_border(self):
+        return np.concatenate([border_patches(grid) for grid in self.grids])
+
+    def attention(self):
+        return np.concatenate([f.attention.ravel() for f in self.records]).astype(np.float64)
+
+    def split(self, values):
+        """Per-image (h, w) views of a per-patch vector."""
+        return [values[self.rows(j)].reshape(self.grids[j]) for j in range(len(self))]
+
+
+# ---------------------------------------------------------------- passes
+
+def survey(X, start, stop, expected, seed, max_samples):
+    """Pass 1: checks, keys, descriptors, patch counts, the dataset sample."""
+    chunk = Chunk(X, start, stop, expected)
+    sample = BoundedSample(max_samples)
+    sample.offer(chunk.priorities(seed), chunk.patches)
+    return chunk.keys, chunk.descriptors, np.diff(chunk.offsets), sample
+
+
+def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples):
+    """Pass 2: per dataset cluster, patch counts (all, on the border), CLS
+    attention and feature sums; each category's sample."""
+    chunk = Chunk(X, start, stop, expected, keys[start:stop])
+    n_clusters = len(model.dataset_centroids_)
+    assignment = nearest_centroid(chunk.patches, model.dataset_centroids_)
+    statistics = {
+        "counts": np.bincount(assignment, minlength=n_clusters),
+        "border": np.bincount(assignment[chunk.on_border()], minlength=n_clusters),
+        "sums": np.stack([
+            chunk.patches[assignment == k].sum(0, dtype=np.float64)
+            for k in range(n_clusters)
+        ]),
+    }
+    if expected.needs_attention:
+        statistics["attention"] = np.bincount(
+            assignment, weights=chunk.attention(), minlength=n_clusters
+        )
+    patch_category = nearest_centroid(chunk.descriptors, model.category_centers_)[
+        chunk.image_of_patch
+    ]
+    priorities = chunk.priorities(seed)
+    samples = {}
+    for category in np.unique(patch_category):
+        rows = patch_category == category
+        samples[category] = BoundedSample(max_samples)
+        samples[category].offer(priorities[rows], chunk.patches[rows])
+    return statistics, samples
+
+
+def segment(X, start, stop, expected, model, keys=None):
+    """The per-image path of fit and predict: levels, consensus, pixels,
+    regions and their descriptors for images ``start..stop``."""
+    chunk = Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
+    return model._regions(chunk, model._levels(chunk)["consensus"])
+
+
+def levels_only(X, start, stop, expected, model):
+    chunk = Chunk(X, start, stop, expected)
+    levels = model._levels(chunk)
+    per_level = {name: chunk.split(values) for name, values in levels.items()
+                 if name != "category_index"}
+    return [
+        {**{name: maps[j] for name, maps in per_level.items()},
+         "category_index": int(levels["category_index"][j])}
+        for j in range(len(chunk))
+    ]
