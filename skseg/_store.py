@@ -130,6 +130,18 @@ class _Backing:
     def meta(self):
         return self.group.attrs[_ATTRS_KEY]
 
+    def refresh(self):
+        """Catch up with appends by other processes; cheap when there were none."""
+        import zarr
+
+        group = zarr.open_group(self.zarr_store, mode="r" if self.read_only else "r+")
+        meta = group.attrs[_ATTRS_KEY]
+        if (meta["n_images"], meta.get("layout"), meta.get("extraction")) == (
+                self.n_images, self.layout, self.extraction):
+            self.group = group
+            return
+        self.reload()
+
     def reload(self):
         import zarr
 
@@ -140,6 +152,7 @@ class _Backing:
         self.extraction = meta.get("extraction")
         self.arrays = {}
         self.index = {}
+        self.key_positions = None
         if self.layout is None:
             return
         # Arrays are opened by name: listing the group would trip over the
@@ -486,6 +499,68 @@ class FeatureStore(Sequence):
         """ndarray of shape (n_images, 2): each original image's ``(H, W)``."""
         return self._per_image("image_shapes").astype(np.int64)
 
+    # -- lookup by content ------------------------------------------------------
+
+    def _key_positions(self):
+        """Content key -> first stored image holding it."""
+        backing = self._backing
+        if backing.key_positions is None:
+            keys = backing.index.get("content_keys", ())
+            backing.key_positions = {}
+            for i, key in enumerate(keys):
+                backing.key_positions.setdefault(key, i)
+        return backing.key_positions
+
+    def missing(self, content_keys):
+        """Positions in ``content_keys`` whose key the store does not hold yet.
+
+        Each missing key is listed once, at its first occurrence.
+
+        Parameters
+        ----------
+        content_keys : sequence of str
+
+        Returns
+        -------
+        positions : list of int
+        """
+        stored = self._key_positions()
+        seen = set()
+        positions = []
+        for position, key in enumerate(content_keys):
+            if key not in stored and key not in seen:
+                seen.add(key)
+                positions.append(position)
+        return positions
+
+    def select(self, content_keys):
+        """A view of the stored images with these content keys, in this order.
+
+        Parameters
+        ----------
+        content_keys : sequence of str
+
+        Returns
+        -------
+        view : FeatureStore
+            The store itself when the keys are exactly its images in order.
+
+        Raises
+        ------
+        KeyError
+            Naming the first key the store does not hold.
+        """
+        stored = self._key_positions()
+        positions = np.empty(len(content_keys), np.int64)
+        for position, key in enumerate(content_keys):
+            if key not in stored:
+                raise KeyError(f"feature store {self.path!r} holds no image with content "
+                               f"key {key!r} (position {position}).")
+            positions[position] = stored[key]
+        if self._positions is None and np.array_equal(positions, np.arange(len(self))):
+            return self
+        return FeatureStore.__getitem__(_whole(self), positions)
+
     # -- writing -------------------------------------------------------------
 
     def extend(self, records, content_keys=None):
@@ -520,7 +595,7 @@ class FeatureStore(Sequence):
             raise PermissionError(f"feature store {self.path!r} is open read-only.")
         keys = iter(content_keys) if content_keys is not None else None
         with _WriterLock(self.path):
-            backing.reload()  # another process may have appended since we opened
+            backing.refresh()  # another process may have appended since we opened
             writer = _Writer(backing)
             try:
                 for number, record in enumerate(records):
@@ -536,8 +611,20 @@ class FeatureStore(Sequence):
             finally:
                 # Commit what was accepted even when a record is refused or the
                 # iterable raises: a failed append never loses stored images.
-                writer.flush()
-                backing.reload()
+                try:
+                    writer.flush()
+                except BaseException:
+                    backing.reload()  # the in-memory index may be ahead of the disk
+                    raise
+
+
+def _whole(store):
+    """The whole store behind a (maybe view) store."""
+    if store._positions is None:
+        return store
+    whole = object.__new__(FeatureStore)
+    whole.path, whole._backing, whole._positions = store.path, store._backing, None
+    return whole
 
 
 def _reopen(path, positions):
@@ -800,6 +887,7 @@ class _Writer:
         self._append_index(data, batch)
 
     def _append_index(self, data, batch):
+        self.backing.key_positions = None
         index = self.backing.index
         for name in ("patch_offsets", "pixel_offsets"):
             index[name] = np.concatenate([index[name], data[name]])
