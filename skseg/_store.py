@@ -50,8 +50,12 @@ _PER_IMAGE_CHUNK = 16384
 _BATCH_BYTES = 64 << 20
 _BATCH_IMAGES = 4096
 
-_PER_ROW = ("patches", "attention")
-_FIELDS = ("patches", "cls", "attention", "pixels")
+_FIELDS = ("patches", "cls", "attention", "pixels")  # the columns of ``checksums``
+# Per-image arrays read whole at opening; their content is covered by running
+# CRC-32s in the group attributes (appends extend a CRC, never recompute it).
+_OFFSETS = ("patch_offsets", "pixel_offsets")
+_PER_IMAGE = ("grid_shapes", "image_shapes", "patch_sizes", "content_keys", "image_paths",
+              "pixel_shapes", "pixel_dtypes", "checksums")
 # PIL modes whose array np.asarray gives loads exactly as the PIL image does.
 _ARRAY_EXACT_PIL_MODES = ("L", "RGB", "RGBA")
 
@@ -62,6 +66,15 @@ class CorruptedStoreError(OSError):
 
 def _crc(array):
     return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
+def _index_crc(values, previous=0):
+    """Continue the running CRC-32 of an index array with ``values``."""
+    if values.dtype.kind in "iu":
+        data = np.ascontiguousarray(values, dtype="<i8").tobytes()
+    else:  # strings
+        data = "".join(f"{value}\0" for value in values.tolist()).encode()
+    return zlib.crc32(data, previous)
 
 
 def _positions(key, length, what):
@@ -160,18 +173,18 @@ class _Backing:
         for name in _array_names(self.layout):
             self.arrays[name] = self._open_array(name)
         n = self.n_images
-        for name in ("patch_offsets", "pixel_offsets"):
-            self.index[name] = self._read(name, slice(0, n + 1), range(n))
-        for name in ("grid_shapes", "image_shapes", "patch_sizes", "content_keys",
-                     "image_paths", "pixel_shapes", "pixel_dtypes", "checksums"):
-            values = self._read(name, slice(0, n), range(n))
-            if values.dtype.kind not in "iuf":  # strings, kept as Python str objects
+        for name in _OFFSETS + _PER_IMAGE:
+            length = n + 1 if name in _OFFSETS else n
+            values = self._read(name, slice(0, length), range(n))
+            if values.dtype.kind not in "iu":  # strings, kept as Python str objects
                 values = np.array(values.tolist(), dtype=object)
+            if _index_crc(values) != meta["index_crc"][name]:
+                raise CorruptedStoreError(
+                    f"feature store {self.path!r}: its per-image array {name!r} fails "
+                    f"its checksum (files under {name}/c); the store is damaged, "
+                    "restore it or extract its features again."
+                )
             self.index[name] = values
-        if self.index["patch_offsets"].shape != (n + 1,) or self.index["patch_offsets"][0]:
-            raise CorruptedStoreError(
-                f"feature store {self.path!r}: its patch offsets are damaged."
-            )
 
     def _open_array(self, name):
         try:
@@ -880,19 +893,28 @@ class _Writer:
             if name in data and ends[name] > starts[name]:
                 array[starts[name]:ends[name]] = data[name]
         meta = dict(backing.meta)
-        meta.update(n_images=n1, layout=self.layout)
+        meta.update(n_images=n1, layout=self.layout, index_crc={
+            name: _index_crc(data[name], self.index_crc[name])
+            for name in _OFFSETS + _PER_IMAGE
+        })
         backing.group.attrs[_ATTRS_KEY] = meta  # the commit
         backing.n_images = n1
         backing.layout = self.layout
-        self._append_index(data, batch)
+        self._append_index(data)
 
-    def _append_index(self, data, batch):
+    @property
+    def index_crc(self):
+        """The committed running CRCs (of the leading zero only, for a new store)."""
+        crcs = self.backing.meta.get("index_crc")
+        if crcs is None:
+            crcs = dict.fromkeys(_PER_IMAGE, 0)
+            crcs.update({name: _index_crc(np.zeros(1, np.int64)) for name in _OFFSETS})
+        return crcs
+
+    def _append_index(self, data):
         self.backing.key_positions = None
         index = self.backing.index
-        for name in ("patch_offsets", "pixel_offsets"):
-            index[name] = np.concatenate([index[name], data[name]])
-        for name in ("grid_shapes", "image_shapes", "patch_sizes", "content_keys",
-                     "image_paths", "pixel_shapes", "pixel_dtypes", "checksums"):
+        for name in _OFFSETS + _PER_IMAGE:
             previous = index.get(name)
             index[name] = data[name] if previous is None or not len(previous) else \
                 np.concatenate([previous, data[name]])

@@ -20,8 +20,8 @@ from ._backbone import (
 )
 from ._cache import FeatureCache
 from ._features import FeatureSequence, ImageFeatures
-from ._store import FeatureStore
 from ._images import check_images, content_hash, load_rgb
+from ._store import FeatureStore
 from ._validation import HasMethods, Interval, StrOptions, validate_params
 
 
@@ -290,7 +290,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         config = self._cache_config()
         cache = FeatureCache(self.memory, config)
         store = None if self.store is None else FeatureStore(self.store, extraction=config)
-        keys = [content_hash(image) for image in X] if cache.enabled or store is not None else [None] * len(X)
+        keyed = cache.enabled or store is not None
+        keys = [content_hash(image) for image in X] if keyed else [None] * len(X)
 
         records = [cache.get(key) if cache.enabled else None for key in keys]
         todo = [i for i, record in enumerate(records) if record is None]

@@ -129,7 +129,8 @@ def test_lazy_views_index_like_a_feature_sequence(tmp_path):
     np.testing.assert_array_equal(
         patches, np.concatenate([records[i].patches.reshape(-1, 8) for i in (1, 1, 5)]))
     assert offsets[-1] == len(patches)
-    np.testing.assert_array_equal(view.cls_of(0, 4), np.stack([records[i].cls for i in (4, 1, 1, 5)]))
+    np.testing.assert_array_equal(view.cls_of(0, 4),
+                                  np.stack([records[i].cls for i in (4, 1, 1, 5)]))
     for train, test in KFold(3).split(store):
         part = _safe_indexing(store, train)
         assert len(part) == 4
@@ -334,6 +335,19 @@ def test_a_damaged_cls_chunk_names_the_image(tmp_path):
     chunk.write_bytes(bytes(data))
     with pytest.raises(CorruptedStoreError, match=r"cls of image 1 .*cls/c/0/0"):
         FeatureStore(path).cls_of(0, 3)
+
+
+@pytest.mark.parametrize("name,byte", [
+    ("grid_shapes", 0), ("patch_offsets", 8), ("content_keys", 12)])
+def test_a_damaged_index_array_is_an_error_at_opening(tmp_path, name, byte):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    chunk = _chunk_file(path, name)
+    data = bytearray(chunk.read_bytes())
+    data[byte] ^= 0x01  # inside image 0's entry
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptedStoreError, match=f"'{name}' fails its checksum"):
+        FeatureStore(path)
 
 
 # -- bad input -------------------------------------------------------------------
