@@ -311,6 +311,7 @@ class FeatureStore(Sequence):
     >>> from skseg import FeatureStore, ImageFeatures
     >>> store = FeatureStore(os.path.join(tempfile.mkdtemp(), "features.zarr"))
     >>> store.extend(ImageFeatures(np.zeros((4, 4, 8), np.float16)) for _ in range(3))
+    3
     >>> len(store), store[0].patches.shape, len(store[[0, 2]])
     (3, (4, 4, 8), 2)
     """
@@ -593,8 +594,16 @@ class FeatureStore(Sequence):
             first record was float16, else float32).
         content_keys : iterable of str, default=None
             One key per record, in step with ``records`` (the transformer
-            passes a digest of each image's content). By default the key is a
-            digest of the record's patch features.
+            passes a digest of each image's content). A record whose given key
+            the store already holds, or that an earlier record of this call
+            had, is skipped: so two writers racing on the same images store
+            each once. Without keys every record is appended, under a digest
+            of its patch features.
+
+        Returns
+        -------
+        n_appended : int
+            The number of records stored by this call.
 
         Raises
         ------
@@ -609,6 +618,7 @@ class FeatureStore(Sequence):
         keys = iter(content_keys) if content_keys is not None else None
         with _WriterLock(self.path):
             backing.refresh()  # another process may have appended since we opened
+            stored = self._key_positions()
             writer = _Writer(backing)
             try:
                 for number, record in enumerate(records):
@@ -620,7 +630,10 @@ class FeatureStore(Sequence):
                                 f"content_keys ran out at record {number}; give one "
                                 "key per record."
                             )
+                        if key in stored or key in writer.keys:
+                            continue
                     writer.add(record, key, number)
+                return writer.n_accepted
             finally:
                 # Commit what was accepted even when a record is refused or the
                 # iterable raises: a failed append never loses stored images.
@@ -717,6 +730,8 @@ class _Writer:
         self.layout = backing.layout
         self.buffer = []
         self.buffered_bytes = 0
+        self.keys = set()  # of every record accepted by this writer
+        self.n_accepted = 0
         if self.layout is not None:
             self._cut_uncommitted()
 
@@ -795,6 +810,8 @@ class _Writer:
             np.ascontiguousarray(record.attention.reshape(-1), dtype=dtype)
         if key is None:
             key = "features-sha1:" + _feature_digest(patches, record.grid_shape)
+        self.keys.add(key)
+        self.n_accepted += 1
         self.layout = layout
         self.buffer.append(dict(
             patches=patches, cls=cls, attention=attention, pixels=pixels,

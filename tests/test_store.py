@@ -201,6 +201,32 @@ def test_content_keys_find_stored_images(tmp_path):
     with pytest.raises(ValueError, match="ran out at record 1"):
         store.extend([_record(3), _record(4)], content_keys=["k"])
     assert len(store) == 4  # the record with a key was stored
+    # Given keys already stored (by this call or before) are skipped, so two
+    # writers racing on the same images store each once; unkeyed records are not.
+    assert store.extend([_record(5), _record(6), _record(7)], content_keys=["a", "n", "n"]) == 1
+    assert store.extend([_record(0), _record(0)]) == 2
+    assert list(FeatureStore(tmp_path / "s").content_keys)[4] == "n"
+    assert len(store) == 7
+
+
+def test_concurrent_writers_take_turns(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(skseg._store, "_BATCH_IMAGES", 2)
+    FeatureStore(tmp_path / "s")
+    keys = [f"image-{i}" for i in range(12)]
+
+    def write(order):
+        store = FeatureStore(tmp_path / "s")  # each writer its own handle, as processes
+        return store.extend((_record(i) for i in order), content_keys=[keys[i] for i in order])
+
+    with ThreadPoolExecutor(2) as pool:
+        appended = list(pool.map(write, [range(12), range(11, -1, -1)]))
+    store = FeatureStore(tmp_path / "s")
+    assert sum(appended) == len(store) == 12
+    assert sorted(store.content_keys) == sorted(keys)
+    for key, stored in zip(store.content_keys, store):
+        _assert_same(stored, _record(int(key.split("-")[1])))
 
 
 # -- crash safety ---------------------------------------------------------------
