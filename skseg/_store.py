@@ -166,6 +166,7 @@ class _Backing:
         self.arrays = {}
         self.index = {}
         self.key_positions = None
+        self.chunk_cache = {}
         if self.layout is None:
             return
         # Arrays are opened by name: listing the group would trip over the
@@ -213,11 +214,31 @@ class _Backing:
                 f"feature store {self.path!r}: cannot read {name} of {where}: {exc}"
             ) from exc
 
+    def _rows(self, name, low, high, committed):
+        """Rows low:high of an array whose first ``committed`` rows are committed.
+
+        A read within one or two chunks reads those chunks whole and keeps
+        them, so that reading a store image by image reads each chunk once,
+        not once per image. Only committed rows are kept: they never change.
+        """
+        array = self.arrays[name]
+        chunk = array.chunks[0]
+        first = low // chunk * chunk
+        last = min(-(-high // chunk) * chunk, int(committed))
+        if last - first > 2 * chunk:
+            return array[low:high]
+        cached = self.chunk_cache.get(name)
+        if cached is None or not cached[0] <= low <= high <= cached[1]:
+            cached = (first, last, array[first:last])
+            self.chunk_cache[name] = cached
+        return cached[2][low - cached[0]:high - cached[0]].copy()
+
     def read_rows(self, name, start, stop):
         """Rows of a per-patch array for images [start, stop), each verified."""
         offsets = self.index["patch_offsets"]
         try:
-            block = self.arrays[name][offsets[start]:offsets[stop]]
+            block = self._rows(name, offsets[start], offsets[stop],
+                               offsets[self.n_images])
         except Exception:
             # Narrow the failure down to the first image that cannot be read.
             for i in range(start, stop):
@@ -228,7 +249,7 @@ class _Backing:
 
     def read_per_image(self, name, start, stop):
         try:
-            block = self.arrays[name][start:stop]
+            block = self._rows(name, start, stop, self.n_images)
         except Exception:
             for i in range(start, stop):
                 self._read(name, slice(i, i + 1), [i])
@@ -279,8 +300,10 @@ class FeatureStore(Sequence):
 
     A writer killed at any moment leaves a store that opens and holds every
     image committed before the kill; extending it again continues from there.
+    Writers in several processes take turns (an advisory lock, on POSIX).
     Every read is checked against per-image CRC-32 checksums, so a damaged
-    chunk raises an error naming the image, never returns wrong numbers.
+    chunk raises an ``OSError`` naming the image and the chunk file, never
+    returns wrong numbers.
 
     Parameters
     ----------
@@ -299,6 +322,10 @@ class FeatureStore(Sequence):
         Absolute path of the store.
     extraction : dict or None
         The recorded extraction parameters.
+    content_keys : ndarray of object
+        One content key (str) per image.
+    grid_shapes, image_shapes : ndarray of shape (n_images, 2)
+        Patch grids and original image sizes, without reading any features.
 
     See Also
     --------
@@ -353,6 +380,7 @@ class FeatureStore(Sequence):
 
     @property
     def extraction(self):
+        """dict or None: the recorded extraction parameters."""
         return self._backing.extraction
 
     def __reduce__(self):
@@ -842,8 +870,8 @@ class _Writer:
             "checksums": ((0, len(_FIELDS)), (_PER_IMAGE_CHUNK, len(_FIELDS)), "uint32"),
         }
         if layout["cls_dim"] is not None:
-            specs["cls"] = ((0, layout["cls_dim"]), (_PER_IMAGE_CHUNK, layout["cls_dim"]),
-                            dtype)
+            cls_rows = max(1, _CHUNK_BYTES // (layout["cls_dim"] * np.dtype(dtype).itemsize))
+            specs["cls"] = ((0, layout["cls_dim"]), (cls_rows, layout["cls_dim"]), dtype)
         if layout["has_attention"]:
             specs["attention"] = ((0,), (rows * d,), dtype)
         for name, (shape, chunks, array_dtype) in specs.items():
