@@ -142,6 +142,23 @@ def test_lazy_views_index_like_a_feature_sequence(tmp_path):
         view.extend([records[0]])
 
 
+def test_reading_image_by_image_reads_each_chunk_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store, "_CHUNK_BYTES", 8 * 4 * 16)  # 16 rows a chunk
+    records = [_record(i) for i in range(20)]
+    FeatureStore(tmp_path / "s").extend(records)
+    store = FeatureStore(tmp_path / "s")
+    reads = []
+    real = zarr.Array.__getitem__
+    monkeypatch.setattr(zarr.Array, "__getitem__",
+                        lambda self, key: reads.append(self.basename) or real(self, key))
+    for stored, original in zip(store, records):
+        _assert_same(stored, original)
+    n_rows = sum(r.patches.shape[0] * r.patches.shape[1] for r in records)
+    n_chunks = -(-n_rows // 16)
+    # One read per chunk, not one per image (20 images over 13 chunks).
+    assert reads.count("patches") <= n_chunks < len(records)
+
+
 def test_pickles_as_its_location_and_reopens_read_only(tmp_path):
     records = [_record(i) for i in range(4)]
     store = FeatureStore(tmp_path / "s")
