@@ -6,12 +6,14 @@ The public API is re-exported here; implementations live in private modules.
 from ._backbone import WeightsUnavailableError
 from ._features import FeatureSequence, ImageFeatures
 from ._segmenter import MultilevelSegmenter
+from ._store import FeatureStore
 from ._transformer import ViTPatchTransformer
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "FeatureSequence",
+    "FeatureStore",
     "ImageFeatures",
     "MultilevelSegmenter",
     "ViTPatchTransformer",

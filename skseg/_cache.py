@@ -1,21 +1,35 @@
-"""A per-image feature cache on top of :class:`joblib.Memory`."""
+"""A per-image feature cache in a format that cannot execute code when read.
 
+Each entry is one ``.npz`` file of plain arrays, read with
+``numpy.load(allow_pickle=False)``, under a folder named by a digest of the
+feature configuration (which ``config.json`` beside the entries spells out).
+Files are written under a temporary name and renamed, so concurrent writers
+(joblib workers sharing one cache) never expose a half-written entry.
+"""
+
+import hashlib
+import json
 import os
-import threading
+import uuid
+import warnings
+import zipfile
+from pathlib import Path
 
-from sklearn.utils.validation import check_memory
+import numpy as np
 
-# joblib stores what a cached function returns. Features are computed in
-# batches, outside any cached call, so they are handed to the cached function
-# through this table when they are stored.
-_PENDING = {}
-_PENDING_LOCK = threading.Lock()
+# Bumped from joblib's pickle cache (v1): older entries are never read.
+_CACHE_FORMAT = "skseg-features-v2"
+_FIELDS = ("patches", "cls", "attention")
 
 
-def _image_features_record(image_key, config):
-    """Cached under (image content digest, feature configuration)."""
-    with _PENDING_LOCK:
-        return _PENDING.pop((image_key, config))
+def _location(memory):
+    """The cache folder named by ``memory`` (a path or a joblib.Memory), or None."""
+    if memory is None:
+        return None
+    if hasattr(memory, "cache"):  # joblib.Memory: reuse its folder, not its pickles
+        location = getattr(memory, "location", None)
+        return None if location is None else Path(location)
+    return Path(os.fspath(memory))
 
 
 class FeatureCache:
@@ -24,30 +38,82 @@ class FeatureCache:
     Parameters
     ----------
     memory : None, str, path-like or joblib.Memory
-        Where to keep the cache; ``None`` disables it.
-    config : tuple
-        Everything besides the image content that changes the features.
+        Where to keep the cache (a joblib.Memory lends its folder); ``None``
+        disables it.
+    config : dict
+        Everything besides the image content that changes the features, as
+        JSON-compatible values.
     """
 
     def __init__(self, memory, config):
-        if isinstance(memory, os.PathLike):
-            memory = os.fspath(memory)
-        self.memory = check_memory(memory)
-        self.enabled = self.memory.location is not None
+        location = _location(memory)
+        self.enabled = location is not None
         self.config = config
-        self._cached = self.memory.cache(_image_features_record)
+        if self.enabled:
+            text = json.dumps(config, sort_keys=True)
+            digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+            self.folder = location / _CACHE_FORMAT / digest
+            self._config_text = text
+
+    def _path(self, image_key):
+        return self.folder / f"{image_key}.npz"
 
     def get(self, image_key):
-        """Return the stored record, or None."""
-        if self.enabled and self._cached.check_call_in_cache(image_key, self.config):
-            return self._cached(image_key, self.config)
-        return None
+        """Return the stored record, or None (also for a damaged entry, with a warning)."""
+        if not self.enabled:
+            return None
+        path = self._path(image_key)
+        try:
+            # Opened here so that a file numpy fails to parse is still closed.
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as entry:
+                record = {name: entry[name] if name in entry.files else None
+                          for name in _FIELDS}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            warnings.warn(
+                f"feature cache entry {os.fspath(path)!r} is damaged ({exc}); its "
+                "features are computed again and the entry rewritten.",
+                RuntimeWarning, stacklevel=3,
+            )
+            return None
+        if not self._plausible(record):
+            warnings.warn(
+                f"feature cache entry {os.fspath(path)!r} does not hold a feature "
+                "record of this configuration; its features are computed again and "
+                "the entry rewritten.", RuntimeWarning, stacklevel=3,
+            )
+            return None
+        return record
+
+    def _plausible(self, record):
+        patches, cls, attention = (record[name] for name in _FIELDS)
+        if patches is None or patches.ndim != 3 or cls is None or cls.ndim != 1:
+            return False
+        if (attention is not None) != bool(self.config.get("attention")):
+            return False
+        return attention is None or attention.shape == patches.shape[:2]
 
     def put(self, image_key, record):
         if not self.enabled:
             return
-        with _PENDING_LOCK:
-            _PENDING[(image_key, self.config)] = record
-        self._cached(image_key, self.config)
-        with _PENDING_LOCK:  # already stored by another process: nothing was taken
-            _PENDING.pop((image_key, self.config), None)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config_file = self.folder / "config.json"
+        if not config_file.exists():
+            _atomic_write(config_file, lambda fh: fh.write(self._config_text.encode()))
+        arrays = {name: record[name] for name in _FIELDS if record[name] is not None}
+        _atomic_write(self._path(image_key), lambda fh: np.savez(fh, **arrays))
+
+
+def _atomic_write(path, write):
+    temporary = path.parent / f".tmp-{uuid.uuid4().hex}{path.suffix}"
+    # os.open with mode 0o666 lets the umask decide the permissions (mkstemp
+    # would make every entry private to its writer).
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(handle, "wb") as fh:
+            write(fh)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

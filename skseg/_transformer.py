@@ -21,6 +21,7 @@ from ._backbone import (
 from ._cache import FeatureCache
 from ._features import FeatureSequence, ImageFeatures
 from ._images import check_images, content_hash, load_rgb
+from ._store import FeatureStore
 from ._validation import HasMethods, Interval, StrOptions, validate_params
 
 
@@ -75,8 +76,18 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     dtype : {"float32", "float16"}, default="float32"
         Type of the returned arrays; ``"float16"`` halves their memory.
     memory : None, str, path-like or joblib.Memory, default=None
-        A per-image feature cache keyed by image content and every parameter
-        that changes the features, so no forward pass is ever run twice.
+        A folder for a per-image feature cache keyed by image content and
+        every parameter that changes the features, so no forward pass is ever
+        run twice. Entries are ``.npz`` files of plain arrays, read without
+        pickle (a joblib.Memory lends only its folder); a damaged entry is
+        computed again with a warning naming its file.
+    store : None, str or path-like, default=None
+        A :class:`FeatureStore` to write the features into, batch by batch:
+        :meth:`transform` then returns a lazy view of the store, one image per
+        input in input order, and images the store already holds (same
+        content, same feature-changing parameters) are not run again. A store
+        written with other feature-changing parameters is refused. For
+        datasets larger than memory; not to be combined with ``memory``.
     verbose : bool, default=False
         Show a progress bar.
 
@@ -122,6 +133,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
         "dtype": [StrOptions({"float32", "float16"})],
         "memory": [None, str, HasMethods("__fspath__"), HasMethods(["cache"])],
+        "store": [None, str, HasMethods("__fspath__")],
         "verbose": ["verbose"],
     }
 
@@ -139,6 +151,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         device="auto",
         dtype="float32",
         memory=None,
+        store=None,
         verbose=False,
     ):
         self.model = model
@@ -152,6 +165,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.memory = memory
+        self.store = store
         self.verbose = verbose
 
     def __sklearn_tags__(self):
@@ -194,6 +208,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         """
         validate_params(self)
         self._check_image_size()
+        if self.memory is not None and self.store is not None:
+            raise ValueError("pass either memory= (a feature cache) or store= (a "
+                             "FeatureStore), not both.")
         check_model_name(self.model)
         model = self._backbone()
         check_facet_support(model, self.model, self.facet, self.layer, self.attention)
@@ -222,20 +239,23 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         return tuple(_round_to_patch(side, patch) for side in size)
 
     def _cache_config(self):
+        """Every parameter that changes the features, as JSON-compatible values."""
         import timm
 
-        return (
-            "skseg-features-v1",
-            timm.__version__,
-            self.model,
-            bool(self.pretrained) and self.weights is None,
-            weights_identity(self.weights),
-            self.facet,
-            self.layer % len(self._backbone().blocks),
-            bool(self.attention),
-            self.image_size if not isinstance(self.image_size, list) else tuple(self.image_size),
-            self.dtype,
-        )
+        weights = weights_identity(self.weights)
+        image_size = self.image_size
+        return {
+            "timm_version": timm.__version__,
+            "model": self.model,
+            "pretrained": bool(self.pretrained) and self.weights is None,
+            "weights": None if weights is None else list(weights),
+            "facet": self.facet,
+            "layer": self.layer % len(self._backbone().blocks),
+            "attention": bool(self.attention),
+            "image_size": list(image_size) if isinstance(image_size, (tuple, list))
+            else image_size,
+            "dtype": self.dtype,
+        }
 
     def _prepare(self, image, size, device):
         """Load, resize (antialiased, no crop) and normalise one image."""
@@ -259,18 +279,24 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        features : FeatureSequence of ImageFeatures
-            One record per image, in input order.
+        features : FeatureSequence or FeatureStore of ImageFeatures
+            One record per image, in input order; with ``store`` a lazy view
+            of the store.
         """
         check_is_fitted(self, "patch_size_")
         shapes = check_images(X, min_side=self.patch_size_)
         model = self._backbone()
         device = next(model.parameters()).device
-        cache = FeatureCache(self.memory, self._cache_config())
-        keys = [content_hash(image) for image in X] if cache.enabled else [None] * len(X)
+        config = self._cache_config()
+        cache = FeatureCache(self.memory, config)
+        store = None if self.store is None else FeatureStore(self.store, extraction=config)
+        keyed = cache.enabled or store is not None
+        keys = [content_hash(image) for image in X] if keyed else [None] * len(X)
 
         records = [cache.get(key) if cache.enabled else None for key in keys]
         todo = [i for i, record in enumerate(records) if record is None]
+        if store is not None:
+            todo = store.missing(keys)
         # Images of one target size share a batch, so every batch is one tensor.
         by_size = {}
         for i in todo:
@@ -311,16 +337,25 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                         "attention": None if attention is None else attention[j].copy(),
                     }
                     cache.put(keys[i], records[i])
+                if store is not None:  # written now, so memory holds one batch
+                    store.extend((self._record(records[i], shapes[i], X[i]) for i in indices),
+                                 content_keys=[keys[i] for i in indices])
+                    for i in indices:
+                        records[i] = None
                 progress.update(len(indices))
 
+        if store is not None:
+            return store.select(keys)
         return FeatureSequence(
-            ImageFeatures(
-                patches=record["patches"],
-                cls=record["cls"],
-                attention=record["attention"],
-                image_shape=shapes[i],
-                image=X[i],
-                patch_size=self.patch_size_,
-            )
-            for i, record in enumerate(records)
+            self._record(record, shapes[i], X[i]) for i, record in enumerate(records)
+        )
+
+    def _record(self, record, image_shape, image):
+        return ImageFeatures(
+            patches=record["patches"],
+            cls=record["cls"],
+            attention=record["attention"],
+            image_shape=image_shape,
+            image=image,
+            patch_size=self.patch_size_,
         )

@@ -1,0 +1,553 @@
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+from sklearn.model_selection import KFold
+from sklearn.utils import _safe_indexing
+
+import skseg._store
+from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
+from skseg._store import CorruptedStoreError
+
+from .conftest import TINY_MODEL, n_images_through_vit
+
+
+def _record(i, dtype=np.float32, d=8, cls=True, attention=True, image=None):
+    """Record ``i``: a grid whose size and values depend on i, so mix-ups show."""
+    rng = np.random.default_rng(i)
+    h, w = 2 + i % 3, 3 + i % 2
+    return ImageFeatures(
+        patches=rng.standard_normal((h, w, d)).astype(dtype),
+        cls=rng.standard_normal(d).astype(dtype) if cls else None,
+        attention=rng.random((h, w)).astype(dtype) if attention else None,
+        image_shape=(10 * h + i, 10 * w),
+        image=image,
+        patch_size=None if i % 4 == 3 else 8,
+    )
+
+
+def _assert_same(stored, original, dtype=None):
+    dtype = dtype or original.patches.dtype
+    assert stored.patches.dtype == dtype
+    np.testing.assert_array_equal(stored.patches, original.patches.astype(dtype))
+    for name in ("cls", "attention"):
+        a, b = getattr(stored, name), getattr(original, name)
+        assert (a is None) == (b is None)
+        if b is not None:
+            np.testing.assert_array_equal(a, b.astype(dtype))
+    assert stored.image_shape == original.image_shape
+    assert stored.patch_size == original.patch_size
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("cls,attention", [(True, True), (False, False), (True, False)])
+def test_round_trip_of_every_field(tmp_path, dtype, cls, attention):
+    records = [_record(i, dtype, cls=cls, attention=attention) for i in range(7)]
+    store = FeatureStore(tmp_path / "s")
+    store.extend(iter(records))
+    reopened = FeatureStore(tmp_path / "s")
+    assert len(reopened) == 7
+    for stored, original in zip(reopened, records):
+        _assert_same(stored, original)
+    patches, offsets = reopened.patches_of(2, 6)
+    np.testing.assert_array_equal(
+        patches, np.concatenate([r.patches.reshape(-1, 8) for r in records[2:6]]))
+    np.testing.assert_array_equal(np.diff(offsets),
+                                  [r.patches.shape[0] * r.patches.shape[1] for r in records[2:6]])
+    assert reopened.grid_shapes.tolist() == [list(r.grid_shape) for r in records]
+    assert reopened.image_shapes.tolist() == [list(r.image_shape) for r in records]
+    if cls:
+        np.testing.assert_array_equal(reopened.cls_of(0, 7), np.stack([r.cls for r in records]))
+    else:
+        with pytest.raises(ValueError, match="no CLS"):
+            reopened.cls_of(0, 7)
+    if attention:
+        values, _ = reopened.attention_of(1, 3)
+        np.testing.assert_array_equal(
+            values, np.concatenate([r.attention.ravel() for r in records[1:3]]))
+
+
+def test_dtype_is_fixed_by_the_first_record(tmp_path):
+    store = FeatureStore(tmp_path / "half")
+    store.extend([_record(0, np.float16), _record(1, np.float32)])
+    _assert_same(store[1], _record(1, np.float32), dtype=np.float16)
+    store = FeatureStore(tmp_path / "double")
+    store.extend([_record(0, np.float64)])
+    _assert_same(store[0], _record(0, np.float64), dtype=np.float32)
+
+
+def test_images_are_kept_as_paths_or_exact_pixels(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    images = [
+        "photos/a.png",  # a relative path is kept absolute
+        rng.integers(0, 256, (9, 7, 3), dtype=np.uint8),
+        rng.integers(0, 65536, (9, 7), dtype=np.uint16),
+        rng.random((5, 6, 4)).astype(">f8"),
+        Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8), mode="L"),
+        Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).convert("P"),
+        None,
+    ]
+    store = FeatureStore("s")
+    store.extend(_record(i, image=image) for i, image in enumerate(images))
+    stored = [f.image for f in FeatureStore("s")]
+    assert stored[0] == str(tmp_path / "photos" / "a.png")
+    for i in (1, 2, 3):
+        assert stored[i].dtype == images[i].dtype
+        np.testing.assert_array_equal(stored[i], images[i])
+    np.testing.assert_array_equal(stored[4], np.asarray(images[4]))
+    # A palette image is kept as the RGB skseg reads from it, not its indices.
+    np.testing.assert_array_equal(
+        stored[5], np.asarray(images[5].convert("RGB"), dtype=np.float32) / 255)
+    assert stored[6] is None
+
+
+def test_lazy_views_index_like_a_feature_sequence(tmp_path):
+    records = [_record(i) for i in range(6)]
+    store = FeatureStore(tmp_path / "s")
+    store.extend(records)
+    _assert_same(store[-1], records[5])
+    view = store[[4, 1, 1, 5]]
+    assert isinstance(view, FeatureStore) and len(view) == 4
+    _assert_same(view[0], records[4])
+    _assert_same(view[2], records[1])
+    nested = view[np.array([False, True, False, True])]
+    assert [f.image_shape for f in nested] == [records[1].image_shape, records[5].image_shape]
+    assert [f.image_shape for f in store[4:1:-1]] == [records[i].image_shape for i in (4, 3, 2)]
+    patches, offsets = view.patches_of(1, 4)
+    np.testing.assert_array_equal(
+        patches, np.concatenate([records[i].patches.reshape(-1, 8) for i in (1, 1, 5)]))
+    assert offsets[-1] == len(patches)
+    np.testing.assert_array_equal(view.cls_of(0, 4),
+                                  np.stack([records[i].cls for i in (4, 1, 1, 5)]))
+    for train, test in KFold(3).split(store):
+        part = _safe_indexing(store, train)
+        assert len(part) == 4
+        _assert_same(part[0], records[train[0]])
+    for bad in (6, -7, [0, 6], np.array([0.5]), np.array([True, False])):
+        with pytest.raises(IndexError):
+            store[bad]
+    with pytest.raises(TypeError, match="view"):
+        view.extend([records[0]])
+
+
+def test_reading_image_by_image_reads_each_chunk_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store, "_CHUNK_BYTES", 8 * 4 * 16)  # 16 rows a chunk
+    records = [_record(i) for i in range(20)]
+    FeatureStore(tmp_path / "s").extend(records)
+    store = FeatureStore(tmp_path / "s")
+    reads = []
+    real = zarr.Array.__getitem__
+    monkeypatch.setattr(zarr.Array, "__getitem__",
+                        lambda self, key: reads.append(self.basename) or real(self, key))
+    for stored, original in zip(store, records):
+        _assert_same(stored, original)
+    n_rows = sum(r.patches.shape[0] * r.patches.shape[1] for r in records)
+    n_chunks = -(-n_rows // 16)
+    # One read per chunk, not one per image (20 images over 13 chunks).
+    assert reads.count("patches") <= n_chunks < len(records)
+
+
+def test_pickles_as_its_location_and_reopens_read_only(tmp_path):
+    records = [_record(i) for i in range(4)]
+    store = FeatureStore(tmp_path / "s")
+    store.extend(records)
+    payload = pickle.dumps(store[[3, 0]])
+    assert len(payload) < 1000  # the location and the positions, never the data
+    restored = pickle.loads(payload)
+    _assert_same(restored[0], records[3])
+    _assert_same(restored[1], records[0])
+    whole = pickle.loads(pickle.dumps(store))
+    assert len(whole) == 4
+    with pytest.raises(PermissionError, match="read-only"):
+        whole.extend([records[0]])
+    # zarr readers (Dask, fsspec) see plain arrays.
+    patches = zarr.open_array(os.fspath(tmp_path / "s" / "patches"), mode="r")
+    np.testing.assert_array_equal(patches[:6], records[0].patches.reshape(-1, 8))
+
+
+def test_extending_again_continues_in_order(tmp_path):
+    FeatureStore(tmp_path / "s").extend(_record(i) for i in range(3))
+    FeatureStore(tmp_path / "s").extend(_record(i) for i in range(3, 5))
+    store = FeatureStore(tmp_path / "s")
+    assert len(store) == 5
+    for i, stored in enumerate(store):
+        _assert_same(stored, _record(i))
+
+
+def test_commits_in_bounded_batches_without_holding_the_iterable(tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store, "_BATCH_IMAGES", 3)
+    store = FeatureStore(tmp_path / "s")
+    committed = []
+
+    def records():
+        for i in range(8):
+            committed.append(len(FeatureStore(tmp_path / "s", read_only=True)))
+            yield _record(i)
+
+    store.extend(records())
+    # Another reader sees batches of three appear while the iterable is consumed.
+    assert committed == [0, 0, 0, 3, 3, 3, 6, 6]
+    assert len(store) == 8
+
+
+def test_content_keys_find_stored_images(tmp_path):
+    store = FeatureStore(tmp_path / "s")
+    store.extend([_record(0), _record(1)], content_keys=["a", "b"])
+    store.extend([_record(2)])
+    keys = list(store.content_keys)
+    assert keys[:2] == ["a", "b"] and keys[2].startswith("features-sha1:")
+    assert store.missing(["b", "c", "a", "c", "d"]) == [1, 4]
+    view = store.select(["b", "a", "b"])
+    _assert_same(view[0], _record(1))
+    _assert_same(view[1], _record(0))
+    assert store.select(keys) is store
+    with pytest.raises(KeyError, match="'zz'"):
+        store.select(["a", "zz"])
+    with pytest.raises(ValueError, match="ran out at record 1"):
+        store.extend([_record(3), _record(4)], content_keys=["k"])
+    assert len(store) == 4  # the record with a key was stored
+    # Given keys already stored (by this call or before) are skipped, so two
+    # writers racing on the same images store each once; unkeyed records are not.
+    assert store.extend([_record(5), _record(6), _record(7)], content_keys=["a", "n", "n"]) == 1
+    assert store.extend([_record(0), _record(0)]) == 2
+    assert list(FeatureStore(tmp_path / "s").content_keys)[4] == "n"
+    assert len(store) == 7
+
+
+def test_concurrent_writers_take_turns(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(skseg._store, "_BATCH_IMAGES", 2)
+    FeatureStore(tmp_path / "s")
+    keys = [f"image-{i}" for i in range(12)]
+
+    def write(order):
+        store = FeatureStore(tmp_path / "s")  # each writer its own handle, as processes
+        return store.extend((_record(i) for i in order), content_keys=[keys[i] for i in order])
+
+    with ThreadPoolExecutor(2) as pool:
+        appended = list(pool.map(write, [range(12), range(11, -1, -1)]))
+    store = FeatureStore(tmp_path / "s")
+    assert sum(appended) == len(store) == 12
+    assert sorted(store.content_keys) == sorted(keys)
+    for key, stored in zip(store.content_keys, store):
+        _assert_same(stored, _record(int(key.split("-")[1])))
+
+
+# -- crash safety ---------------------------------------------------------------
+
+_WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import skseg._store
+    from skseg import FeatureStore
+    from tests.test_store import _record
+
+    skseg._store._BATCH_IMAGES = 2
+    store = FeatureStore(sys.argv[1])
+    start = len(store)
+    print(start, flush=True)
+    store.extend(_record(i) for i in range(start, 10**6))
+""")
+
+
+def _committed(path):
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return meta["attributes"]["skseg_feature_store"]["n_images"]
+
+
+def test_a_writer_killed_at_any_moment_leaves_every_committed_image(tmp_path):
+    path = tmp_path / "s"
+    root = Path(__file__).resolve().parent.parent
+    rng = np.random.default_rng(0)
+    previous = 0
+    for round_ in range(2):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, os.fspath(path)], cwd=root,
+            env={**os.environ, "PYTHONPATH": os.fspath(root)},
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert int(child.stdout.readline()) == previous  # resumed where it stopped
+            deadline = time.monotonic() + 60
+            while _committed(path) < previous + 6 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.05))  # somewhere inside a later batch
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        store = FeatureStore(path)
+        assert len(store) >= previous + 6
+        for i in range(len(store)):
+            _assert_same(store[i], _record(i))
+        previous = len(store)
+    store.extend([_record(previous)])
+    _assert_same(FeatureStore(path)[previous], _record(previous))
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fail_at", range(0, 32, 2))
+def test_an_append_interrupted_at_any_write_keeps_the_committed_images(
+        tmp_path, monkeypatch, fail_at):
+    # Every resize and chunk write of a commit, in turn, is the last one to happen.
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    operations = []
+
+    def interrupting(real):
+        def operation(*args):
+            operations.append(real.__name__)
+            if len(operations) > fail_at:
+                raise _Crash
+            return real(*args)
+        return operation
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", interrupting(zarr.Array.__setitem__))
+    monkeypatch.setattr(zarr.Array, "resize", interrupting(zarr.Array.resize))
+    try:
+        FeatureStore(path).extend(_record(i) for i in range(3, 6))
+    except _Crash:
+        pass
+    monkeypatch.undo()
+    store = FeatureStore(path)
+    assert len(store) == (6 if len(operations) <= fail_at else 3)
+    store.extend(_record(i) for i in range(len(store), 8))
+    store = FeatureStore(path)
+    assert len(store) == 8
+    for i in range(8):
+        _assert_same(store[i], _record(i))
+
+
+# -- corruption ------------------------------------------------------------------
+
+def _chunk_file(path, name):
+    return next(f for f in sorted((Path(path) / name / "c").rglob("*")) if f.is_file())
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_chunk_names_the_image_never_returns_garbage(tmp_path, damage):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(4))
+    chunk = _chunk_file(path, "patches")
+    data = bytearray(chunk.read_bytes())
+    offset = 8 * 4 * (6 + 12)  # inside image 2 (images 0 and 1 own 6 and 12 rows)
+    if damage == "flip":
+        data[offset] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+    elif damage == "truncate":
+        chunk.write_bytes(bytes(data[:offset]))
+    else:
+        chunk.unlink()
+    store = FeatureStore(path)
+    first_bad = 2 if damage == "flip" else 0
+    with pytest.raises(CorruptedStoreError, match=f"image {first_bad}") as error:
+        store.patches_of(0, 4)
+    assert "patches" in str(error.value)
+    with pytest.raises(CorruptedStoreError, match="image 2"):
+        store[2]
+    if damage == "flip":
+        _assert_same(store[1], _record(1))  # the undamaged images still read
+        _assert_same(store[3], _record(3))
+
+
+def test_a_damaged_cls_chunk_names_the_image(tmp_path):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    chunk = _chunk_file(path, "cls")
+    data = bytearray(chunk.read_bytes())
+    data[8 * 4 + 1] ^= 0x40  # image 1's CLS token
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptedStoreError, match=r"cls of image 1 .*cls/c/0/0"):
+        FeatureStore(path).cls_of(0, 3)
+
+
+@pytest.mark.parametrize("name,byte", [
+    ("grid_shapes", 0), ("patch_offsets", 8), ("content_keys", 12)])
+def test_a_damaged_index_array_is_an_error_at_opening(tmp_path, name, byte):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    chunk = _chunk_file(path, name)
+    data = bytearray(chunk.read_bytes())
+    data[byte] ^= 0x01  # inside image 0's entry
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptedStoreError, match=f"'{name}' fails its checksum"):
+        FeatureStore(path)
+
+
+# -- bad input -------------------------------------------------------------------
+
+def test_what_is_not_a_store_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        FeatureStore(tmp_path / "file")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a feature store"):
+        FeatureStore(tmp_path / "photos")
+    assert os.listdir(tmp_path / "photos") == ["a.jpg"]
+    zarr.open_group(os.fspath(tmp_path / "other"), mode="w")
+    with pytest.raises(ValueError, match="zarr store but not a skseg feature store"):
+        FeatureStore(tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="no feature store"):
+        FeatureStore(tmp_path / "absent", read_only=True)
+    assert not (tmp_path / "absent").exists()
+    FeatureStore(tmp_path / "s").extend([_record(0)])
+    meta_file = tmp_path / "s" / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["attributes"]["skseg_feature_store"]["format_version"] = 99
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format version 99; this skseg reads version 1"):
+        FeatureStore(tmp_path / "s")
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda: _record(2, d=16), "record 1 .*dimension 16; the store holds dimension 8"),
+    (lambda: _record(2, cls=False), "record 1 .*has no CLS token"),
+    (lambda: _record(2, attention=False), "record 1 .*has no CLS attention"),
+    (lambda: np.zeros((2, 2, 8)), "record 1 .*ndarray, not ImageFeatures"),
+    (lambda: _record(2, image=3.5), "record 1: its image is a float"),
+])
+def test_a_refused_record_loses_nothing(tmp_path, bad, message):
+    store = FeatureStore(tmp_path / "s")
+    store.extend([_record(0)])
+    with pytest.raises((ValueError, TypeError), match=message):
+        store.extend([_record(1), bad(), _record(3)])
+    # The record before the refused one is stored; nothing earlier is lost.
+    reopened = FeatureStore(tmp_path / "s")
+    assert len(reopened) == 2
+    _assert_same(reopened[0], _record(0))
+    _assert_same(reopened[1], _record(1))
+
+
+def test_a_record_without_attention_is_refused_by_a_store_with_it(tmp_path):
+    store = FeatureStore(tmp_path / "s")
+    store.extend([_record(0, attention=False)])
+    with pytest.raises(ValueError, match="record 0 .*has CLS attention; the store holds none"):
+        store.extend([_record(1)])
+    assert len(FeatureStore(tmp_path / "s")) == 1
+
+
+def test_recorded_extraction_parameters_are_checked(tmp_path):
+    params = {"model": "m", "facet": "key", "image_size": [224, 224]}
+    store = FeatureStore(tmp_path / "s", extraction=params)
+    store.extend([_record(0)])
+    assert FeatureStore(tmp_path / "s").extraction == params
+    FeatureStore(tmp_path / "s", extraction=dict(params, image_size=(224, 224)))
+    with pytest.raises(ValueError, match=r"facet: store 'key', requested 'value'.*"
+                                         r"Recorded: .*requested: "):
+        FeatureStore(tmp_path / "s", extraction=dict(params, facet="value"))
+    unrecorded = FeatureStore(tmp_path / "u")
+    unrecorded.extend([_record(0)])
+    with pytest.raises(ValueError, match="unrecorded extraction parameters"):
+        FeatureStore(tmp_path / "u", extraction=params)
+
+
+# -- the transformer's store= ------------------------------------------------------
+
+def _vit(**kwargs):
+    params = dict(model=TINY_MODEL, pretrained=False, image_size=64, device="cpu",
+                  batch_size=2)
+    params.update(kwargs)
+    return ViTPatchTransformer(**params)
+
+
+def test_transformer_writes_a_store_and_skips_stored_images(
+        tmp_path, rgb_images, vit_forwards):
+    plain = _vit().fit().transform(rgb_images)
+    assert n_images_through_vit(vit_forwards) == 4
+    first = _vit(store=tmp_path / "s").fit().transform(rgb_images[:2] + rgb_images[:1])
+    assert n_images_through_vit(vit_forwards) == 6  # the repeated image ran once
+    assert isinstance(first, FeatureStore) and len(first) == 3
+    second = _vit(store=tmp_path / "s").fit().transform(rgb_images[::-1])
+    assert n_images_through_vit(vit_forwards) == 8  # two new images only
+    assert len(FeatureStore(tmp_path / "s")) == 4
+    for stored, expected, image in zip(second, plain[::-1], rgb_images[::-1]):
+        np.testing.assert_allclose(stored.patches, expected.patches, atol=1e-5)
+        np.testing.assert_allclose(stored.cls, expected.cls, atol=1e-5)
+        assert stored.image_shape == expected.image_shape and stored.patch_size == 16
+        np.testing.assert_array_equal(stored.image, image)
+    again = _vit(store=tmp_path / "s").fit().transform(rgb_images)
+    assert n_images_through_vit(vit_forwards) == 8
+    assert again is not None and len(again) == 4
+    changed = rgb_images[0].copy()
+    changed[0, 0, 0] ^= 1
+    _vit(store=tmp_path / "s").fit().transform([changed])
+    assert n_images_through_vit(vit_forwards) == 9
+
+
+def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, vit_forwards):
+    _vit(store=tmp_path / "s").fit().transform(rgb_images[:1])
+    with pytest.raises(ValueError, match=r"facet: store 'key', requested 'query'.*"
+                                         r"Recorded: \{.*\}; requested: \{.*\}"):
+        _vit(store=tmp_path / "s", facet="query").fit().transform(rgb_images)
+    with pytest.raises(ValueError, match="either memory= .* or store="):
+        _vit(store=tmp_path / "s", memory=tmp_path / "m").fit()
+    assert n_images_through_vit(vit_forwards) == 1
+
+
+def test_segmenter_fits_and_cross_validates_on_a_store(tmp_path, rgb_images):
+    features = _vit(store=tmp_path / "s").fit().transform(rgb_images)
+    segmenter = MultilevelSegmenter(n_classes=2, refine=None, random_state=0, device="cpu")
+    in_memory = [features[i] for i in range(len(features))]
+    for a, b in zip(segmenter.fit(features).labels_, segmenter.fit(in_memory).labels_):
+        np.testing.assert_array_equal(a, b)
+    restored = pickle.loads(pickle.dumps(features))
+    train, test = next(KFold(2).split(restored))
+    fitted = MultilevelSegmenter(n_classes=2, refine=None, random_state=0, device="cpu")
+    masks = fitted.fit(_safe_indexing(restored, train)).predict(_safe_indexing(restored, test))
+    assert [m.shape for m in masks] == [rgb_images[i].shape[:2] for i in test]
+
+
+# -- the memory= cache -----------------------------------------------------------
+
+def test_memory_cache_holds_no_pickles_and_recomputes_damaged_entries(
+        tmp_path, rgb_images, vit_forwards):
+    _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:2])
+    entries = sorted((tmp_path / "cache").rglob("*.npz"))
+    assert len(entries) == 2
+    for entry in entries:
+        with np.load(entry, allow_pickle=False) as arrays:
+            assert set(arrays.files) == {"patches", "cls"}
+    # A truncated entry, and one planted with a pickled object array, are
+    # computed again with a warning naming the file; nothing is unpickled.
+    entries[0].write_bytes(entries[0].read_bytes()[:100])
+    np.savez(entries[1], patches=np.array([object()], dtype=object), cls=np.zeros(3))
+    with pytest.warns(RuntimeWarning) as caught:
+        again = _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:2])
+    assert n_images_through_vit(vit_forwards) == 4
+    assert sorted(str(w.message).split("'")[1] for w in caught) == sorted(map(str, entries))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rewritten entries read cleanly
+        cached = _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:2])
+    assert n_images_through_vit(vit_forwards) == 4
+    for a, b in zip(again, cached):
+        np.testing.assert_array_equal(a.patches, b.patches)
+
+
+def test_memory_cache_entries_respect_the_umask(tmp_path, rgb_images):
+    previous = os.umask(0o022)
+    try:
+        _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:1])
+    finally:
+        os.umask(previous)
+    entry = next((tmp_path / "cache").rglob("*.npz"))
+    assert entry.stat().st_mode & 0o777 == 0o644
