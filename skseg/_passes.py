@@ -109,7 +109,9 @@ class Chunk:
     cosine metric), one descriptor and one content key per image."""
 
     def __init__(self, X, start, stop, expected, keys=None):
-        self.records = [X[i] for i in range(start, stop)]
+        # A FeatureStore reads a range of images in bulk.
+        self.records = X.records_of(start, stop) if hasattr(X, "records_of") \
+            else [X[i] for i in range(start, stop)]
         for index, f in enumerate(self.records, start):
             expected.check(index, f)
         self.grids = [f.grid_shape for f in self.records]

@@ -506,6 +506,35 @@ class FeatureStore(Sequence):
         )
         return self._concatenate(blocks, self._backing.layout["cls_dim"])
 
+    def records_of(self, start, stop):
+        """Images ``start:stop`` as :class:`ImageFeatures`, read in bulk.
+
+        The same records as ``[store[i] for i in range(start, stop)]``, with
+        each array read once for the whole range (the segmenter's passes
+        read chunks this way).
+        """
+        start, stop, _ = slice(start, stop).indices(len(self))
+        if stop <= start:
+            return []
+        layout = self._backing.layout
+        patches, offsets = self.patches_of(start, stop)
+        cls = self.cls_of(start, stop) if layout["cls_dim"] is not None else None
+        attention = self.attention_of(start, stop)[0] if layout["has_attention"] else None
+        index = self._backing.index
+        stored = self._stored(np.arange(start, stop, dtype=np.int64))
+        records = []
+        for k, i in enumerate(stored.tolist()):
+            h, w = (int(v) for v in index["grid_shapes"][i])
+            rows = slice(offsets[k], offsets[k + 1])
+            records.append(ImageFeatures(
+                patches=patches[rows].reshape(h, w, -1),
+                cls=None if cls is None else cls[k],
+                attention=None if attention is None else attention[rows].reshape(h, w),
+                image_shape=tuple(int(v) for v in index["image_shapes"][i]),
+                image=self._image(i), patch_size=int(index["patch_sizes"][i]) or None,
+            ))
+        return records
+
     def _concatenate(self, blocks, width):
         if blocks:
             return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
