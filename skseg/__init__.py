@@ -5,6 +5,7 @@ The public API is re-exported here; implementations live in private modules.
 
 from ._backbone import WeightsUnavailableError
 from ._features import FeatureSequence, ImageFeatures
+from ._regions import LabelMasks
 from ._segmenter import MultilevelSegmenter
 from ._store import FeatureStore
 from ._transformer import ViTPatchTransformer
@@ -15,6 +16,7 @@ __all__ = [
     "FeatureSequence",
     "FeatureStore",
     "ImageFeatures",
+    "LabelMasks",
     "MultilevelSegmenter",
     "ViTPatchTransformer",
     "WeightsUnavailableError",
