@@ -23,6 +23,7 @@ _MODELS = {}
 _MODELS_LOCK = threading.Lock()
 # One lock per model instance: a forward pass with its hooks is one critical section.
 _FORWARD_LOCKS = weakref.WeakKeyDictionary()
+_FORWARD_LOCKS_LOCK = threading.Lock()
 
 # Offline, the hub client retries for about a minute; a reachability check that
 # gives up after this many seconds fails fast instead.
@@ -105,18 +106,13 @@ def _vit_kwargs():
 
 def _check_is_vit(name):
     """Refuse a timm model that is not a plain ViT before building or downloading it."""
-    import timm
-    import torch
-
     advice = (
         "skseg needs a Vision Transformer with a patch grid, e.g. "
         "'vit_small_patch8_224.dino', 'vit_small_patch14_reg4_dinov2.lvd142m' or "
         "'vit_small_patch16_dinov3.lvd1689m'."
     )
     try:
-        # On the meta device no memory is allocated and no weights are read.
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, **_vit_kwargs())
+        model = _meta_model(name)
     except TypeError as exc:  # e.g. resnet50: "unexpected keyword argument 'dynamic_img_size'"
         raise ValueError(f"model={name!r} is not a Vision Transformer ({exc}); {advice}") from exc
     for attribute in ("blocks", "patch_embed", "num_prefix_tokens", "forward_features"):
@@ -212,7 +208,6 @@ def _unreachable(url, timeout=HUB_CHECK_TIMEOUT_S):
 def _create_pretrained(name, kwargs):
     """Build ``name`` with its pretrained weights, failing within seconds offline."""
     import timm
-    import torch
     from huggingface_hub import constants
     from timm.models import get_pretrained_cfg
 
@@ -346,8 +341,8 @@ def _fitted_state(state, model):
 
 @functools.lru_cache(maxsize=None)
 def _meta_model(name):
+    """``name`` built on the meta device: its structure, with no memory for weights."""
     import timm
-    import torch
 
     with torch.device("meta"):
         return timm.create_model(name, pretrained=False, **_vit_kwargs())
@@ -526,7 +521,7 @@ def _qkv_hook(what, store):
 
 
 def _forward_lock(model):
-    with _MODELS_LOCK:
+    with _FORWARD_LOCKS_LOCK:
         return _FORWARD_LOCKS.setdefault(model, threading.Lock())
 
 
