@@ -241,7 +241,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         import timm
 
         return (
-            "skseg-features-v1",
+            # v2: large images are box-reduced (JPEGs drafted) before resizing,
+            # and PIL modes "I" and "F" are read by their real range.
+            "skseg-features-v2",
             timm.__version__,
             self.model,
             bool(self.pretrained) and self.weights is None,
