@@ -205,13 +205,13 @@ def _open_path(path, size=None):
     that keeps it at least twice that size.
     """
     try:
-        img = Image.open(path)
-        if size is not None:
-            side = 2 * max(size)  # orientation-free: the file may be stored turned
-            img.draft(img.mode, (side, side))
-        img.load()
-        # In place: a copy only for a turned image, never of an upright one.
-        ImageOps.exif_transpose(img, in_place=True)
+        with Image.open(path) as img:  # closes the file; decoded pixels stay
+            if size is not None:
+                side = 2 * max(size)  # orientation-free: the file may be stored turned
+                img.draft(img.mode, (side, side))
+            img.load()
+            # In place: a copy only for a turned image, never of an upright one.
+            ImageOps.exif_transpose(img, in_place=True)
     except _READ_ERRORS as exc:
         raise ImageError(f"{os.fspath(path)!r} cannot be read as an image: {exc}") from exc
     return img
