@@ -1,4 +1,23 @@
-"""Reading images, and checking a whole list of them before any expensive work."""
+"""Reading images, and checking a whole list of them before any expensive work.
+
+How pixel values become floats in [0, 1], one rule for every kind of input:
+
+- 8-bit data (``uint8`` arrays and tensors, PIL modes "1", "L", "P", "RGB",
+  "RGBA", "CMYK", "YCbCr", "LAB", "HSV", ...) is divided by 255.
+- 16-bit data (``uint16`` arrays, PIL modes "I;16*", 16-bit PNG and TIFF files)
+  is divided by 65535.
+- Float arrays and tensors must already lie in [0, 1]; anything else is
+  refused, so a forgotten scaling is reported rather than guessed at.
+- PIL modes "I" (32-bit integers) and "F" (32-bit floats), as float and
+  integer TIFF files give, have no fixed range: non-negative images are divided
+  by the smallest of 1, 255 and 65535 that holds every value, and others are
+  stretched from their own minimum and maximum to [0, 1].
+
+Large images are reduced before they become floats: JPEG files decode at a
+reduced DCT scale, and every input is averaged over integer boxes while it
+stays at least twice the size it will be resized to, so the full-resolution
+pixels are never held as floats.
+"""
 
 import hashlib
 import os
@@ -6,9 +25,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Modes numpy holds as they are; every other mode is converted to RGB.
+_NUMPY_MODES = {"L", "LA", "RGB", "RGBA", "RGBX", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_UNBOUNDED_MODES = {"I", "F"}
+_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError,
+                Image.DecompressionBombError)
+# Pixels converted to float at a time while reducing a large image.
+_STRIP_PIXELS = 1 << 20
+
+
+class ImageError(ValueError):
+    """One input image cannot be used; the message names it (index and file)."""
+
+
+class ImageTooSmallError(ImageError):
+    """An image smaller than one ViT patch, so it has no patch grid."""
 
 
 def _describe(index, image):
@@ -17,65 +53,51 @@ def _describe(index, image):
     return f"image {index}"
 
 
-def _open_path(path):
-    """Open and fully decode a file, EXIF orientation applied."""
-    with Image.open(path) as img:
-        img.load()
-        return ImageOps.exif_transpose(img)
+def _tensor_as_numpy(tensor):
+    """A tensor's data as a numpy array (a view where the device and dtype allow)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
+        tensor = tensor.float()
+    return tensor.numpy()
 
 
-def _pil_to_float(img):
-    if img.mode in _SIXTEEN_BIT_MODES:
-        grey = np.asarray(img, dtype=np.float32) / 65535.0
-        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=2)
-    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-
-
-def _array_to_float(array):
-    if array.ndim == 3:
-        array = array[..., :3]  # an alpha channel carries no colour
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
-        array = array.astype(np.float32) / 65535.0
-    else:
-        array = array.astype(np.float32, copy=False)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    return array
-
-
-def load_rgb(image):
-    """Return an image as a float32 ``(H, W, 3)`` array with values in [0, 1].
-
-    Parameters
-    ----------
-    image : str, path-like, PIL.Image.Image or ndarray
-        A file (EXIF orientation honoured), a PIL image, or an array ``HxW``,
-        ``HxWx3`` or ``HxWx4`` (alpha dropped) of ``uint8``, ``uint16`` or
-        floats in [0, 1].
-
-    Returns
-    -------
-    rgb : ndarray of shape (H, W, 3), dtype float32
-    """
-    if isinstance(image, (str, os.PathLike)):
-        return _pil_to_float(_open_path(image))
-    if isinstance(image, Image.Image):
-        return _pil_to_float(image)
-    return _array_to_float(np.asarray(image))
+def _tensor_to_array(tensor, where):
+    """A ``(C, H, W)`` or ``(H, W, C)`` tensor as an ``(H, W[, C])`` numpy view."""
+    shape = tuple(tensor.shape)
+    if tensor.ndim == 3:
+        channels_first = shape[0] in (1, 3, 4)
+        channels_last = shape[2] in (1, 3, 4)
+        if channels_first and channels_last:
+            raise ImageError(
+                f"{where} is a tensor of shape {shape}: its channels could be first or "
+                "last. Pass it as a numpy (H, W, C) array or a PIL image."
+            )
+        if channels_first:
+            tensor = tensor.permute(1, 2, 0)
+        elif not channels_last:
+            raise ImageError(
+                f"{where} is a tensor of shape {shape}; expected (C, H, W) or (H, W, C) "
+                "with 1, 3 or 4 channels."
+            )
+        if tensor.shape[2] == 1:
+            tensor = tensor[..., 0]
+    elif tensor.ndim != 2:
+        raise ImageError(
+            f"{where} is a tensor of shape {shape}; expected (C, H, W), (H, W, C) or (H, W)."
+        )
+    return _tensor_as_numpy(tensor)
 
 
 def _check_array(array, where):
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ValueError(
+        raise ImageError(
             f"{where} has shape {array.shape}; expected (H, W), (H, W, 3) or (H, W, 4)."
         )
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
-            raise ValueError(f"{where} contains NaN or infinite values.")
+            raise ImageError(f"{where} contains NaN or infinite values.")
         if array.size and (array.min() < 0.0 or array.max() > 1.0):
-            raise ValueError(
+            raise ImageError(
                 f"{where} is a float array with values outside [0, 1] "
                 f"(min {array.min():.3g}, max {array.max():.3g}); scale it to [0, 1] "
                 "or pass uint8."
@@ -87,51 +109,264 @@ def _check_array(array, where):
     return array.shape[:2]
 
 
-def image_shape(image, where="image"):
-    """Return the ``(H, W)`` of one image, validating it on the way.
+def _as_array(image, where):
+    """A numpy array or tensor image as a checked ``(H, W[, C])`` array."""
+    if isinstance(image, torch.Tensor):
+        image = _tensor_to_array(image, where)
+    _check_array(image, where)
+    return image
 
-    Files are fully decoded so that a truncated or corrupted file is found now,
-    not in the middle of a long run.
+
+def _orientation(img):
+    """The EXIF orientation tag, read without decoding pixels."""
+    if img.format == "PNG":
+        # PIL's PNG getexif() decodes the whole image to look for a late eXIf chunk.
+        exif = Image.Exif()
+        if img.info.get("exif"):
+            exif.load(img.info["exif"])
+    else:
+        exif = img.getexif()
+    return exif.get(0x0112, 1)
+
+
+def _check_decodes(img):
+    """Find a truncated or corrupted file without decoding it at full size."""
+    if img.format == "PNG":
+        img.verify()  # every chunk and its checksum, to the end of the file
+        return
+    if img.format == "JPEG":
+        width, height = img.size
+        img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))  # 1/64 of the pixels
+    img.load()
+    if img.mode == "F":
+        _check_finite(img)
+
+
+def _check_finite(img):
+    # getextrema() skips NaN, so look at the values.
+    for rows in _row_strips(img.size[1], img.size[0], 1):
+        if not np.isfinite(_pil_rows(img, rows)).all():
+            raise ValueError("it contains NaN or infinite values")
+
+
+def _file_shape(path, where):
+    if not path.is_file():
+        raise ImageError(f"{where}: no such file.")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if _orientation(img) in (5, 6, 7, 8):  # turned by 90 degrees on display
+                width, height = height, width
+            _check_decodes(img)
+    except _READ_ERRORS as exc:
+        raise ImageError(f"{where} cannot be read as an image: {exc}") from exc
+    return height, width
+
+
+def image_shape(image, where="image"):
+    """Return the ``(H, W)`` of one image (EXIF orientation applied), validating it.
+
+    A file's size comes from its header; the file is read through to find
+    truncation or corruption now rather than in the middle of a long run, but
+    without decoding it at full size where the format allows (PNG checksums,
+    JPEG at 1/8 scale).
+
+    Raises
+    ------
+    ImageError
+        A ``ValueError`` naming the image, for a missing, unreadable or
+        malformed image.
+    TypeError
+        For an object that is not an image.
     """
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"{where}: no such file.")
-        try:
-            img = _open_path(path)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError,
-                Image.DecompressionBombError) as exc:
-            raise ValueError(f"{where} cannot be read as an image: {exc}") from exc
-        width, height = img.size
-    elif isinstance(image, Image.Image):
+        return _file_shape(Path(image), where)
+    if isinstance(image, Image.Image):
+        if image.mode == "F":
+            try:
+                _check_finite(image)
+            except ValueError as exc:
+                raise ImageError(f"{where}: {exc}.") from None
         width, height = image.size
-    elif isinstance(image, np.ndarray):
-        height, width = _check_array(image, where)
+        return int(height), int(width)
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        height, width = _as_array(image, where).shape[:2]
+        return int(height), int(width)
+    raise TypeError(
+        f"{where} is a {type(image).__name__}; expected a file path, a PIL image, a "
+        "numpy array or a torch tensor."
+    )
+
+
+def _open_path(path, size=None):
+    """Open and decode a file, EXIF orientation applied.
+
+    With ``size``, a JPEG decodes at the smallest DCT scale (1/2, 1/4, 1/8)
+    that keeps it at least twice that size.
+    """
+    try:
+        with Image.open(path) as img:  # closes the file; decoded pixels stay
+            if size is not None:
+                side = 2 * max(size)  # orientation-free: the file may be stored turned
+                img.draft(img.mode, (side, side))
+            img.load()
+            # In place: a copy only for a turned image, never of an upright one.
+            ImageOps.exif_transpose(img, in_place=True)
+    except _READ_ERRORS as exc:
+        raise ImageError(f"{os.fspath(path)!r} cannot be read as an image: {exc}") from exc
+    return img
+
+
+def _natural_range(low, high):
+    """The value range of data that has no fixed one (PIL modes "I" and "F")."""
+    if low >= 0:
+        for top in (1.0, 255.0, 65535.0):
+            if high <= top:
+                return 0.0, top
+    if high > low:
+        return float(low), float(high)
+    return float(low), float(low) + 1.0  # a constant image reads as black
+
+
+def _value_range(image):
+    """``(low, high)``: the values that map to 0 and 1."""
+    if isinstance(image, Image.Image):
+        if image.mode in _SIXTEEN_BIT_MODES:
+            return 0.0, 65535.0
+        if image.mode in _UNBOUNDED_MODES:
+            return _natural_range(*image.getextrema())
+        return 0.0, 255.0
+    if image.dtype == np.uint8:
+        return 0.0, 255.0
+    if image.dtype == np.uint16:
+        return 0.0, 65535.0
+    return 0.0, 1.0  # floats, checked to lie in [0, 1]
+
+
+def _colour(block):
+    """Drop alpha and padding channels: ``(r, W)`` grey or ``(r, W, 3)`` colour."""
+    if block.ndim == 3:
+        return block[..., 0] if block.shape[2] == 2 else block[..., :3]
+    return block
+
+
+def _pil_rows(img, rows):
+    start, stop = rows
+    if (start, stop) != (0, img.size[1]):
+        img = img.crop((0, start, img.size[0], stop))
+    if img.mode not in _NUMPY_MODES:
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def _row_strips(height, width, factor):
+    """Row ranges, whole boxes of ``factor`` rows, of about ``_STRIP_PIXELS`` each."""
+    step = factor * max(1, _STRIP_PIXELS // max(1, factor * width))
+    return [(start, min(height, start + step)) for start in range(0, height, step)]
+
+
+def _box_sums(block, factor):
+    """Sums over ``factor x factor`` boxes (smaller at the bottom and right edges)."""
+    starts = [np.arange(0, side, factor) for side in block.shape[:2]]
+    sums = np.add.reduceat(block, starts[0], axis=0, dtype=np.float32)
+    sums = np.add.reduceat(sums, starts[1], axis=1)
+    counts = [np.diff(np.append(s, side)) for s, side in zip(starts, block.shape[:2])]
+    area = np.outer(*counts).astype(np.float32)
+    return sums / (area[..., None] if sums.ndim == 3 else area)
+
+
+def _reduced_float(image, height, width, factor):
+    """An image's pixels as float32, averaged over ``factor`` boxes, strip by strip."""
+    if isinstance(image, Image.Image):
+        def read(rows):
+            return _colour(_pil_rows(image, rows))
     else:
-        raise TypeError(
-            f"{where} is a {type(image).__name__}; expected a file path, a PIL image "
-            "or a numpy array."
+        def read(rows):
+            return _colour(image[rows[0]:rows[1]])
+    if factor == 1:
+        pixels = read((0, height)).astype(np.float32)
+    else:
+        pixels = np.concatenate(
+            [_box_sums(read(rows), factor) for rows in _row_strips(height, width, factor)]
         )
-    return int(height), int(width)
+    low, high = _value_range(image)
+    if low:
+        pixels -= low
+    pixels /= high - low
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    return pixels
+
+
+def load_rgb(image, size=None):
+    """Return an image as a float32 ``(H, W, 3)`` array with values in [0, 1].
+
+    Parameters
+    ----------
+    image : str, path-like, PIL.Image.Image, ndarray or torch.Tensor
+        A file (EXIF orientation honoured), a PIL image of any mode, an array
+        ``HxW``, ``HxWx3`` or ``HxWx4`` (alpha dropped), or a tensor ``CxHxW``
+        or ``HxWxC``. Values are scaled by the rule in this module's docstring.
+    size : (int, int), default=None
+        ``(height, width)`` to resize to (bilinear, antialiased, whole image,
+        no crop). Large images are reduced before they become floats, so the
+        full-resolution pixels are never held as floats. ``None`` keeps the
+        image's own size.
+
+    Returns
+    -------
+    rgb : ndarray of shape (H, W, 3) or (*size, 3), dtype float32
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = _open_path(image, size)
+    if isinstance(image, Image.Image):
+        width, height = image.size
+    else:
+        image = _as_array(image, "image")
+        height, width = image.shape[:2]
+    factor = 1
+    if size is not None:
+        # PIL's reducing gap: boxes only while the image stays twice the target.
+        factor = max(1, min(height // (2 * size[0]), width // (2 * size[1])))
+    rgb = _reduced_float(image, height, width, factor)
+    if size is not None and rgb.shape[:2] != tuple(size):
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+        tensor = F.interpolate(tensor, size=tuple(size), mode="bilinear", antialias=True,
+                               align_corners=False)
+        rgb = tensor[0].permute(1, 2, 0).contiguous().numpy()
+    return rgb
 
 
 def _checked_shape(index, image, min_side):
     where = _describe(index, image)
     height, width = image_shape(image, where)
     if height == 0 or width == 0:
-        raise ValueError(f"{where} has zero size ({height} x {width}).")
+        raise ImageError(f"{where} has zero size ({height} x {width}).")
     if height < min_side or width < min_side:
-        raise ValueError(
+        raise ImageTooSmallError(
             f"{where} is {height} x {width} pixels, smaller than one "
             f"{min_side} x {min_side} patch."
         )
     return height, width
 
 
-def _as_image_list(images):
-    if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)):
+def as_image_list(images):
+    """The images of ``X`` as a sequence, one item per image.
+
+    A 4-D array ``(N, H, W, C)`` or tensor (``(N, C, H, W)`` or
+    ``(N, H, W, C)``) is a batch: its items are views, not copies.
+    """
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        if isinstance(images, np.ndarray) and images.shape[3] not in (3, 4):
+            raise ValueError(
+                f"X is an array of shape {images.shape}; a batch of images must be "
+                "(N, H, W, 3) or (N, H, W, 4)."
+            )
+        images = list(images)
+    if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image, torch.Tensor)):
         raise TypeError(
-            "X must be a list of images, not a single image; wrap it in a list."
+            "X must be a list of images or a 4-D batch (N, H, W, C), not a single "
+            "image; pass [image]."
         )
     try:
         n_images = len(images)
@@ -147,10 +382,12 @@ def _as_image_list(images):
 def check_each_image(images, *, min_side=1):
     """Validate every image; return its ``(H, W)`` or the error it raised.
 
-    Files are decoded in threads (decoding releases the GIL), so checking a
-    large folder costs a fraction of the ViT pass that follows.
+    Files are read in threads (decoding releases the GIL), so checking a
+    large folder costs a fraction of the ViT pass that follows. An error is an
+    :class:`ImageError` (:class:`ImageTooSmallError` for an image smaller than
+    ``min_side``) or a ``TypeError``, its message naming the image.
     """
-    images = _as_image_list(images)
+    images = as_image_list(images)
 
     def check(index):
         try:
@@ -167,8 +404,8 @@ def check_images(images, *, min_side=1):
 
     Parameters
     ----------
-    images : sequence
-        Paths, PIL images or numpy arrays.
+    images : sequence or 4-D array or tensor
+        Paths, PIL images, numpy arrays or torch tensors, or a batch.
     min_side : int, default=1
         The smallest allowed height and width (a ViT needs one whole patch).
 
@@ -178,7 +415,7 @@ def check_images(images, *, min_side=1):
 
     Raises
     ------
-    ValueError or TypeError
+    ImageError or TypeError
         For the first bad image, naming its index (and path).
     """
     results = check_each_image(images, min_side=min_side)
@@ -199,6 +436,8 @@ def content_hash(image):
         digest.update(f"{image.mode}{image.size}".encode())
         digest.update(image.tobytes())
     else:
+        if isinstance(image, torch.Tensor):
+            image = _tensor_as_numpy(image)
         array = np.ascontiguousarray(image)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.data)

@@ -5,7 +5,6 @@ from numbers import Integral
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -20,7 +19,7 @@ from ._backbone import (
 )
 from ._cache import FeatureCache
 from ._features import FeatureSequence, ImageFeatures
-from ._images import check_images, content_hash, load_rgb
+from ._images import as_image_list, check_images, content_hash, load_rgb
 from ._store import FeatureStore
 from ._validation import HasMethods, Interval, StrOptions, validate_params
 
@@ -108,6 +107,23 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     --------
     MultilevelSegmenter : Clusters these features into label masks.
     ImageFeatures : The per-image record returned by :meth:`transform`.
+
+    Notes
+    -----
+    Pixel values become floats in [0, 1] by one rule for every kind of input:
+    8-bit data (``uint8`` arrays and tensors, 8-bit PIL modes such as "L",
+    "P", "RGB", "CMYK") is divided by 255, 16-bit data (``uint16`` arrays, PIL
+    "I;16" modes, 16-bit PNG and TIFF files) by 65535; float arrays and tensors
+    must already lie in [0, 1] and are refused otherwise. PIL modes "I"
+    (32-bit integers) and "F" (32-bit floats, e.g. float TIFF files) have no
+    fixed range: a non-negative image is divided by the smallest of 1, 255 and
+    65535 that holds all its values, any other is stretched from its own
+    minimum and maximum to [0, 1].
+
+    Large images are reduced before they become floats: a JPEG decodes at a
+    reduced DCT scale, and every image is averaged over integer boxes while it
+    stays at least twice the size it is resized to, so a 10000 x 10000 photo
+    is never held as floats at full resolution.
 
     Examples
     --------
@@ -245,6 +261,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         weights = weights_identity(self.weights)
         image_size = self.image_size
         return {
+            # v2: large images are box-reduced (JPEGs drafted) before resizing,
+            # and PIL modes "I" and "F" are read by their real range.
+            "features_version": 2,
             "timm_version": timm.__version__,
             "model": self.model,
             "pretrained": bool(self.pretrained) and self.weights is None,
@@ -258,32 +277,39 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         }
 
     def _prepare(self, image, size, device):
-        """Load, resize (antialiased, no crop) and normalise one image."""
-        rgb = torch.from_numpy(load_rgb(image)).permute(2, 0, 1)[None]
-        if rgb.shape[2:] != size:
-            rgb = F.interpolate(rgb, size=size, mode="bilinear", antialias=True,
-                                align_corners=False)
-        mean = torch.tensor(self.mean_).view(1, 3, 1, 1)
-        std = torch.tensor(self.std_).view(1, 3, 1, 1)
-        return ((rgb - mean) / std)[0].to(device, non_blocking=True)
+        """Load at ``size`` (antialiased, no crop, reduced before float) and normalise."""
+        rgb = torch.from_numpy(load_rgb(image, size)).permute(2, 0, 1)
+        mean = torch.tensor(self.mean_).view(3, 1, 1)
+        std = torch.tensor(self.std_).view(3, 1, 1)
+        return ((rgb - mean) / std).to(device, non_blocking=True)
 
     def transform(self, X):
         """Extract patch features for every image.
 
+        Safe to call from several threads at once (e.g. a grid search with
+        the threading backend); features do not depend on what else runs.
+
         Parameters
         ----------
-        X : list of str, path-like, PIL.Image.Image or ndarray
-            Images: files (EXIF orientation honoured), PIL images, or arrays
-            ``HxW``, ``HxWx3``, ``HxWx4`` of ``uint8``, ``uint16`` or floats in
-            [0, 1]. All are checked before any forward pass.
+        X : list of images, or a 4-D array or tensor
+            Images: files (EXIF orientation honoured), PIL images of any mode,
+            arrays ``HxW``, ``HxWx3``, ``HxWx4`` of ``uint8``, ``uint16`` or
+            floats in [0, 1], or torch tensors ``CxHxW`` or ``HxWxC`` of the
+            same types; or a batch: an array ``(N, H, W, C)`` or a tensor
+            ``(N, C, H, W)`` or ``(N, H, W, C)``. The class Notes say how
+            values are scaled. All are checked before any forward pass; an
+            image smaller than one patch raises ``ImageTooSmallError`` (a
+            ``ValueError``) naming it.
 
         Returns
         -------
         features : FeatureSequence or FeatureStore of ImageFeatures
-            One record per image, in input order; with ``store`` a lazy view
-            of the store.
+            One record per image, in input order (with ``store``, a lazy view
+            of the store); each record's ``image`` is the input itself (a path
+            stays a path), not a copy of its pixels.
         """
         check_is_fitted(self, "patch_size_")
+        X = as_image_list(X)
         shapes = check_images(X, min_side=self.patch_size_)
         model = self._backbone()
         device = next(model.parameters()).device
