@@ -193,8 +193,10 @@ def foreground_masks(soft, image_shape, images=None, *, n_iter=10,
         Longer side of the working resolution of the refinement.
     device : torch.device or str, default="cpu"
     reduced_decode : bool, default=True
-        Decode JPEG files at reduced size (see :func:`working_pixels`);
-        ``False`` decodes them fully and resizes, as before this option.
+        Decode and shrink 8-bit files with Pillow, JPEG files at a reduced
+        DCT scale (see :func:`working_pixels`). ``False`` decodes every file
+        to floats and shrinks it with torch, as skseg did before; masks then
+        agree with its masks to float precision.
 
     Returns
     -------
@@ -212,9 +214,11 @@ def foreground_masks(soft, image_shape, images=None, *, n_iter=10,
     # Upsampling to full size and shrinking to the working size (antialiased)
     # are linear along each axis: two small matrices do both, and the
     # full-size score map is never made.
-    (h, w), down = soft.shape[1:], work != (height, width)
-    rows = _resize_matrix(h, [(height, False)] + [(work[0], True)] * down, device)
-    cols = _resize_matrix(w, [(width, False)] + [(work[1], True)] * down, device)
+    down = work != (height, width)
+    rows = _resize_matrix(scores.shape[-2], [(height, False)]
+                          + ([(work[0], True)] if down else []), device)
+    cols = _resize_matrix(scores.shape[-1], [(width, False)]
+                          + ([(work[1], True)] if down else []), device)
     scores = rows @ scores @ cols.T
     pixels = torch.stack([working_pixels(image, work, reduced_decode=reduced_decode)
                           for image in images]).to(device)
