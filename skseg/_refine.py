@@ -5,15 +5,26 @@ Araslanov and Roth, "Single-Stage Semantic Segmentation from Image Labels",
 CVPR 2020: a mask is repeatedly replaced by a local average of itself whose
 weights come from colour affinities of the image at several dilations, so that
 mask edges move onto image edges.
+
+Refinement runs at a small working resolution, so its cost is bounded
+whatever the photo size: the soft scores go there in one separable linear map,
+JPEG files are decoded there by the decoder's own DCT scaling, and only the
+refined score is upsampled to full size, once.
 """
+
+import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
-from ._images import load_rgb
+from ._images import _SIXTEEN_BIT_MODES, _pil_to_float, load_rgb
 
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+# EXIF orientations that swap width and height.
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
 
 
 def pamr(image, mask, *, n_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
@@ -36,9 +47,22 @@ def pamr(image, mask, *, n_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
     Returns
     -------
     refined : Tensor of shape (B, C, H, W)
+
+    Notes
+    -----
+    As in the authors' code: the affinity of a pixel to its neighbour ``k``
+    is ``softmax_k(-mean_c |I_k - I| / (0.1 * std + 1e-8))``, the standard
+    deviation taken per channel over the neighbours and the pixel itself, with
+    replicate padding. Unlike their code, the pixel itself is not one of the
+    neighbours it averages (the 8 offsets of each dilation exclude the
+    centre); ``tests/test_refine.py`` checks this definition against a loop
+    over pixels.
     """
     if n_iter == 0:
         return mask
+    # Shifted slices of a permuted (channels-last) tensor are several times
+    # slower to combine than those of a contiguous one.
+    image, mask = image.contiguous(), mask.contiguous()
     height, width = image.shape[-2:]
     pad = max(dilations)
     shifts = [(dy * d, dx * d) for d in dilations for dy, dx in _OFFSETS]
@@ -54,20 +78,25 @@ def pamr(image, mask, *, n_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
     for dy, dx in shifts:
         neighbour = shifted(padded, dy, dx)
         total += neighbour
-        total_sq += neighbour * neighbour
+        total_sq.addcmul_(neighbour, neighbour)
     count = len(shifts) + 1
-    spread = ((total_sq - total * total / count) / (count - 1)).clamp_min(0).sqrt()
-    scale = 1e-8 + 0.1 * spread
-    logits = torch.stack(
-        [-((shifted(padded, dy, dx) - image).abs() / scale).mean(1) for dy, dx in shifts], 1
-    )
+    spread = ((total_sq - total * total / count) / (count - 1)).clamp_min_(0).sqrt_()
+    # One multiplication by -1 / (n_channels * scale) turns the summed
+    # distances into the negated channel mean of distance / scale.
+    weight = (1e-8 + 0.1 * spread).reciprocal_().mul_(-1.0 / image.shape[1])
+    del total, total_sq, spread
+    logits = image.new_empty((image.shape[0], len(shifts), height, width))
+    distance = torch.empty_like(image)
+    for k, (dy, dx) in enumerate(shifts):
+        torch.sub(shifted(padded, dy, dx), image, out=distance)
+        torch.sum(distance.abs_().mul_(weight), 1, out=logits[:, k])
     affinity = logits.softmax(1)  # (B, K, H, W)
-    del padded, total, total_sq, spread, scale, logits
+    del padded, weight, logits, distance
     for _ in range(n_iter):
         padded_mask = F.pad(mask, (pad, pad, pad, pad), mode="replicate")
         refined = torch.zeros_like(mask)
         for k, (dy, dx) in enumerate(shifts):
-            refined += shifted(padded_mask, dy, dx) * affinity[:, k:k + 1]
+            refined.addcmul_(shifted(padded_mask, dy, dx), affinity[:, k:k + 1])
         mask = refined
     return mask
 
@@ -83,8 +112,66 @@ def load_pixels(image, shape):
     return rgb
 
 
+def _open_reduced(path, shape):
+    """A file decoded at no less than ``shape`` where the format can do it
+    cheaply (JPEG's DCT scaling by 1/2, 1/4 or 1/8), EXIF orientation applied."""
+    with Image.open(path) as img:
+        if img.format == "JPEG":
+            orientation = img.getexif().get(_EXIF_ORIENTATION)
+            height, width = shape
+            if orientation in _TRANSPOSED_ORIENTATIONS:
+                height, width = width, height
+            img.draft(None, (width, height))
+        img.load()
+        return ImageOps.exif_transpose(img)
+
+
+def working_pixels(image, shape, *, reduced_decode=True):
+    """The image's pixels resized to ``shape`` ``(h, w)``: a contiguous
+    float32 tensor of shape (3, h, w) in [0, 1].
+
+    The resize is bilinear with antialiasing (torch's, which follows PIL's).
+    With ``reduced_decode``, an 8-bit file is decoded and resized by PIL in
+    8 bits, a JPEG file first at the smallest DCT scale that covers
+    ``shape``: both average pixel blocks much as the antialiasing filter
+    would, at a fraction of the cost of decoding and converting every pixel
+    (``docs/performance.rst`` gives the measured effect on masks).
+    """
+    if reduced_decode and isinstance(image, (str, os.PathLike)):
+        img = _open_reduced(image, shape)
+        if img.mode not in _SIXTEEN_BIT_MODES:
+            small = img.convert("RGB").resize(shape[::-1], Image.Resampling.BILINEAR)
+            rgb = torch.from_numpy(np.array(small)).permute(2, 0, 1).contiguous()
+            return rgb.to(torch.float32).div_(255.0)
+        rgb = _pil_to_float(img)
+    else:
+        rgb = load_rgb(image)
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
+    if tuple(tensor.shape[-2:]) != tuple(shape):
+        tensor = F.interpolate(tensor, size=tuple(shape), mode="bilinear",
+                               antialias=True, align_corners=False)
+    return tensor[0]
+
+
+def _resize_matrix(n_in, steps, device):
+    """The ``(n_out, n_in)`` matrix of a chain of 1-D resizes.
+
+    ``steps`` is a sequence of ``(n_out, antialias)``; each is torch's
+    bilinear resize (``align_corners=False``) along one axis, applied here to
+    the basis vectors so that the whole chain becomes one small matrix.
+    """
+    # Basis vectors laid along the width: torch's antialiased resize of an
+    # (N, 1, H, 1) tensor does not match its resize of wider images.
+    basis = torch.eye(n_in, device=device)[:, None, None, :]  # (n_in, 1, 1, n_in)
+    for n_out, antialias in steps:
+        basis = F.interpolate(basis, size=(1, n_out), mode="bilinear",
+                              antialias=antialias, align_corners=False)
+    return basis[:, 0, 0, :].T
+
+
 def foreground_masks(soft, image_shape, images=None, *, n_iter=10,
-                     dilations=(1, 2, 4, 8, 12, 24), max_side=128, device="cpu"):
+                     dilations=(1, 2, 4, 8, 12, 24), max_side=128, device="cpu",
+                     reduced_decode=True):
     """Full-size binary foreground masks from soft patch scores.
 
     The scores are upsampled bilinearly to the image and, when ``images`` are
@@ -105,6 +192,11 @@ def foreground_masks(soft, image_shape, images=None, *, n_iter=10,
     max_side : int, default=128
         Longer side of the working resolution of the refinement.
     device : torch.device or str, default="cpu"
+    reduced_decode : bool, default=True
+        Decode and shrink 8-bit files with Pillow, JPEG files at a reduced
+        DCT scale (see :func:`working_pixels`). ``False`` decodes every file
+        to floats and shrinks it with torch, as skseg did before; masks then
+        agree with its masks to float precision.
 
     Returns
     -------
@@ -112,21 +204,26 @@ def foreground_masks(soft, image_shape, images=None, *, n_iter=10,
     """
     height, width = image_shape
     scores = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))[:, None]
-    scores = F.interpolate(scores.to(device), size=(height, width), mode="bilinear",
-                           align_corners=False)
+    scores = scores.to(device)
     if images is None or n_iter == 0:
+        scores = F.interpolate(scores, size=(height, width), mode="bilinear",
+                               align_corners=False)
         return scores[:, 0].cpu().numpy() > 0.5
-    rgb = np.stack([load_pixels(image, image_shape) for image in images])
     shrink = min(1.0, max_side / max(height, width))
     work = (max(1, round(height * shrink)), max(1, round(width * shrink)))
-    image = torch.from_numpy(rgb).permute(0, 3, 1, 2).to(device)
-    if work != (height, width):
-        image = F.interpolate(image, size=work, mode="bilinear", antialias=True,
-                              align_corners=False)
-        scores = F.interpolate(scores, size=work, mode="bilinear", antialias=True,
-                               align_corners=False)
-    refined = pamr(image, scores, n_iter=n_iter, dilations=tuple(dilations))
-    if work != (height, width):
+    # Upsampling to full size and shrinking to the working size (antialiased)
+    # are linear along each axis: two small matrices do both, and the
+    # full-size score map is never made.
+    down = work != (height, width)
+    rows = _resize_matrix(scores.shape[-2], [(height, False)]
+                          + ([(work[0], True)] if down else []), device)
+    cols = _resize_matrix(scores.shape[-1], [(width, False)]
+                          + ([(work[1], True)] if down else []), device)
+    scores = rows @ scores @ cols.T
+    pixels = torch.stack([working_pixels(image, work, reduced_decode=reduced_decode)
+                          for image in images]).to(device)
+    refined = pamr(pixels, scores, n_iter=n_iter, dilations=tuple(dilations))
+    if down:
         refined = F.interpolate(refined, size=(height, width), mode="bilinear",
                                 align_corners=False)
     return refined[:, 0].cpu().numpy() > 0.5

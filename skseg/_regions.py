@@ -25,15 +25,20 @@ def object_regions(mask, min_size):
         0 for background, 1..n_regions for the kept regions.
     n_regions : int
     """
-    regions, n_found = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    regions = np.empty(mask.shape, dtype=np.int32)
+    n_found = ndimage.label(mask, structure=_EIGHT_CONNECTED, output=regions)
     if n_found == 0:
-        return regions.astype(np.int32), 0
+        return regions, 0
     sizes = np.bincount(regions.ravel(), minlength=n_found + 1)
     keep = sizes >= min_size
     keep[0] = False
+    n_kept = int(keep.sum())
+    if n_kept == n_found:
+        # Labels are already 1..n_found: no full-size relabelling pass.
+        return regions, n_kept
     new_ids = np.zeros(n_found + 1, dtype=np.int32)
-    new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return new_ids[regions], int(keep.sum())
+    new_ids[keep] = np.arange(1, n_kept + 1, dtype=np.int32)
+    return new_ids[regions], n_kept
 
 
 def pixel_to_patch(image_shape, grid_shape):

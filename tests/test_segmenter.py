@@ -10,7 +10,6 @@ from sklearn.cluster import KMeans
 
 import skseg._segmenter
 from skseg import ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
-from skseg._refine import pamr
 from skseg.datasets import make_patch_features
 from skseg.metrics import mean_iou
 
@@ -158,20 +157,6 @@ def _scene(rng, size=48):
     truth[y:y + 20, x:x + 20] = True
     image[truth] = (0.9, 0.5, 0.1)
     return np.clip(image + 0.02 * rng.standard_normal(image.shape), 0, 1).astype(np.float32), truth
-
-
-def test_pamr_moves_mask_edges_onto_image_edges():
-    rng = np.random.default_rng(0)
-    image, truth = _scene(rng)
-    coarse = torch.nn.functional.interpolate(
-        torch.from_numpy(truth[None, None].astype(np.float32)), size=(6, 6), mode="area")
-    soft = torch.nn.functional.interpolate(coarse, size=(48, 48), mode="bilinear")
-    probs = torch.cat([1 - soft, soft], 1)
-    refined = pamr(torch.from_numpy(image).permute(2, 0, 1)[None], probs)
-    before = ((soft[0, 0] > 0.5).numpy() == truth).mean()
-    after = ((refined[0, 1] > refined[0, 0]).numpy() == truth).mean()
-    assert after > before + 0.02 and after > 0.97
-    assert torch.equal(pamr(torch.zeros(1, 3, 48, 48), probs, n_iter=0), probs)
 
 
 def test_refinement_uses_pixels_and_warns_without_them(planted):
