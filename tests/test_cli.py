@@ -86,7 +86,7 @@ def test_saved_model_predicts_new_images_without_refitting(photo_folder, tmp_pat
     "argv, message",
     [(["segment", "nothing-here", "-o", "x"], "neither a file"),
      (["segment", "{empty}", "-o", "x"], "no input images"),
-     (["segment", "{photos}", "-o", "x", "--model", TINY_MODEL, "-q"], "weights="),
+     (["segment", "{photos}", "-o", "x", "--model", TINY_MODEL, "-q"], "--weights FILE"),
      (["evaluate", "{empty}", "{empty}"], "no PNG masks")],
 )
 def test_user_errors_are_one_line_without_traceback(argv, message, photo_folder, tmp_path,
