@@ -45,14 +45,16 @@ def _is_image(path):
 
 
 def _walk(folder, recursive, skip):
-    """Image files below ``folder``, sorted, as paths relative to it.
+    """Image files below ``folder``, as paths relative to it.
 
     Symbolic links to folders are followed, but each real folder is entered
-    once, so a link loop ends the descent instead of repeating it. Hidden
-    folders, VOC mask folders (``SegmentationClass/``...) and the real folders
-    in ``skip`` are not entered.
+    once, so a link loop ends the descent instead of repeating it; links are
+    entered after the whole real tree, so a file is named by its real place
+    when it has one below ``folder``. Hidden folders, VOC mask folders
+    (``SegmentationClass/``...) and the real folders in ``skip`` are not
+    entered.
     """
-    entered = set()
+    entered, links = set(), []
 
     def visit(directory, relative):
         real = _real(directory)
@@ -69,11 +71,16 @@ def _walk(folder, recursive, skip):
                 continue
             if entry.is_dir():
                 if recursive and entry.name not in MASK_FOLDER_NAMES:
-                    yield from visit(Path(entry.path), child)
+                    if entry.is_symlink():
+                        links.append((Path(entry.path), child))
+                    else:
+                        yield from visit(Path(entry.path), child)
             elif entry.is_file() and _is_image(entry.name):
                 yield child
 
     yield from visit(Path(folder), PurePosixPath())
+    while links:
+        yield from visit(*links.pop(0))
 
 
 def _matches(pattern_parts, path_parts):
