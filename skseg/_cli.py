@@ -185,7 +185,7 @@ def _add_segment_parser(commands):
                     "made its masks: a rerun of the same fit only does what is left, a "
                     "different fit is refused unless --force.")
     segment.add_argument("input", nargs="+", help="image files, folders or globs")
-    segment.add_argument("-o", "--output", type=Path, required=True,
+    segment.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
                          help="output folder (never one of the inputs)")
     inputs = segment.add_argument_group("choosing inputs")
     inputs.add_argument("-r", "--recursive", action="store_true",
@@ -203,7 +203,8 @@ def _add_segment_parser(commands):
         "fitting (fixed by --load-model: refused with it)")
     fitting.add_argument("--model", default=_DEFAULT_MODEL, help="timm ViT model name")
     fitting.add_argument("--weights", type=Path,
-                         help="local weights file (.safetensors/.pth) for offline use")
+                         help="local weights file (.safetensors/.pth) for offline use (None: "
+                              "download from the hub)")
     fitting.add_argument("--random-weights", action="store_true",
                          help="untrained ViT: for trying the tool offline only")
     fitting.add_argument("--facet", choices=FACETS, default="key",
@@ -217,7 +218,7 @@ def _add_segment_parser(commands):
     fitting.add_argument("--n-classes", type=_n_classes, default=20,
                          help="object classes (masks hold 0..N)")
     fitting.add_argument("--n-categories", type=_positive_int,
-                         help="image pseudo-categories (default: --n-classes)")
+                         help="image pseudo-categories (None: as many as --n-classes)")
     fitting.add_argument("--n-dataset-clusters", type=int, default=2,
                          help="clusters of the dataset-level K-means (at least 2)")
     fitting.add_argument("--foreground", choices=["border", "attention"], default="border",
@@ -259,7 +260,7 @@ def _add_segment_parser(commands):
                          help="where the ViT and the clustering run")
     running.add_argument("--batch-size", type=_positive_int, default=16,
                          help="images per ViT forward pass")
-    running.add_argument("--n-jobs", type=int, help="threads for the pixel stage")
+    running.add_argument("--n-jobs", type=int, help="threads for the pixel stage (None: one)")
     running.add_argument("--cache", type=Path,
                          help="feature cache folder (default: OUTDIR/.skseg-cache)")
     running.add_argument("--no-cache", action="store_true", help="do not cache features")
