@@ -344,7 +344,8 @@ def run_segment(args):
         pipeline.fit([image.path for image in good])
         by_image = dict(zip(good, pipeline.named_steps["seg"].labels_))
         labels = [by_image[image] for image in todo]
-    _write_masks(args, todo, labels, new, digest_of, legend_key, legend)
+    previous_outputs = record["outputs"] if record else {}
+    _write_masks(args, todo, labels, new, previous_outputs, digest_of, legend_key, legend)
     if args.overlay:
         _complete_overlays(args, kept_images, new, legend, legend_key)
     _remove_outputs(output, stale, new["outputs"])
@@ -371,7 +372,8 @@ def run_segment(args):
     return status
 
 
-def _write_masks(args, todo, labels, record, digest_of, legend_key, legend):
+def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend_key,
+                 legend):
     from tqdm.auto import tqdm
 
     for count, (image, mask) in enumerate(tqdm(list(zip(todo, labels)), desc="writing",
@@ -382,7 +384,7 @@ def _write_masks(args, todo, labels, record, digest_of, legend_key, legend):
         if args.overlay:
             save_image(overlay(load_rgb(image.path), mask, class_names=legend), picture,
                        quality=90)
-        elif record["outputs"].get(name, {}).get("overlay", False) is not False:
+        elif previous_outputs.get(name, {}).get("overlay", False) is not False:
             picture.unlink(missing_ok=True)  # it showed the mask being replaced
         save_label_png(mask, _inside(args.output, image.mask_name))
         record["outputs"][name] = {"input": os.fspath(image.path), "sha1": digest_of[image],
