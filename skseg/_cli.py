@@ -17,14 +17,22 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+def _at_least(smallest):
+    """An argparse type: a whole number no smaller than ``smallest``."""
+
+    def whole_number(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {smallest}")
+        return value
+
+    return whole_number
+
+
+_positive_int = _at_least(1)
 
 
 def _random_state(text):
@@ -72,7 +80,7 @@ def _dilations(text):
     return values
 
 
-def image_size_argument(text):
+def _image_size(text):
     """An ``--image-size``: a side (224), HEIGHTxWIDTH (224x320) or 'keep'."""
     if text.lower() == "keep":
         return None
@@ -201,56 +209,61 @@ def _add_segment_parser(commands):
 
     fitting = segment.add_argument_group(
         "fitting (fixed by --load-model: refused with it)")
-    fitting.add_argument("--model", default=_DEFAULT_MODEL, help="timm ViT model name")
-    fitting.add_argument("--weights", type=Path,
-                         help="local weights file (.safetensors/.pth) for offline use (None: "
-                              "download from the hub)")
-    fitting.add_argument("--random-weights", action="store_true",
-                         help="untrained ViT: for trying the tool offline only")
-    fitting.add_argument("--facet", choices=FACETS, default="key",
-                         help="what patch features are read from the ViT block")
-    fitting.add_argument("--layer", type=int, default=-1,
-                         help="ViT block to read, negative from the end")
-    fitting.add_argument("--image-size", type=image_size_argument, default=224,
-                         help="side, HEIGHTxWIDTH, or 'keep' (aspect ratio kept)")
-    fitting.add_argument("--dtype", choices=["float32", "float16"], default="float32",
-                         help="type of the stored features")
-    fitting.add_argument("--n-classes", type=_n_classes, default=20,
-                         help="object classes (masks hold 0..N)")
-    fitting.add_argument("--n-categories", type=_positive_int,
-                         help="image pseudo-categories (None: as many as --n-classes)")
-    fitting.add_argument("--n-dataset-clusters", type=int, default=2,
-                         help="clusters of the dataset-level K-means (at least 2)")
-    fitting.add_argument("--foreground", choices=["border", "attention"], default="border",
-                         help="rule picking the foreground clusters (attention also "
-                              "extracts the ViT's CLS attention)")
-    fitting.add_argument("--consensus", choices=["vote", "intersection", "image"],
-                         default="vote", help="how the three levels' masks combine")
-    fitting.add_argument("--refine", choices=["pamr", "none"], default="pamr",
-                         help="mask refinement from the image's colours")
-    fitting.add_argument("--refine-iter", type=int, default=10, help="PAMR steps")
-    fitting.add_argument("--refine-dilations", type=_dilations, default=(1, 2, 4, 8, 12, 24),
-                         help="PAMR neighbourhood dilations, comma-separated")
-    fitting.add_argument("--refine-max-side", type=_positive_int, default=128,
-                         help="PAMR working resolution (longer side, pixels)")
-    fitting.add_argument("--region", choices=["pooled", "crop"], default="pooled",
-                         help="region descriptor: pooled patch features, or the CLS token "
-                              "of the region's crop (slower)")
-    fitting.add_argument("--min-region-size", type=_min_region_size, default=0.01,
-                         help="smallest object region: pixels (50) or image fraction (0.01)")
-    fitting.add_argument("--max-samples", type=int, default=20_000,
-                         help="patches sampled to fit each K-means (at least 2)")
-    fitting.add_argument("--max-iter", type=_positive_int, default=20,
-                         help="iterations of the image-level 2-means")
-    fitting.add_argument("--n-init", type=_positive_int, default=4,
-                         help="K-means restarts for categories and classes")
-    fitting.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
-                         help="clustering metric")
-    fitting.add_argument("--random-state", type=_random_state, default=0,
-                         help="seed of the sampling and K-means fits")
-    fitting.add_argument("--save-model", type=Path, metavar="FILE",
-                         help="also save the fitted pipeline (skops format, centroids "
-                              "only) after the masks")
+    fitting_actions = []
+
+    def fit_option(*names, **kwargs):
+        fitting_actions.append(fitting.add_argument(*names, **kwargs))
+
+    fit_option("--model", default=_DEFAULT_MODEL, help="timm ViT model name")
+    fit_option("--weights", type=Path,
+               help="local weights file (.safetensors/.pth) for offline use (None: "
+                    "download from the hub)")
+    fit_option("--random-weights", action="store_true",
+               help="untrained ViT: for trying the tool offline only")
+    fit_option("--facet", choices=FACETS, default="key",
+               help="what patch features are read from the ViT block")
+    fit_option("--layer", type=int, default=-1,
+               help="ViT block to read, negative from the end")
+    fit_option("--image-size", type=_image_size, default=224,
+               help="side, HEIGHTxWIDTH, or 'keep' (aspect ratio kept)")
+    fit_option("--dtype", choices=["float32", "float16"], default="float32",
+               help="type of the stored features")
+    fit_option("--n-classes", type=_n_classes, default=20,
+               help="object classes (masks hold 0..N)")
+    fit_option("--n-categories", type=_positive_int,
+               help="image pseudo-categories (None: as many as --n-classes)")
+    fit_option("--n-dataset-clusters", type=_at_least(2), default=2,
+               help="clusters of the dataset-level K-means (at least 2)")
+    fit_option("--foreground", choices=["border", "attention"], default="border",
+               help="rule picking the foreground clusters (attention also "
+                    "extracts the ViT's CLS attention)")
+    fit_option("--consensus", choices=["vote", "intersection", "image"],
+               default="vote", help="how the three levels' masks combine")
+    fit_option("--refine", choices=["pamr", "none"], default="pamr",
+               help="mask refinement from the image's colours")
+    fit_option("--refine-iter", type=_at_least(0), default=10, help="PAMR steps")
+    fit_option("--refine-dilations", type=_dilations, default=(1, 2, 4, 8, 12, 24),
+               help="PAMR neighbourhood dilations, comma-separated")
+    fit_option("--refine-max-side", type=_positive_int, default=128,
+               help="PAMR working resolution (longer side, pixels)")
+    fit_option("--region", choices=["pooled", "crop"], default="pooled",
+               help="region descriptor: pooled patch features, or the CLS token "
+                    "of the region's crop (slower)")
+    fit_option("--min-region-size", type=_min_region_size, default=0.01,
+               help="smallest object region: pixels (50) or image fraction (0.01)")
+    fit_option("--max-samples", type=_at_least(2), default=20_000,
+               help="patches sampled to fit each K-means (at least 2)")
+    fit_option("--max-iter", type=_positive_int, default=20,
+               help="iterations of the image-level 2-means")
+    fit_option("--n-init", type=_positive_int, default=4,
+               help="K-means restarts for categories and classes")
+    fit_option("--metric", choices=["cosine", "euclidean"], default="cosine",
+               help="clustering metric")
+    fit_option("--random-state", type=_random_state, default=0,
+               help="seed of the sampling and K-means fits")
+    fit_option("--save-model", type=Path, metavar="FILE",
+               help="also save the fitted pipeline (skops format, centroids "
+                    "only) after the masks")
 
     running = segment.add_argument_group("running (do not change the masks)")
     running.add_argument("--load-model", type=Path, metavar="FILE",
@@ -282,7 +295,7 @@ def _add_segment_parser(commands):
                               "of skipping it")
     writing.add_argument("-q", "--quiet", action="store_true",
                          help="no progress, messages or Python warnings; errors only")
-    segment.set_defaults(handler=run_segment, fitting_actions=fitting._group_actions)
+    segment.set_defaults(handler=run_segment, fitting_actions=fitting_actions)
     return segment
 
 

@@ -13,7 +13,7 @@ from skseg import MultilevelSegmenter, ViTPatchTransformer
 from skseg._cli import _segmenter_chooses_class_count, build_parser, main
 from skseg._segment_run import _build_pipeline
 
-from ._cli_helpers import FAST, photo_folder, read_mask, save_scenes  # noqa: F401
+from ._cli_helpers import FAST, photo_folder, save_scenes  # noqa: F401
 from .conftest import TINY_MODEL, n_images_through_vit
 
 
@@ -61,8 +61,8 @@ def test_an_image_smaller_than_a_patch_is_skipped_like_an_unreadable_one(photo_f
 
 def test_globs_and_files_as_inputs(photo_folder, tmp_path):
     out = tmp_path / "out"
-    assert main(["segment", str(photo_folder / "img0.png"), str(photo_folder / "holiday" / "*.png"),
-                 "-o", str(out), *FAST]) == 0
+    assert main(["segment", str(photo_folder / "img0.png"),
+                 str(photo_folder / "holiday" / "*.png"), "-o", str(out), *FAST]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png", "img3.png",
                                                         "img5.png"]
 
@@ -115,6 +115,9 @@ def test_user_errors_are_one_line_without_traceback(argv, message, photo_folder,
     (["--image-size", "big"], "HEIGHTxWIDTH"),
     (["--min-region-size", "1.5"], "fraction"),
     (["--refine-dilations", "1,x"], "whole numbers"),
+    (["--n-dataset-clusters", "1"], "at least 2"),
+    (["--max-samples", "1"], "at least 2"),
+    (["--refine-iter", "-1"], "at least 0"),
 ])
 def test_bad_option_values_stop_the_parser(options, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
