@@ -376,19 +376,23 @@ def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend
                  legend):
     from tqdm.auto import tqdm
 
-    for count, (image, mask) in enumerate(tqdm(list(zip(todo, labels)), desc="writing",
-                                               unit="img", disable=args.quiet), 1):
-        name = image.mask_name.as_posix()
-        picture = _inside(args.output, image.overlay_name)
-        # The overlay first: a mask on disk always has its overlay beside it.
-        if args.overlay:
-            save_image(overlay(load_rgb(image.path), mask, class_names=legend), picture,
-                       quality=90)
-        elif previous_outputs.get(name, {}).get("overlay", False) is not False:
-            picture.unlink(missing_ok=True)  # it showed the mask being replaced
-        save_label_png(mask, _inside(args.output, image.mask_name))
-        record["outputs"][name] = {"input": os.fspath(image.path), "sha1": digest_of[image],
-                                   "overlay": legend_key if args.overlay else False}
-        record["skipped"].pop(name, None)
-        if count % _RECORD_EVERY == 0:
-            write_record(args.output, record)
+    try:
+        for count, (image, mask) in enumerate(tqdm(list(zip(todo, labels)), desc="writing",
+                                                   unit="img", disable=args.quiet), 1):
+            name = image.mask_name.as_posix()
+            picture = _inside(args.output, image.overlay_name)
+            # The overlay first: a mask on disk always has its overlay beside it.
+            if args.overlay:
+                save_image(overlay(load_rgb(image.path), mask, class_names=legend), picture,
+                           quality=90)
+            elif previous_outputs.get(name, {}).get("overlay", False) is not False:
+                picture.unlink(missing_ok=True)  # it showed the mask being replaced
+            save_label_png(mask, _inside(args.output, image.mask_name))
+            record["outputs"][name] = {"input": os.fspath(image.path),
+                                       "sha1": digest_of[image],
+                                       "overlay": legend_key if args.overlay else False}
+            record["skipped"].pop(name, None)
+            if count % _RECORD_EVERY == 0:
+                write_record(args.output, record)
+    finally:  # interrupted or not, the record accounts for every mask written
+        write_record(args.output, record)

@@ -127,8 +127,10 @@ def test_an_interrupted_run_resumes_and_never_leaves_a_mask_without_its_overlay(
     assert len(masks) == 2
     for mask in masks:
         assert (out / f"{mask.stem}_overlay.jpg").is_file()
+    stamps = {mask: mask.stat().st_mtime_ns for mask in masks}
     monkeypatch.setattr(skseg._segment_run, "save_label_png", real_save)
     assert main(argv) == 0
+    assert {mask: mask.stat().st_mtime_ns for mask in masks} == stamps  # only the rest
     fresh = tmp_path / "fresh"
     assert main(["segment", str(photos), "-o", str(fresh), *FAST]) == 0
     for name, mask in _masks(fresh).items():
