@@ -7,14 +7,10 @@ import warnings
 from pathlib import Path
 
 from ._backbone import FACETS
-from ._inputs import UserError
+from ._inputs import UserError, one_line
 from ._segment_run import run_segment
 
 _DEFAULT_MODEL = "vit_small_patch8_224.dino"
-
-
-def _one_line(text):
-    return " ".join(str(text).split())
 
 
 def _at_least(smallest):
@@ -104,7 +100,7 @@ def _segmenter_chooses_class_count():
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"skseg: warning: {_one_line(message)}", file=sys.stderr)
+    print(f"skseg: warning: {one_line(message)}", file=sys.stderr)
 
 
 def cmd_evaluate(args):
@@ -362,14 +358,14 @@ def main(argv=None):
     if args.command == "segment":
         args.given_fitting_options = _given(args.fitting_actions, argv)
     with warnings.catch_warnings():
-        if args.quiet if hasattr(args, "quiet") else False:
+        if getattr(args, "quiet", False):
             warnings.simplefilter("ignore")
         else:
             warnings.showwarning = _one_line_warning
         try:
             return args.handler(args)
         except (UserError, ValueError, TypeError, OSError) as exc:
-            print(f"skseg: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"skseg: error: {one_line(exc)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("skseg: interrupted; run again to resume (finished outputs and cached "

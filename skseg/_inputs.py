@@ -19,6 +19,11 @@ class UserError(ValueError):
     """A mistake the user can fix; printed as one line, never a traceback."""
 
 
+def one_line(text):
+    """A message with its line breaks and runs of spaces made single spaces."""
+    return " ".join(str(text).split())
+
+
 @dataclass(frozen=True)
 class InputImage:
     """One input image and where its outputs go."""

@@ -14,7 +14,6 @@ import json
 import os
 from pathlib import Path
 
-from ._images import content_hash
 from ._io import write_atomically
 from ._inputs import UserError
 
@@ -96,10 +95,16 @@ def read_record(output):
         return None
     try:
         record = json.loads(path.read_text())
-        if record.get("format") != _RECORD_FORMAT:
+        if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
             raise ValueError("unknown format")
-        record["fit"], record["outputs"], record["skipped"]  # noqa: B018 (presence check)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if not isinstance(record.get("fit"), dict):
+            raise ValueError("no fit")
+        for table in ("outputs", "skipped"):
+            entries = record.get(table)
+            if not isinstance(entries, dict) or not all(
+                    isinstance(entry, dict) for entry in entries.values()):
+                raise ValueError(f"no {table} table")
+    except (OSError, ValueError) as exc:
         raise UserError(f"{path} is not a skseg run record ({exc}); remove it, or use "
                         "--force to rewrite every output.") from None
     return record
@@ -176,6 +181,3 @@ def load_model(path):
                         "MultilevelSegmenter pipeline).")
     return pipeline
 
-
-def model_digest(path):
-    return content_hash(path)

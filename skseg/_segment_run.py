@@ -13,13 +13,12 @@ from pathlib import Path
 
 from ._backbone import WeightsUnavailableError
 from ._images import check_each_image, content_hash, load_rgb
-from ._inputs import UserError, find_inputs
+from ._inputs import UserError, find_inputs, one_line
 from ._io import contact_sheet, overlay, read_label_png, save_image, save_label_png
 from ._run_record import (
     describe_fit,
     fit_differences,
     load_model,
-    model_digest,
     new_record,
     read_record,
     result_parameters,
@@ -31,10 +30,6 @@ _PREVIEW_IMAGES = 48
 _PREVIEW_PAIRS_PER_ROW = 4
 # Record progress every so many masks, so an interrupted run keeps most of its work.
 _RECORD_EVERY = 25
-
-
-def _one_line(text):
-    return " ".join(str(text).split())
 
 
 def _say(args, message):
@@ -139,7 +134,7 @@ def _prepare_backbone(vit):
                         "skseg with an untrained ViT.") from None
     except TypeError as exc:  # timm's models without a patch grid reject its keywords
         raise UserError(f"--model {vit.model} is not a Vision Transformer skseg can read "
-                        f"({_one_line(exc)}); use a timm ViT such as "
+                        f"({one_line(exc)}); use a timm ViT such as "
                         "vit_small_patch8_224.dino or vit_small_patch14_reg4_dinov2.lvd142m."
                         ) from None
     except RuntimeError as exc:
@@ -174,7 +169,7 @@ def _check_images(images, vit, args):
             continue
         if args.strict:
             raise UserError(str(result))
-        skipped[image] = _one_line(result)
+        skipped[image] = one_line(result)
         print(f"skseg: skipped {image.path}: {skipped[image]}", file=sys.stderr)
     if not good:
         raise UserError("none of the inputs could be read.")
@@ -191,7 +186,7 @@ def _legend(args):
         names = {int(cls): str(name) for cls, name in report.get("class_names", {}).items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"--legend-names {args.legend_names} is not the output of "
-                        f"'skseg evaluate --json' ({_one_line(exc)}).") from None
+                        f"'skseg evaluate --json' ({one_line(exc)}).") from None
     return {label: names.get(cls, f"class {cls}")
             for label, cls in assignment.items() if cls >= 0}
 
@@ -298,7 +293,7 @@ def run_segment(args):
     legend_key = None if legend is None else {str(k): v for k, v in legend.items()}
     if args.load_model:
         pipeline = _load_pipeline(args)
-        fit = describe_fit(model=model_digest(args.load_model))
+        fit = describe_fit(model=content_hash(args.load_model))
     else:
         pipeline = _build_pipeline(args)
     digests = [_digest(image.path) for image in images]
@@ -359,7 +354,7 @@ def run_segment(args):
             _say(args, f"Saved the fitted pipeline to {args.save_model}.")
         except OSError as exc:
             print(f"skseg: error: the masks are written, but --save-model "
-                  f"{args.save_model} failed: {_one_line(exc)}", file=sys.stderr)
+                  f"{args.save_model} failed: {one_line(exc)}", file=sys.stderr)
             status = 2
     if args.preview:
         _write_preview(args, [image for image in images

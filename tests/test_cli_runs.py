@@ -324,3 +324,19 @@ def test_weights_of_another_architecture_are_one_line(weights_file, tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("skseg: error:") and len(err.strip().splitlines()) == 1
     assert "vits16.safetensors" in err and "vit_tiny_patch16_224" in err
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": "skseg-run-v1", "fit": {}, '
+                                     '"outputs": [], "skipped": {}}', "[]"])
+def test_a_damaged_record_is_one_line_and_force_recovers(content, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RECORD_NAME).write_text(content)
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert RECORD_NAME in err and len(err.strip().splitlines()) == 1
+    assert main(["segment", str(photos), "-o", str(out), "--force", *FAST]) == 0
+    assert json.loads((out / RECORD_NAME).read_text())["outputs"].keys() == {
+        "img0.png", "img1.png"}
