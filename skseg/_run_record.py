@@ -58,19 +58,26 @@ def result_parameters(pipeline):
 
 def describe_fit(*, parameters=None, training=None, model=None):
     """The identity of a fit: fitted here (``parameters`` and the ordered
-    content digests of the ``training`` images) or loaded (``model`` digest)."""
+    content digests of the ``training`` images) or loaded (``model`` digest).
+    The skseg version is part of it: another version may segment differently."""
+    from . import __version__
+
     if model is not None:
-        return {"model": model}
-    return {"parameters": parameters, "training": training}
+        return {"model": model, "skseg": __version__}
+    return {"parameters": parameters, "training": training, "skseg": __version__}
 
 
 def fit_differences(old, new):
     """A short sentence saying how two fit identities differ."""
     if ("model" in old) != ("model" in new):
         return "one run fitted its pipeline, the other loaded a saved model"
-    if "model" in new:
-        return "the saved model files differ"
     reasons = []
+    if old.get("skseg") != new.get("skseg"):
+        reasons.append(f"skseg was version {old.get('skseg')}, now {new.get('skseg')}")
+    if "model" in new:
+        if old.get("model") != new.get("model"):
+            reasons.append("the saved model files differ")
+        return "; ".join(reasons)
     old_parameters, new_parameters = old.get("parameters") or {}, new["parameters"]
     changed = sorted(key for key in old_parameters.keys() | new_parameters.keys()
                      if old_parameters.get(key) != new_parameters.get(key))

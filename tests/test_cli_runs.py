@@ -340,3 +340,15 @@ def test_a_damaged_record_is_one_line_and_force_recovers(content, tmp_path, caps
     assert main(["segment", str(photos), "-o", str(out), "--force", *FAST]) == 0
     assert json.loads((out / RECORD_NAME).read_text())["outputs"].keys() == {
         "img0.png", "img1.png"}
+
+
+def test_masks_of_another_skseg_version_are_not_kept(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 2)
+    out = tmp_path / "out"
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 0
+    record = json.loads((out / RECORD_NAME).read_text())
+    record["fit"]["skseg"] = "0.0.1"
+    (out / RECORD_NAME).write_text(json.dumps(record))
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 2
+    assert "skseg was version 0.0.1" in capsys.readouterr().err
