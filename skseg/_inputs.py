@@ -94,12 +94,12 @@ def _matches(pattern_parts, path_parts):
         return not path_parts
     head, rest = pattern_parts[0], pattern_parts[1:]
     if head == "**":
-        return _matches(rest, path_parts) or (
-            bool(path_parts) and not path_parts[0].startswith(".")
-            and _matches(pattern_parts, path_parts[1:]))
-    return bool(path_parts) and fnmatch.fnmatchcase(path_parts[0], head) and (
-        not path_parts[0].startswith(".") or head.startswith(".")) and _matches(
-        rest, path_parts[1:])
+        if _matches(rest, path_parts):
+            return True
+        return bool(path_parts) and _matches(pattern_parts, path_parts[1:])
+    if not path_parts or not fnmatch.fnmatchcase(path_parts[0], head):
+        return False
+    return _matches(rest, path_parts[1:])
 
 
 def _expand_glob(item, recursive, skip):
@@ -108,7 +108,8 @@ def _expand_glob(item, recursive, skip):
     first_magic = next(i for i, part in enumerate(parts) if glob.has_magic(part))
     base = Path(*parts[:first_magic]) if first_magic else Path(".")
     if recursive and "**" in parts[first_magic:]:
-        # glob.glob would follow link loops below "**": walk loop-safely instead.
+        # glob.glob would follow link loops below "**": walk loop-safely instead
+        # (the walk, like glob, never yields hidden names).
         pattern = parts[first_magic:]
         matches = [base / relative for relative in _walk(base, True, skip)
                    if _matches(pattern, relative.parts)]
