@@ -15,9 +15,18 @@ import argparse
 import time
 
 from skseg import MultilevelSegmenter, ViTPatchTransformer
-from skseg._cli import _image_size
 from skseg.datasets import VOC_CLASSES, load_voc
 from skseg.metrics import per_image_mean_iou, segmentation_report
+
+
+def _image_size(text):
+    """'keep' (each image's aspect ratio, the field's protocol) or a square side."""
+    if text == "keep":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 'keep' or a side in pixels") from None
 
 
 def parse_args(argv=None):

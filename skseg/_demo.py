@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 DEMO_MODEL = "vit_small_patch16_224.dino"
 
@@ -40,23 +39,11 @@ def _matched_colours(truths, predictions):
 
 
 def _figure(images, truths, predictions, baseline, path):
-    from ._cli import _atomic_save, voc_palette
+    from ._io import contact_sheet
 
-    palette = voc_palette()
-    titles = ("image", "ground truth", "skseg", "plain K-means")
-    size = images[0].shape[0]
-    gap, header = 4, 18
-    columns = len(titles)
-    canvas = Image.new("RGB", (columns * (size + gap), header + len(images) * (size + gap)),
-                       "white")
-    draw = ImageDraw.Draw(canvas)
-    for c, title in enumerate(titles):
-        draw.text((c * (size + gap) + 4, 3), title, fill="black")
-    for r, panels in enumerate(zip(images, truths, predictions, baseline)):
-        for c, panel in enumerate(panels):
-            shown = panel if c == 0 else palette[panel]
-            canvas.paste(Image.fromarray(shown), (c * (size + gap), header + r * (size + gap)))
-    _atomic_save(canvas, path)
+    contact_sheet(list(zip(images, truths, predictions, baseline)),
+                  ("image", "ground truth", "skseg", "plain K-means"), path,
+                  cell=images[0].shape[0])
 
 
 def run_demo(output, *, n_images=24, quiet=False, random_state=0):

@@ -1,3 +1,6 @@
+"""The skseg command line: options, help, messages, evaluate and demo."""
+
+import argparse
 import json
 import subprocess
 import sys
@@ -6,24 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skseg._cli import main
-from skseg.datasets import make_scenes
+from skseg import MultilevelSegmenter, ViTPatchTransformer
+from skseg._cli import _segmenter_chooses_class_count, build_parser, main
+from skseg._segment_run import _build_pipeline
 
+from ._cli_helpers import FAST, photo_folder, save_scenes  # noqa: F401
 from .conftest import TINY_MODEL, n_images_through_vit
-
-FAST = ["--model", TINY_MODEL, "--random-weights", "--image-size", "64", "--n-classes", "2",
-        "--refine", "none", "--device", "cpu", "-q"]
-
-
-@pytest.fixture
-def photo_folder(tmp_path):
-    images, _ = make_scenes(n_images=6, n_classes=2, image_size=(48, 64), random_state=0)
-    folder = tmp_path / "photos"
-    (folder / "holiday").mkdir(parents=True)
-    for i, image in enumerate(images):
-        where = folder / "holiday" if i % 2 else folder
-        Image.fromarray(image).save(where / f"img{i}.png")
-    return folder
 
 
 def test_segment_a_folder_writes_palette_pngs(photo_folder, tmp_path, vit_forwards):
@@ -37,13 +28,10 @@ def test_segment_a_folder_writes_palette_pngs(photo_folder, tmp_path, vit_forwar
         assert np.asarray(png).max() <= 2
     assert (out / "img0_overlay.jpg").is_file()
     assert n_images_through_vit(vit_forwards) == 6
-    # Run again: finished outputs are kept and the feature cache skips the ViT.
     before = (out / "img0.png").stat().st_mtime_ns
-    assert main(["segment", str(photo_folder), "-r", "-o", str(out), *FAST]) == 0
-    assert (out / "img0.png").stat().st_mtime_ns == before
-    assert n_images_through_vit(vit_forwards) == 6
     assert main(["segment", str(photo_folder), "-r", "-o", str(out), "--force", *FAST]) == 0
     assert (out / "img0.png").stat().st_mtime_ns != before
+    assert n_images_through_vit(vit_forwards) == 6  # the feature cache skipped the ViT
 
 
 def test_unreadable_inputs_are_skipped_or_stop_a_strict_run(photo_folder, tmp_path, capsys):
@@ -58,35 +46,53 @@ def test_unreadable_inputs_are_skipped_or_stop_a_strict_run(photo_folder, tmp_pa
     assert "broken.jpg" in capsys.readouterr().err and not strict.exists()
 
 
+def test_an_image_smaller_than_a_patch_is_skipped_like_an_unreadable_one(photo_folder,
+                                                                        tmp_path, capsys):
+    Image.new("RGB", (10, 40)).save(photo_folder / "thin.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(photo_folder), "-o", str(out), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "skipped" in err and "thin.png" in err and "patch" in err
+    assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img2.png", "img4.png"]
+    assert main(["segment", str(photo_folder), "-o", str(tmp_path / "s"), "--strict",
+                 *FAST]) == 2
+    assert "thin.png" in capsys.readouterr().err
+
+
 def test_globs_and_files_as_inputs(photo_folder, tmp_path):
     out = tmp_path / "out"
-    assert main(["segment", str(photo_folder / "img0.png"), str(photo_folder / "holiday" / "*.png"),
-                 "-o", str(out), *FAST]) == 0
+    assert main(["segment", str(photo_folder / "img0.png"),
+                 str(photo_folder / "holiday" / "*.png"), "-o", str(out), *FAST]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png", "img3.png",
                                                         "img5.png"]
 
 
-def test_saved_model_predicts_new_images_without_refitting(photo_folder, tmp_path, vit_forwards):
-    model = tmp_path / "model.joblib"
-    assert main(["segment", str(photo_folder), "-o", str(tmp_path / "a"),
-                 "--save-model", str(model), "--no-cache", *FAST]) == 0
-    new_images, _ = make_scenes(n_images=2, n_classes=2, image_size=(48, 64), random_state=9)
-    new = tmp_path / "new"
-    new.mkdir()
-    for i, image in enumerate(new_images):
-        Image.fromarray(image).save(new / f"new{i}.png")
-    seen = len(vit_forwards)
-    assert main(["segment", str(new), "-o", str(tmp_path / "b"), "--load-model", str(model),
-                 "-q"]) == 0
-    assert n_images_through_vit(vit_forwards[seen:]) == 2  # only the new images went through the ViT
-    assert len(list((tmp_path / "b").glob("*.png"))) == 2
+def test_a_voc_root_with_a_list_segments_only_the_listed_photos(tmp_path):
+    voc = tmp_path / "VOC2012"
+    paths = save_scenes(voc / "JPEGImages", 5, prefix="2007_00000")
+    (voc / "SegmentationClass").mkdir()
+    for path in paths:
+        Image.fromarray(np.zeros((48, 64), np.uint8)).save(voc / "SegmentationClass" / path.name)
+    listing = tmp_path / "val.txt"
+    listing.write_text("2007_000000\n2007_000002\n2007_000003\n2007_000004\n")
+    out = tmp_path / "out"
+    assert main(["segment", str(voc), "-r", "--list", str(listing), "--exclude", "*0004*",
+                 "-o", str(out), *FAST]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "JPEGImages/2007_000000.png", "JPEGImages/2007_000002.png",
+        "JPEGImages/2007_000003.png"]
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [(["segment", "nothing-here", "-o", "x"], "neither a file"),
      (["segment", "{empty}", "-o", "x"], "no input images"),
-     (["segment", "{photos}", "-o", "x", "--model", TINY_MODEL, "-q"], "weights="),
+     (["segment", "{photos}", "-o", "x", "--model", TINY_MODEL, "-q"], "--weights FILE"),
+     (["segment", "{photos}", "-o", "x", "--model", TINY_MODEL, "-q"], "--random-weights"),
+     (["segment", "{photos}", "-o", "x", "--model", "resnet18", "--random-weights", "-q"],
+      "--model resnet18 is not a Vision Transformer"),
+     (["segment", "{photos}", "-o", "x", "--model", "no_such_net", "--random-weights"],
+      "not a timm model"),
      (["evaluate", "{empty}", "{empty}"], "no PNG masks")],
 )
 def test_user_errors_are_one_line_without_traceback(argv, message, photo_folder, tmp_path,
@@ -98,39 +104,197 @@ def test_user_errors_are_one_line_without_traceback(argv, message, photo_folder,
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err and err.startswith("skseg: error:")
+    assert len(err.splitlines()) == 1
 
 
-def test_bad_option_values_exit_non_zero(capsys):
+@pytest.mark.parametrize("options, message", [
+    (["--n-categories", "0"], "at least 1"),
+    (["--random-state", "-1"], "between 0 and 2**32 - 1"),
+    (["--n-classes", "256"], "above 255"),
+    (["--n-classes", "0"], "at least 1"),
+    (["--image-size", "big"], "HEIGHTxWIDTH"),
+    (["--min-region-size", "1.5"], "fraction"),
+    (["--refine-dilations", "1,x"], "whole numbers"),
+    (["--n-dataset-clusters", "1"], "at least 2"),
+    (["--max-samples", "1"], "at least 2"),
+    (["--refine-iter", "-1"], "at least 0"),
+])
+def test_bad_option_values_stop_the_parser(options, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["segment", "x", "-o", "y", "--n-classes", "0"])
-    assert exit_info.value.code == 2
-    with pytest.raises(SystemExit):
-        main(["segment", "x", "-o", "y", "--n-classes", "256"])
-    assert "at most 255" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["segment", "x", "-o", "y", "--image-size", "big"])
-    assert "HEIGHTxWIDTH" in capsys.readouterr().err
+        main(["segment", "x", "-o", "y", *options])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_evaluate_reports_matched_miou(tmp_path, capsys):
+def test_n_classes_auto_is_parsed_and_refused_while_the_segmenter_needs_a_number(capsys):
+    if _segmenter_chooses_class_count():
+        args = build_parser().parse_args(["segment", "x", "-o", "y", "--n-classes", "auto"])
+        assert args.n_classes == "auto"
+        return
+    with pytest.raises(SystemExit):
+        main(["segment", "x", "-o", "y", "--n-classes", "auto"])
+    assert "--n-classes auto is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["image size", "output is a file", "output under a file",
+                                  "model under a file", "model exists", "model is an input",
+                                  "preview exists"])
+def test_option_and_path_errors_come_before_any_feature(case, photo_folder, tmp_path,
+                                                        vit_forwards, capsys):
+    out, blocker = tmp_path / "out", tmp_path / "a-file"
+    blocker.write_text("x")
+    options = {
+        "image size": ["--image-size", "16"],
+        "output is a file": [],
+        "output under a file": [],
+        "model under a file": ["--save-model", str(blocker / "m.skops")],
+        "model exists": ["--save-model", str(blocker)],
+        "model is an input": ["--save-model", str(photo_folder / "img0.png"), "--force"],
+        "preview exists": ["--preview", str(blocker)],
+    }[case]
+    if case == "output is a file":
+        out = blocker
+    elif case == "output under a file":
+        out = blocker / "out"
+    before = blocker.read_text(), (photo_folder / "img0.png").read_bytes()
+    assert main(["segment", str(photo_folder), "-o", str(out), *FAST, *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skseg: error:") and len(err.strip().splitlines()) == 1
+    assert vit_forwards == []
+    assert not (tmp_path / "out").exists()
+    assert (blocker.read_text(), (photo_folder / "img0.png").read_bytes()) == before
+
+
+def test_help_shows_every_default_and_a_line_per_option():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in subparsers.choices.items():
+        assert command.formatter_class is argparse.ArgumentDefaultsHelpFormatter, name
+        for action in command._actions:
+            assert action.help, f"skseg {name} {action.option_strings or action.dest}"
+    text = " ".join(subparsers.choices["segment"].format_help().split())
+    for shown in ("(default: vit_small_patch8_224.dino)", "(default: 0.01)",
+                  "(default: (1, 2, 4, 8, 12, 24))", "(default: vote)", "(default: 20)"):
+        assert shown in text
+
+
+# Parameters with no option of their own, and why.
+_NOT_OPTIONS = {
+    "pretrained": "--random-weights",
+    "attention": "implied by --foreground attention, the only user of it",
+    "memory": "--cache / --no-cache",
+    "verbose": "-q",
+    "region_encoder": "built from the --model options by --region crop",
+    "batch_size": "--batch-size (ViT); the pixel-stage batch never changes the masks",
+    "chunk_size": "bounds memory only; the masks do not depend on it",
+}
+
+
+@pytest.mark.parametrize("estimator", [ViTPatchTransformer, MultilevelSegmenter])
+def test_every_estimator_parameter_is_an_option(estimator):
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    destinations = {action.dest for action in subparsers.choices["segment"]._actions}
+    missing = set(estimator().get_params()) - destinations - set(_NOT_OPTIONS)
+    assert not missing, f"{estimator.__name__} parameters without an option: {missing}"
+
+
+def test_options_reach_the_estimators(tmp_path):
+    args = build_parser().parse_args([
+        "segment", "x", "-o", str(tmp_path), "--model", TINY_MODEL, "--random-weights",
+        "--facet", "value", "--layer", "-2", "--image-size", "32x48", "--dtype", "float16",
+        "--n-classes", "3", "--n-categories", "4", "--n-dataset-clusters", "3",
+        "--foreground", "attention", "--consensus", "intersection", "--refine", "none",
+        "--refine-iter", "3", "--refine-dilations", "1,2", "--refine-max-side", "64",
+        "--region", "crop", "--min-region-size", "50", "--max-samples", "500",
+        "--max-iter", "7", "--n-init", "2", "--metric", "euclidean", "--random-state", "5",
+        "--n-jobs", "2", "--no-cache"])
+    vit, seg = (step for _, step in _build_pipeline(args).steps)
+    assert vit.get_params() | {"verbose": None} == dict(
+        model=TINY_MODEL, pretrained=False, weights=None, facet="value", layer=-2,
+        attention=True, image_size=(32, 48), batch_size=16, device="auto", dtype="float16",
+        memory=None, verbose=None)
+    params = seg.get_params(deep=False)
+    encoder = params.pop("region_encoder")
+    expected = dict(
+        n_classes=3, n_categories=4, n_dataset_clusters=3, foreground="attention",
+        consensus="intersection", refine=None, refine_iter=3, refine_dilations=(1, 2),
+        refine_max_side=64, region="crop", min_region_size=50, max_samples=500,
+        max_iter=7, n_init=2, metric="euclidean", batch_size=16, device="auto",
+        random_state=5, n_jobs=2)
+    assert {key: params[key] for key in expected} == expected
+    assert isinstance(encoder, ViTPatchTransformer) and encoder.facet == "value"
+
+
+def test_warnings_are_one_clean_line_and_quiet_silences_them(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    loud = [o for o in FAST if o != "-q"]
+    assert main(["segment", str(photos), "-o", str(tmp_path / "a"), "--n-categories", "9",
+                 *loud]) == 0
+    err = capsys.readouterr().err
+    warning_lines = [line for line in err.splitlines() if "n_categories" in line]
+    assert warning_lines == ["skseg: warning: n_categories=9 exceeds the 3 images; using 3."]
+    assert "warnings.warn" not in err and "UserWarning" not in err
+    assert main(["segment", str(photos), "-o", str(tmp_path / "b"), "--n-categories", "9",
+                 *FAST]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def _mask_folders(tmp_path, n=3):
     truth, pred = tmp_path / "gt", tmp_path / "pred"
     for folder in (truth, pred):
         folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(3):
+    for i in range(n):
         mask = rng.integers(0, 3, (10, 12)).astype(np.uint8)
         mask[0] = 255
         Image.fromarray(mask).save(truth / f"{i}.png")
         Image.fromarray(np.choose(np.minimum(mask, 3), [7, 4, 9, 7]).astype(np.uint8)).save(
             pred / f"{i}.png")
-    assert main(["evaluate", str(pred), str(truth), "--json"]) == 0
+    return truth, pred
+
+
+def test_evaluate_reports_matched_miou(tmp_path, capsys):
+    truth, pred = _mask_folders(tmp_path)
+    assert main(["evaluate", str(pred), str(truth), "--json", "--class-names", "voc"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["mean_iou"] == 1.0 and report["n_images"] == 3
+    assert report["mean_iou"] == 1.0 and report["n_images"] == 3 and report["n_missing"] == 0
     assert report["assignment"] == {"4": 1, "7": 0, "9": 2}
+    assert report["class_names"]["2"] == "bicycle"
     assert main(["evaluate", str(pred), str(truth)]) == 0
     assert "mean IoU        100.00" in capsys.readouterr().out
+
+
+def test_evaluate_allow_missing_scores_what_is_there(tmp_path, capsys):
+    truth, pred = _mask_folders(tmp_path)
     (pred / "2.png").unlink()
     assert main(["evaluate", str(pred), str(truth)]) == 2
+    assert "2.png" in capsys.readouterr().err
+    assert main(["evaluate", str(pred), str(truth), "--allow-missing", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["n_images"] == 2 and report["n_missing"] == 1
+    assert "1 of 3 predictions are missing" in captured.err
+    for path in pred.glob("*.png"):
+        path.unlink()
+    assert main(["evaluate", str(pred), str(truth), "--allow-missing"]) == 2
+    assert "none of the 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other size", "colour"])
+def test_evaluate_names_a_bad_mask_file(damage, tmp_path, capsys):
+    truth, pred = _mask_folders(tmp_path)
+    if damage == "truncated":
+        data = (pred / "1.png").read_bytes()
+        (pred / "1.png").write_bytes(data[: len(data) // 2])
+    elif damage == "other size":
+        Image.fromarray(np.zeros((5, 5), np.uint8)).save(pred / "1.png")
+    else:
+        Image.new("RGB", (12, 10)).save(pred / "1.png")
+    assert main(["evaluate", str(pred), str(truth)]) == 2
+    err = capsys.readouterr().err
+    assert str(pred / "1.png") in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
 
 
 def test_demo_runs_offline_and_says_so(tmp_path, capsys):
@@ -138,7 +302,7 @@ def test_demo_runs_offline_and_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "RANDOM weights" in out and "plain K-means" in out
     with Image.open(tmp_path / "demo" / "demo.png") as figure:
-        assert figure.size[0] > 4 * 160
+        assert figure.size == (4 * (160 + 4), 18 + 6 * (160 + 4))
 
 
 def test_module_entry_point():

@@ -36,3 +36,26 @@ def test_reproduce_voc_on_a_fake_tree(tmp_path, capsys):
     assert "5 images" in out and "RANDOM weights" in out
     assert 0 <= report["mean_iou"] <= 1 and set(report["iou"]) <= {0, 1, 2}
     assert np.isfinite(report["pixel_accuracy"])
+
+
+def test_the_script_uses_only_public_skseg_modules():
+    import ast
+
+    tree = ast.parse(SCRIPT.read_text())
+    modules = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    modules += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names]
+    private = [m for m in modules if m and m.startswith("skseg")
+               and any(part.startswith("_") for part in m.split("."))]
+    assert private == []
+
+
+def test_the_command_line_uses_only_public_names_of_other_packages():
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "skseg"
+    for module in ("_cli.py", "_inputs.py", "_segment_run.py", "_run_record.py", "_io.py"):
+        tree = ast.parse((root / module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                assert not node.module.startswith(("datasets.", "metrics.")), (module, node.module)

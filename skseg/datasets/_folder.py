@@ -3,6 +3,10 @@
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+"""File suffixes read as images (compared case-insensitively)."""
+
+MASK_FOLDER_NAMES = ("SegmentationClass", "SegmentationClassAug", "SegmentationObject")
+"""Folders of label masks in a VOC-style tree: a walk for photographs skips them."""
 
 
 def load_image_folder(path, pattern=None, *, recursive=False):

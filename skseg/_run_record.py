@@ -1,0 +1,190 @@
+"""What produced the masks in an output folder, and saved pipelines.
+
+``OUTDIR/.skseg-run.json`` records the fit behind the masks (the parameters and
+the training images' content, or the saved model's content) and, per output,
+the content of the image it came from. A later run compares its own fit with
+the record before computing anything, so masks of two different fits never
+mix in one folder.
+
+Fitted pipelines are saved with :mod:`skops.io`, which builds only the types
+it is told to trust and never runs code from the file.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from ._io import write_atomically
+from ._inputs import UserError
+
+RECORD_NAME = ".skseg-run.json"
+_RECORD_FORMAT = "skseg-run-v1"
+
+# Parameters that change how fast a run goes, never its masks.
+_RUNTIME_PARAMETERS = {"batch_size", "device", "memory", "verbose", "n_jobs"}
+
+
+def _jsonable(value):
+    """Parameters as JSON values; estimators as their class and parameters."""
+    if hasattr(value, "get_params"):
+        parameters = {key: item for key, item in value.get_params(deep=False).items()
+                      if key not in _RUNTIME_PARAMETERS}
+        return {"estimator": type(value).__name__, "parameters": _jsonable(parameters)}
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+def result_parameters(pipeline):
+    """Every parameter of the pipeline's steps that can change the masks."""
+    from ._backbone import weights_identity
+
+    parameters = {}
+    for step, estimator in pipeline.steps:
+        for key, value in estimator.get_params(deep=False).items():
+            if key in _RUNTIME_PARAMETERS:
+                continue
+            if key == "weights" and value is not None:
+                value = list(weights_identity(value))  # path, size and mtime
+            parameters[f"{step}__{key}"] = _jsonable(value)
+    return parameters
+
+
+def describe_fit(*, parameters=None, training=None, model=None):
+    """The identity of a fit: fitted here (``parameters`` and the ordered
+    content digests of the ``training`` images) or loaded (``model`` digest).
+    The skseg version is part of it: another version may segment differently."""
+    from . import __version__
+
+    if model is not None:
+        return {"model": model, "skseg": __version__}
+    return {"parameters": parameters, "training": training, "skseg": __version__}
+
+
+def fit_differences(old, new):
+    """A short sentence saying how two fit identities differ."""
+    if ("model" in old) != ("model" in new):
+        return "one run fitted its pipeline, the other loaded a saved model"
+    reasons = []
+    if old.get("skseg") != new.get("skseg"):
+        reasons.append(f"skseg was version {old.get('skseg')}, now {new.get('skseg')}")
+    if "model" in new:
+        if old.get("model") != new.get("model"):
+            reasons.append("the saved model files differ")
+        return "; ".join(reasons)
+    old_parameters, new_parameters = old.get("parameters") or {}, new["parameters"]
+    changed = sorted(key for key in old_parameters.keys() | new_parameters.keys()
+                     if old_parameters.get(key) != new_parameters.get(key))
+    for key in changed[:3]:
+        reasons.append(f"{key.split('__', 1)[-1]} was {old_parameters.get(key)!r}, "
+                       f"now {new_parameters.get(key)!r}")
+    if len(changed) > 3:
+        reasons.append(f"{len(changed) - 3} more parameters differ")
+    old_training, new_training = old.get("training") or [], new["training"]
+    if old_training != new_training:
+        added = len(set(new_training) - set(old_training))
+        removed = len(set(old_training) - set(new_training))
+        reasons.append(f"the training images differ ({added} added, {removed} removed"
+                       + (", or their order" if not added and not removed else "") + ")")
+    return "; ".join(reasons)
+
+
+def read_record(output):
+    """The record of ``output``, or None when there is none."""
+    path = Path(output) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
+            raise ValueError("unknown format")
+        if not isinstance(record.get("fit"), dict):
+            raise ValueError("no fit")
+        for table in ("outputs", "skipped"):
+            entries = record.get(table)
+            if not isinstance(entries, dict) or not all(
+                    isinstance(entry, dict) for entry in entries.values()):
+                raise ValueError(f"no {table} table")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a skseg run record ({exc}); remove it, or use "
+                        "--force to rewrite every output.") from None
+    return record
+
+
+def new_record(fit):
+    return {"format": _RECORD_FORMAT, "fit": fit, "outputs": {}, "skipped": {},
+            "overlays": None, "preview": None}
+
+
+def write_record(output, record):
+    text = json.dumps(record, indent=1, sort_keys=True).encode()
+    write_atomically(Path(output) / RECORD_NAME, lambda handle: handle.write(text))
+
+
+def _trusted_types():
+    from sklearn.pipeline import Pipeline
+
+    from ._segmenter import MultilevelSegmenter
+    from ._transformer import ViTPatchTransformer
+
+    return [f"{cls.__module__}.{cls.__qualname__}"
+            for cls in (Pipeline, MultilevelSegmenter, ViTPatchTransformer)]
+
+
+def save_model(pipeline, path):
+    """Write a fitted pipeline with skops (atomically), without training masks."""
+    import copy
+
+    import skops.io
+
+    segmenter = copy.copy(pipeline.steps[-1][1])
+    # Predicting needs the centroids, not the training masks, which at full
+    # resolution can outweigh everything else many times.
+    vars(segmenter).pop("labels_", None)
+    saved = copy.copy(pipeline)
+    saved.steps = [*pipeline.steps[:-1], (pipeline.steps[-1][0], segmenter)]
+    data = skops.io.dumps(saved)
+    write_atomically(path, lambda handle: handle.write(data))
+
+
+def load_model(path):
+    """Read a pipeline saved by :func:`save_model`; any other file is refused
+    with a one-line error, and no code from the file ever runs."""
+    import skops.io
+    from sklearn.pipeline import Pipeline
+
+    from ._segmenter import MultilevelSegmenter
+    from ._transformer import ViTPatchTransformer
+
+    not_a_model = f"--load-model {path} is not a model saved by skseg segment --save-model"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"--load-model {path} cannot be read: {exc.strerror}.") from None
+    try:
+        untrusted = skops.io.get_untrusted_types(data=data)
+    except Exception:  # skops raises zip, JSON and key errors alike for foreign files
+        raise UserError(f"{not_a_model}.") from None
+    foreign = sorted(set(untrusted) - set(_trusted_types()))
+    if foreign:
+        raise UserError(f"{not_a_model}: it holds types a saved skseg model never holds "
+                        f"({', '.join(foreign[:3])}); refusing to load it.")
+    try:
+        pipeline = skops.io.loads(data, trusted=untrusted)
+    except Exception as exc:
+        raise UserError(f"{not_a_model} ({type(exc).__name__}).") from None
+    steps = getattr(pipeline, "steps", None)
+    if (not isinstance(pipeline, Pipeline) or len(steps) != 2
+            or not isinstance(steps[0][1], ViTPatchTransformer)
+            or not isinstance(steps[1][1], MultilevelSegmenter)
+            or not hasattr(steps[1][1], "class_centroids_")):
+        raise UserError(f"{not_a_model} (not a fitted ViTPatchTransformer + "
+                        "MultilevelSegmenter pipeline).")
+    return pipeline
+

@@ -1,0 +1,393 @@
+"""``skseg segment``: every check first, then the fit, then the outputs.
+
+The order is the point: option and path mistakes are reported before any
+model is built, model mistakes before any feature is computed, and the masks
+are written before anything that could still fail (saving the model, the
+preview), so a late error never loses them.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from ._backbone import WeightsUnavailableError
+from ._images import check_each_image, content_hash, load_rgb
+from ._inputs import UserError, find_inputs, one_line
+from ._io import contact_sheet, overlay, read_label_png, save_image, save_label_png
+from ._run_record import (
+    describe_fit,
+    fit_differences,
+    load_model,
+    new_record,
+    read_record,
+    result_parameters,
+    save_model,
+    write_record,
+)
+
+_PREVIEW_IMAGES = 48
+_PREVIEW_PAIRS_PER_ROW = 4
+# Record progress every so many masks, so an interrupted run keeps most of its work.
+_RECORD_EVERY = 25
+
+
+def _say(args, message):
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _check_writable_folder(description, folder):
+    """A folder that exists or can be created, and can be written to."""
+    folder = Path(os.path.abspath(folder))
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{description} is a file, not a folder.")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{description} cannot be created: {existing} is a file.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{description} cannot be written: {existing} is not writable.")
+
+
+def _check_side_file(option, path, images, force, written_before):
+    """A file written beside the masks (model, preview): never an input, never
+    an existing file unless ``--force`` (or this folder's own earlier one)."""
+    real = os.path.realpath(path)
+    if any(os.path.realpath(image.path) == real for image in images):
+        raise UserError(f"{option} {path} is one of the input images; choose another file.")
+    if Path(path).is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name.")
+    if Path(path).exists() and not force and real != written_before:
+        raise UserError(f"{option} {path} already exists; use --force to overwrite it.")
+    _check_writable_folder(f"{option} {path}: its folder", Path(path).parent)
+
+
+def _inside(output, relative):
+    """``output / relative``, refused if a link below OUTDIR leads it elsewhere."""
+    target = Path(output) / relative
+    folder = os.path.realpath(target.parent)
+    if ".." in Path(relative).parts or not Path(folder).is_relative_to(
+            os.path.realpath(output)):
+        raise UserError(f"output {target} would land outside {output}; refusing to write it.")
+    return target
+
+
+def _cache_location(args):
+    if args.no_cache:
+        return None
+    return os.fspath(args.cache or args.output / ".skseg-cache")
+
+
+def _build_pipeline(args):
+    from sklearn.pipeline import Pipeline
+
+    from . import MultilevelSegmenter, ViTPatchTransformer
+
+    vit_parameters = dict(
+        pretrained=not args.random_weights,
+        # Absolute, so a saved model finds its weights from any folder.
+        weights=None if args.weights is None else os.fspath(args.weights.resolve()),
+        facet=args.facet, layer=args.layer, image_size=args.image_size,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        memory=_cache_location(args),
+    )
+    vit = ViTPatchTransformer(args.model, attention=args.foreground == "attention",
+                              verbose=not args.quiet, **vit_parameters)
+    segmenter = MultilevelSegmenter(
+        n_classes=args.n_classes, n_categories=args.n_categories,
+        n_dataset_clusters=args.n_dataset_clusters, foreground=args.foreground,
+        consensus=args.consensus, refine=None if args.refine == "none" else args.refine,
+        refine_iter=args.refine_iter, refine_dilations=args.refine_dilations,
+        refine_max_side=args.refine_max_side, region=args.region,
+        region_encoder=ViTPatchTransformer(args.model, **vit_parameters)
+        if args.region == "crop" else None,
+        min_region_size=args.min_region_size, max_samples=args.max_samples,
+        max_iter=args.max_iter, n_init=args.n_init, metric=args.metric,
+        device=args.device, random_state=args.random_state, n_jobs=args.n_jobs,
+    )
+    return Pipeline([("vit", vit), ("seg", segmenter)])
+
+
+def _load_pipeline(args):
+    if args.given_fitting_options:
+        raise UserError(f"{', '.join(args.given_fitting_options)} cannot be used with "
+                        f"--load-model: {args.load_model} was fitted with its own values, "
+                        "which a loaded model keeps.")
+    pipeline = load_model(args.load_model)
+    vit, segmenter = (step for _, step in pipeline.steps)
+    vit.set_params(memory=_cache_location(args), verbose=not args.quiet,
+                   batch_size=args.batch_size, device=args.device)
+    segmenter.set_params(device=args.device, n_jobs=args.n_jobs)
+    return pipeline
+
+
+def _prepare_backbone(vit):
+    """Build the ViT now, turning the ways that fails into one line each."""
+    try:
+        vit.fit()
+    except WeightsUnavailableError:
+        raise UserError(f"pretrained weights for --model {vit.model} could not be loaded "
+                        "(no network, and not in the hub cache): pass --weights FILE (a "
+                        ".safetensors or .pth of that model), or --random-weights to try "
+                        "skseg with an untrained ViT.") from None
+    except TypeError as exc:  # timm's models without a patch grid reject its keywords
+        raise UserError(f"--model {vit.model} is not a Vision Transformer skseg can read "
+                        f"({one_line(exc)}); use a timm ViT such as "
+                        "vit_small_patch8_224.dino or vit_small_patch14_reg4_dinov2.lvd142m."
+                        ) from None
+    except RuntimeError as exc:
+        mismatch = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        if not mismatch:
+            raise
+        raise UserError(f"--weights {vit.weights} do not fit --model {vit.model} "
+                        f"({mismatch[0]}); give the --model they were trained as.") from None
+    patch = vit.patch_size_
+    if vit.image_size is not None:
+        height, width = vit._target_size(None)
+        if (height // patch) * (width // patch) < 2:
+            raise UserError(f"--image-size {vit.image_size} gives a {height // patch} x "
+                            f"{width // patch} patch grid with {patch}-pixel patches: at "
+                            f"least 2 patches are needed (e.g. --image-size {2 * patch}).")
+
+
+def _check_images(images, vit, args):
+    """Readable images, and the reason each other one is skipped."""
+    patch = vit.patch_size_
+    results = check_each_image([image.path for image in images], min_side=patch)
+    good, skipped = [], {}
+    for image, result in zip(images, results):
+        if not isinstance(result, Exception) and vit.image_size is None:
+            height, width = vit._target_size(result)
+            if (height // patch) * (width // patch) < 2:
+                result = ValueError(f"{image.path} gives a {height // patch} x "
+                                    f"{width // patch} patch grid: at least 2 patches are "
+                                    "needed")
+        if not isinstance(result, Exception):
+            good.append(image)
+            continue
+        if args.strict:
+            raise UserError(str(result))
+        skipped[image] = one_line(result)
+        print(f"skseg: skipped {image.path}: {skipped[image]}", file=sys.stderr)
+    if not good:
+        raise UserError("none of the inputs could be read.")
+    return good, skipped
+
+
+def _legend(args):
+    """Label id to class name, from an ``evaluate --json`` output."""
+    if args.legend_names is None:
+        return None
+    try:
+        report = json.loads(args.legend_names.read_text())
+        assignment = {int(label): int(cls) for label, cls in report["assignment"].items()}
+        names = {int(cls): str(name) for cls, name in report.get("class_names", {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"--legend-names {args.legend_names} is not the output of "
+                        f"'skseg evaluate --json' ({one_line(exc)}).") from None
+    return {label: names.get(cls, f"class {cls}")
+            for label, cls in assignment.items() if cls >= 0}
+
+
+def _plan(record, fit, images, digests, args):
+    """Which masks stay (made by this same fit from the same image), which
+    inputs were skipped before, and which outputs of another fit to remove."""
+    output = args.output
+    if record is None:
+        existing = [image for image in images if (output / image.mask_name).exists()]
+        if existing and not args.force:
+            raise UserError(
+                f"{output} already holds {len(existing)} of this run's outputs (e.g. "
+                f"{output / existing[0].mask_name}) and no record of the run that made "
+                "them; use --force to overwrite them, or choose another -o.")
+        return set(), set(), []
+    if record["fit"] != fit:
+        if not args.force:
+            raise UserError(f"{output} holds masks of a different fit: "
+                            f"{fit_differences(record['fit'], fit)}. Use --force to "
+                            "rewrite all its masks, or choose another -o.")
+        return set(), set(), list(record["outputs"])
+    if args.force:
+        return set(), set(), []
+    kept, skipped_before = set(), set()
+    for index, (image, digest) in enumerate(zip(images, digests)):
+        name = image.mask_name.as_posix()
+        if record["outputs"].get(name, {}).get("sha1") == digest and \
+                (output / image.mask_name).is_file():
+            kept.add(index)
+        elif record["skipped"].get(name, {}).get("sha1") == digest:
+            skipped_before.add(index)
+    return kept, skipped_before, []
+
+
+def _complete_overlays(args, images, record, legend, legend_key):
+    """Draw the overlays the kept masks lack (or that had another legend)."""
+    for image in images:
+        entry = record["outputs"][image.mask_name.as_posix()]
+        picture = _inside(args.output, image.overlay_name)
+        if entry.get("overlay") == legend_key and picture.is_file():
+            continue
+        mask = read_label_png(_inside(args.output, image.mask_name))
+        save_image(overlay(load_rgb(image.path), mask, class_names=legend), picture,
+                   quality=90)
+        entry["overlay"] = legend_key
+
+
+def _remove_outputs(output, names, keep):
+    """Delete the masks (and overlays) of another fit that this run does not rewrite."""
+    from pathlib import PurePosixPath
+
+    for name in names:
+        if name in keep:
+            continue
+        relative = PurePosixPath(name)
+        for file in (relative, relative.with_name(relative.stem + "_overlay.jpg")):
+            try:
+                _inside(output, file).unlink(missing_ok=True)
+            except UserError:  # a planted record must not delete outside OUTDIR
+                continue
+
+
+def _write_preview(args, images, record):
+    shown = images[:_PREVIEW_IMAGES]
+    panels = []
+    for image in shown:
+        panels += [load_rgb(image.path), read_label_png(args.output / image.mask_name)]
+    width = 2 * _PREVIEW_PAIRS_PER_ROW
+    rows = [panels[start:start + width] for start in range(0, len(panels), width)]
+    contact_sheet(rows, ("image", "mask") * min(_PREVIEW_PAIRS_PER_ROW, len(shown)),
+                  args.preview, cell=128)
+    record["preview"] = os.path.realpath(args.preview)
+    _say(args, f"Preview of {len(shown)} of {len(images)} images: {args.preview}")
+
+
+def _digest(path):
+    try:
+        return content_hash(path)
+    except OSError:  # unreadable: the image check reports and skips it
+        return None
+
+
+def run_segment(args):
+    """Run ``skseg segment``; return the exit status."""
+    output = args.output
+    _check_writable_folder(f"-o {output}", output)
+    images = find_inputs(args.input, output, recursive=args.recursive, exclude=args.exclude,
+                         list_file=args.list_file)
+    try:
+        record = read_record(output)
+    except UserError:
+        if not args.force:
+            raise
+        record = None
+    if args.save_model:
+        _check_side_file("--save-model", args.save_model, images, args.force, None)
+    if args.preview:
+        _check_side_file("--preview", args.preview, images, args.force,
+                         record and record.get("preview"))
+    for image in images:
+        _inside(output, image.mask_name)
+    legend = _legend(args)
+    legend_key = None if legend is None else {str(k): v for k, v in legend.items()}
+    if args.load_model:
+        pipeline = _load_pipeline(args)
+        fit = describe_fit(model=content_hash(args.load_model))
+    else:
+        pipeline = _build_pipeline(args)
+    digests = [_digest(image.path) for image in images]
+    if not args.load_model:
+        fit = describe_fit(parameters=result_parameters(pipeline), training=digests)
+    kept, skipped_before, stale = _plan(record, fit, images, digests, args)
+
+    same_fit = record is not None and record["fit"] == fit
+    new = new_record(fit)
+    if same_fit:
+        new["outputs"], new["skipped"] = record["outputs"], record["skipped"]
+        new["preview"] = record.get("preview")
+    kept_images = [images[index] for index in sorted(kept)]
+    if len(kept) + len(skipped_before) == len(images) and not args.save_model:
+        if args.overlay:
+            _complete_overlays(args, kept_images, new, legend, legend_key)
+        if args.preview:
+            _write_preview(args, kept_images, new)
+        write_record(output, new)
+        _say(args, f"All {len(kept)} masks in {output} were made by this same fit; nothing "
+                   "to do (--force rewrites them).")
+        if skipped_before:
+            print(f"skseg: {len(skipped_before)} input(s) could not be read in that run and "
+                  "were skipped.", file=sys.stderr)
+            return 1
+        return 0
+
+    vit = pipeline.steps[0][1]
+    _prepare_backbone(vit)
+    good, skipped = _check_images(images, vit, args)
+    digest_of = dict(zip(images, digests))
+    for image, reason in skipped.items():
+        new["skipped"][image.mask_name.as_posix()] = {
+            "input": os.fspath(image.path), "sha1": digest_of[image], "reason": reason}
+    write_record(output, new)  # before any mask, so that every mask is accounted for
+    kept_set = set(kept_images)
+    todo = [image for image in good if image not in kept_set]
+    if args.load_model:
+        _say(args, f"Loaded {args.load_model}; predicting {len(todo)} images.")
+        labels = pipeline.predict([image.path for image in todo]) if todo else []
+    else:
+        _say(args, f"Fitting on {len(good)} images with {args.model}.")
+        pipeline.fit([image.path for image in good])
+        by_image = dict(zip(good, pipeline.named_steps["seg"].labels_))
+        labels = [by_image[image] for image in todo]
+    previous_outputs = record["outputs"] if record else {}
+    _write_masks(args, todo, labels, new, previous_outputs, digest_of, legend_key, legend)
+    if args.overlay:
+        _complete_overlays(args, kept_images, new, legend, legend_key)
+    _remove_outputs(output, stale, new["outputs"])
+    write_record(output, new)
+    _say(args, f"Wrote {len(todo)} masks to {output}"
+               + (f"; kept {len(kept)} made by this same fit" if kept else "") + ".")
+    status = 0
+    if args.save_model:
+        try:
+            save_model(pipeline, args.save_model)
+            _say(args, f"Saved the fitted pipeline to {args.save_model}.")
+        except OSError as exc:
+            print(f"skseg: error: the masks are written, but --save-model "
+                  f"{args.save_model} failed: {one_line(exc)}", file=sys.stderr)
+            status = 2
+    if args.preview:
+        _write_preview(args, [image for image in images
+                              if image.mask_name.as_posix() in new["outputs"]], new)
+        write_record(output, new)
+    if skipped:
+        print(f"skseg: {len(skipped)} input(s) could not be read and were skipped.",
+              file=sys.stderr)
+        status = status or 1
+    return status
+
+
+def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend_key,
+                 legend):
+    from tqdm.auto import tqdm
+
+    try:
+        for count, (image, mask) in enumerate(tqdm(list(zip(todo, labels)), desc="writing",
+                                                   unit="img", disable=args.quiet), 1):
+            name = image.mask_name.as_posix()
+            picture = _inside(args.output, image.overlay_name)
+            # The overlay first: a mask on disk always has its overlay beside it.
+            if args.overlay:
+                save_image(overlay(load_rgb(image.path), mask, class_names=legend), picture,
+                           quality=90)
+            elif previous_outputs.get(name, {}).get("overlay", False) is not False:
+                picture.unlink(missing_ok=True)  # it showed the mask being replaced
+            save_label_png(mask, _inside(args.output, image.mask_name))
+            record["outputs"][name] = {"input": os.fspath(image.path),
+                                       "sha1": digest_of[image],
+                                       "overlay": legend_key if args.overlay else False}
+            record["skipped"].pop(name, None)
+            if count % _RECORD_EVERY == 0:
+                write_record(args.output, record)
+    finally:  # interrupted or not, the record accounts for every mask written
+        write_record(args.output, record)

@@ -1,0 +1,354 @@
+"""skseg segment across runs: the output folder's record, resuming, overlays,
+saved models and file permissions."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import skseg._segment_run
+from skseg._cli import main
+from skseg._run_record import RECORD_NAME
+
+from ._cli_helpers import FAST, read_mask, save_scenes
+from .conftest import TINY_MODEL, n_images_through_vit
+
+
+def _masks(out):
+    return {p.relative_to(out).as_posix(): read_mask(p) for p in sorted(out.rglob("*.png"))}
+
+
+def _no_model_may_be_built(monkeypatch):
+    def refuse(vit):
+        raise AssertionError("the ViT was built")
+
+    monkeypatch.setattr(skseg._segment_run, "_prepare_backbone", refuse)
+
+
+def test_a_rerun_of_the_same_fit_stops_at_once(tmp_path, monkeypatch, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 4)
+    out = tmp_path / "out"
+    argv = ["segment", str(photos), "-o", str(out), "--no-cache", *FAST]
+    assert main(argv) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    _no_model_may_be_built(monkeypatch)
+    assert main([a for a in argv if a != "-q"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.png")} == stamps
+
+
+def test_a_different_fit_is_refused_then_rewrites_everything_with_force(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 6)
+    first = tmp_path / "first"
+    first.mkdir()
+    for name in ("img0.png", "img1.png", "img2.png"):
+        (first / name).write_bytes((photos / name).read_bytes())
+    out = tmp_path / "out"
+    assert main(["segment", str(first), "-o", str(out), *FAST]) == 0
+    earlier = _masks(out)
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "different fit" in err and "training images differ (3 added, 0 removed)" in err
+    assert "--force" in err and _masks(out).keys() == earlier.keys()
+    assert main(["segment", str(first), "-o", str(out), *FAST, "--n-classes", "3"]) == 2
+    assert "n_classes was 2, now 3" in capsys.readouterr().err
+    # With --force every mask comes from the new fit, as in a fresh folder.
+    assert main(["segment", str(photos), "-o", str(out), "--force", *FAST]) == 0
+    fresh = tmp_path / "fresh"
+    assert main(["segment", str(photos), "-o", str(fresh), *FAST]) == 0
+    rewritten, expected = _masks(out), _masks(fresh)
+    assert rewritten.keys() == expected.keys() and len(expected) == 6
+    for name in expected:
+        np.testing.assert_array_equal(rewritten[name], expected[name])
+
+
+def test_outputs_of_another_fit_not_in_the_new_run_are_removed_with_force(tmp_path):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 4)
+    out = tmp_path / "out"
+    assert main(["segment", str(photos), "-o", str(out), "--overlay", *FAST]) == 0
+    assert main(["segment", str(photos), "-o", str(out), "--exclude", "img3.png", "--force",
+                 *FAST]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "img0.png", "img1.png", "img2.png"]  # stale overlays gone too: not redrawn
+
+
+def test_a_planted_record_cannot_delete_outside_the_output_folder(tmp_path):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep me")
+    out = tmp_path / "out"
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 0
+    record = json.loads((out / RECORD_NAME).read_text())
+    record["outputs"]["../victim.png"] = {"input": "x", "sha1": "0", "overlay": False}
+    (out / RECORD_NAME).write_text(json.dumps(record))
+    assert main(["segment", str(photos), "-o", str(out), "--force", *FAST, "--n-classes",
+                 "3"]) == 0
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_existing_files_without_a_record_are_not_overwritten(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "img1.png").write_bytes(b"someone else's file")
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 2
+    assert "img1.png" in capsys.readouterr().err
+    assert (out / "img1.png").read_bytes() == b"someone else's file"
+    assert main(["segment", str(photos), "-o", str(out), "--force", *FAST]) == 0
+    assert read_mask(out / "img1.png").ndim == 2
+
+
+def test_an_interrupted_run_resumes_and_never_leaves_a_mask_without_its_overlay(
+        tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 4)
+    out = tmp_path / "out"
+    real_save = skseg._segment_run.save_label_png
+    calls = []
+
+    def interrupted(mask, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_save(mask, path)
+
+    monkeypatch.setattr(skseg._segment_run, "save_label_png", interrupted)
+    argv = ["segment", str(photos), "-o", str(out), "--overlay", *FAST]
+    assert main(argv) == 130
+    masks = sorted(out.glob("img?.png"))
+    assert len(masks) == 2
+    for mask in masks:
+        assert (out / f"{mask.stem}_overlay.jpg").is_file()
+    stamps = {mask: mask.stat().st_mtime_ns for mask in masks}
+    monkeypatch.setattr(skseg._segment_run, "save_label_png", real_save)
+    assert main(argv) == 0
+    assert {mask: mask.stat().st_mtime_ns for mask in masks} == stamps  # only the rest
+    fresh = tmp_path / "fresh"
+    assert main(["segment", str(photos), "-o", str(fresh), *FAST]) == 0
+    for name, mask in _masks(fresh).items():
+        np.testing.assert_array_equal(read_mask(out / name), mask)
+    assert len(list(out.glob("*_overlay.jpg"))) == 4
+
+
+def test_overlays_asked_on_a_rerun_are_drawn_from_the_masks(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    out = tmp_path / "out"
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 0
+    _no_model_may_be_built(monkeypatch)
+    assert main(["segment", str(photos), "-o", str(out), "--overlay", *FAST]) == 0
+    assert sorted(p.name for p in out.glob("*_overlay.jpg")) == [
+        "img0_overlay.jpg", "img1_overlay.jpg", "img2_overlay.jpg"]
+    (out / "img1_overlay.jpg").unlink()
+    plain = (out / "img0_overlay.jpg").read_bytes()
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"assignment": {"1": 8, "2": 12},
+                                  "class_names": {"8": "cat", "12": "dog"}}))
+    assert main(["segment", str(photos), "-o", str(out), "--overlay", "--legend-names",
+                 str(report), *FAST]) == 0
+    assert (out / "img1_overlay.jpg").is_file()
+    assert (out / "img0_overlay.jpg").read_bytes() != plain  # redrawn with the names
+    entry = json.loads((out / RECORD_NAME).read_text())["outputs"]["img0.png"]
+    assert entry["overlay"] == {"1": "cat", "2": "dog"}
+
+
+def test_preview_is_a_grid_of_images_and_masks(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 5)
+    out, preview = tmp_path / "out", tmp_path / "preview.png"
+    assert main(["segment", str(photos), "-o", str(out), "--preview", str(preview),
+                 *FAST]) == 0
+    with Image.open(preview) as sheet:
+        assert sheet.size == (8 * (128 + 4), 18 + 2 * (128 + 4))  # 4 pairs a row, 2 rows
+    # Its own earlier preview is rewritten without --force, another file is not.
+    assert main(["segment", str(photos), "-o", str(out), "--preview", str(preview),
+                 *FAST]) == 0
+    other = tmp_path / "holiday.png"
+    other.write_bytes(b"a photo")
+    assert main(["segment", str(photos), "-o", str(out), "--preview", str(other),
+                 *FAST]) == 2
+    assert other.read_bytes() == b"a photo" and "already exists" in capsys.readouterr().err
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        assert main(["segment", str(photos), "-o", str(out), "--overlay", "--save-model",
+                     str(tmp_path / "m.skops"), *FAST]) == 0
+    finally:
+        os.umask(old)
+    for path in [*out.glob("img0*"), out / RECORD_NAME, tmp_path / "m.skops"]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_saved_model_predicts_new_images_without_refitting(tmp_path, vit_forwards):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 6)
+    model = tmp_path / "model.skops"
+    assert main(["segment", str(photos), "-o", str(tmp_path / "a"),
+                 "--save-model", str(model), "--no-cache", *FAST]) == 0
+    new = tmp_path / "new"
+    save_scenes(new, 2, random_state=9, prefix="new")
+    seen = len(vit_forwards)
+    out = tmp_path / "b"
+    assert main(["segment", str(new), "-o", str(out), "--load-model", str(model), "--no-cache",
+                 "--device", "cpu", "-q"]) == 0
+    assert n_images_through_vit(vit_forwards[seen:]) == 2
+    assert len(list(out.glob("*.png"))) == 2
+    assert not (out / ".skseg-cache").exists()  # --no-cache honoured for a loaded model
+    # More images predicted with the same model keep the masks already there.
+    save_scenes(new, 3, random_state=9, prefix="new")
+    stamp = (out / "new0.png").stat().st_mtime_ns
+    assert main(["segment", str(new), "-o", str(out), "--load-model", str(model),
+                 "-q"]) == 0
+    assert (out / "new0.png").stat().st_mtime_ns == stamp and (out / "new2.png").is_file()
+
+
+def test_save_model_never_overwrites_and_never_loses_the_masks(tmp_path, monkeypatch,
+                                                               capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    model = tmp_path / "model.skops"
+    model.write_bytes(b"precious")
+    argv = ["segment", str(photos), "-o", str(tmp_path / "out"), "--save-model", str(model),
+            *FAST]
+    assert main(argv) == 2
+    assert model.read_bytes() == b"precious" and "already exists" in capsys.readouterr().err
+
+    def full_disk(pipeline, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(skseg._segment_run, "save_model", full_disk)
+    assert main([*argv, "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "masks are written" in err and "No space left" in err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+
+
+class _Planted:
+    def __reduce__(self):
+        return (open, ("/dev/null",))
+
+
+@pytest.mark.parametrize("content", ["garbage", "pickle", "joblib", "zip", "other skops"])
+def test_load_model_refuses_anything_but_a_saved_skseg_model(content, tmp_path, capsys):
+    import zipfile
+
+    import joblib
+    import skops.io
+    from sklearn.linear_model import LinearRegression
+
+    photos = tmp_path / "photos"
+    save_scenes(photos, 2)
+    path = tmp_path / "model.bin"
+    if content == "garbage":
+        path.write_bytes(b"\x00\x01 not a model")
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps(_Planted()))
+    elif content == "joblib":
+        joblib.dump({"seg": _Planted()}, path)
+    elif content == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("schema.json", "{}")
+    else:
+        path.write_bytes(skops.io.dumps(LinearRegression()))
+    assert main(["segment", str(photos), "-o", str(tmp_path / "out"), "--load-model",
+                 str(path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skseg: error: --load-model") and "not a model saved by" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_model_refuses_options_it_would_ignore(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    model = tmp_path / "m.skops"
+    assert main(["segment", str(photos), "-o", str(tmp_path / "a"), "--save-model",
+                 str(model), *FAST]) == 0
+    assert main(["segment", str(photos), "-o", str(tmp_path / "b"), "--load-model",
+                 str(model), "--n-classes", "5", "--facet=value", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--facet, --n-classes cannot be used with --load-model" in err
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """The tiny model's random weights as a timm safetensors file."""
+    from safetensors.torch import save_file
+
+    from skseg._backbone import get_model
+
+    model = get_model(TINY_MODEL, pretrained=False, weights=None, device="cpu")
+    path = tmp_path_factory.mktemp("weights") / "vits16.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def test_relative_weights_are_resolved_when_the_model_is_saved(weights_file, tmp_path,
+                                                               monkeypatch):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "vits16.safetensors").symlink_to(weights_file)
+    monkeypatch.chdir(tmp_path / "w")
+    options = [o for o in FAST if o != "--random-weights"]
+    assert main(["segment", str(photos), "-o", str(tmp_path / "a"), "--weights",
+                 "vits16.safetensors", "--save-model", str(tmp_path / "m.skops"),
+                 *options]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["segment", str(photos), "-o", str(tmp_path / "b"), "--load-model",
+                 "m.skops", "-q"]) == 0
+    for name in ("img0.png", "img1.png", "img2.png"):
+        np.testing.assert_array_equal(read_mask(tmp_path / "a" / name),
+                                      read_mask(tmp_path / "b" / name))
+
+
+def test_weights_of_another_architecture_are_one_line(weights_file, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 2)
+    assert main(["segment", str(photos), "-o", str(tmp_path / "out"), "--model",
+                 "vit_tiny_patch16_224", "--weights", str(weights_file), "--device", "cpu",
+                 "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skseg: error:") and len(err.strip().splitlines()) == 1
+    assert "vits16.safetensors" in err and "vit_tiny_patch16_224" in err
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": "skseg-run-v1", "fit": {}, '
+                                     '"outputs": [], "skipped": {}}', "[]"])
+def test_a_damaged_record_is_one_line_and_force_recovers(content, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RECORD_NAME).write_text(content)
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert RECORD_NAME in err and len(err.strip().splitlines()) == 1
+    assert main(["segment", str(photos), "-o", str(out), "--force", *FAST]) == 0
+    assert json.loads((out / RECORD_NAME).read_text())["outputs"].keys() == {
+        "img0.png", "img1.png"}
+
+
+def test_masks_of_another_skseg_version_are_not_kept(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 2)
+    out = tmp_path / "out"
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 0
+    record = json.loads((out / RECORD_NAME).read_text())
+    record["fit"]["skseg"] = "0.0.1"
+    (out / RECORD_NAME).write_text(json.dumps(record))
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 2
+    assert "skseg was version 0.0.1" in capsys.readouterr().err
