@@ -271,8 +271,10 @@ def _add_segment_parser(commands):
                          help="images per ViT forward pass")
     running.add_argument("--n-jobs", type=int, help="threads for the pixel stage (None: one)")
     running.add_argument("--cache", type=Path,
-                         help="feature cache folder (default: OUTDIR/.skseg-cache)")
-    running.add_argument("--no-cache", action="store_true", help="do not cache features")
+                         help="folder of feature stores, one per extraction "
+                              "(default: OUTDIR/.skseg-features)")
+    running.add_argument("--no-cache", action="store_true",
+                         help="keep features in memory only, not in a store")
 
     writing = segment.add_argument_group("outputs")
     writing.add_argument("--overlay", action="store_true",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from ._images import _SIXTEEN_BIT_MODES, _pil_to_float, load_rgb
+from ._images import _SIXTEEN_BIT_MODES, load_rgb
 
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 # EXIF orientations that swap width and height.
@@ -101,17 +101,6 @@ def pamr(image, mask, *, n_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
     return mask
 
 
-def load_pixels(image, shape):
-    """The image's pixels at ``shape`` ``(H, W)``, float32 in [0, 1], (H, W, 3)."""
-    rgb = load_rgb(image)
-    if rgb.shape[:2] != tuple(shape):
-        tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        tensor = F.interpolate(tensor, size=tuple(shape), mode="bilinear",
-                               antialias=True, align_corners=False)
-        rgb = tensor[0].permute(1, 2, 0).contiguous().numpy()
-    return rgb
-
-
 def _open_reduced(path, shape):
     """A file decoded at no less than ``shape`` where the format can do it
     cheaply (JPEG's DCT scaling by 1/2, 1/4 or 1/8), EXIF orientation applied."""
@@ -143,7 +132,7 @@ def working_pixels(image, shape, *, reduced_decode=True):
             small = img.convert("RGB").resize(shape[::-1], Image.Resampling.BILINEAR)
             rgb = torch.from_numpy(np.array(small)).permute(2, 0, 1).contiguous()
             return rgb.to(torch.float32).div_(255.0)
-        rgb = _pil_to_float(img)
+        rgb = load_rgb(img)  # 16-bit: by its real range, in floats
     else:
         rgb = load_rgb(image)
     tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()

@@ -6,6 +6,7 @@ are written before anything that could still fail (saving the model, the
 preview), so a late error never loses them.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -74,10 +75,16 @@ def _inside(output, relative):
     return target
 
 
-def _cache_location(args):
+def _use_feature_store(args, vit):
+    """Features go into a FeatureStore under OUTDIR (or ``--cache``), one per
+    extraction: reruns skip the images it holds, and the segmenter reads it
+    chunk by chunk, so memory does not grow with the number of images."""
+    vit.set_params(memory=None, store=None)
     if args.no_cache:
-        return None
-    return os.fspath(args.cache or args.output / ".skseg-cache")
+        return
+    config = json.dumps(vit._cache_config(), sort_keys=True).encode()
+    name = f"{vit.model}-{hashlib.sha1(config).hexdigest()[:10]}.zarr"
+    vit.set_params(store=os.fspath((args.cache or args.output / ".skseg-features") / name))
 
 
 def _build_pipeline(args):
@@ -91,7 +98,6 @@ def _build_pipeline(args):
         weights=None if args.weights is None else os.fspath(args.weights.resolve()),
         facet=args.facet, layer=args.layer, image_size=args.image_size,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-        memory=_cache_location(args),
     )
     vit = ViTPatchTransformer(args.model, attention=args.foreground == "attention",
                               verbose=not args.quiet, **vit_parameters)
@@ -117,8 +123,7 @@ def _load_pipeline(args):
                         "which a loaded model keeps.")
     pipeline = load_model(args.load_model)
     vit, segmenter = (step for _, step in pipeline.steps)
-    vit.set_params(memory=_cache_location(args), verbose=not args.quiet,
-                   batch_size=args.batch_size, device=args.device)
+    vit.set_params(verbose=not args.quiet, batch_size=args.batch_size, device=args.device)
     segmenter.set_params(device=args.device, n_jobs=args.n_jobs)
     return pipeline
 
@@ -132,17 +137,8 @@ def _prepare_backbone(vit):
                         "(no network, and not in the hub cache): pass --weights FILE (a "
                         ".safetensors or .pth of that model), or --random-weights to try "
                         "skseg with an untrained ViT.") from None
-    except TypeError as exc:  # timm's models without a patch grid reject its keywords
-        raise UserError(f"--model {vit.model} is not a Vision Transformer skseg can read "
-                        f"({one_line(exc)}); use a timm ViT such as "
-                        "vit_small_patch8_224.dino or vit_small_patch14_reg4_dinov2.lvd142m."
-                        ) from None
-    except RuntimeError as exc:
-        mismatch = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        if not mismatch:
-            raise
-        raise UserError(f"--weights {vit.weights} do not fit --model {vit.model} "
-                        f"({mismatch[0]}); give the --model they were trained as.") from None
+    # A model that is no ViT, or weights that do not fit it, raise one-line
+    # ValueErrors naming both, printed as they are.
     patch = vit.patch_size_
     if vit.image_size is not None:
         height, width = vit._target_size(None)
@@ -323,6 +319,7 @@ def run_segment(args):
 
     vit = pipeline.steps[0][1]
     _prepare_backbone(vit)
+    _use_feature_store(args, vit)
     good, skipped = _check_images(images, vit, args)
     digest_of = dict(zip(images, digests))
     for image, reason in skipped.items():
@@ -337,8 +334,9 @@ def run_segment(args):
     else:
         _say(args, f"Fitting on {len(good)} images with {args.model}.")
         pipeline.fit([image.path for image in good])
-        by_image = dict(zip(good, pipeline.named_steps["seg"].labels_))
-        labels = [by_image[image] for image in todo]
+        position = {image: k for k, image in enumerate(good)}
+        # A lazy LabelMasks: each mask is made when written, one at a time.
+        labels = pipeline.named_steps["seg"].labels_[[position[image] for image in todo]]
     previous_outputs = record["outputs"] if record else {}
     _write_masks(args, todo, labels, new, previous_outputs, digest_of, legend_key, legend)
     if args.overlay:
@@ -350,6 +348,7 @@ def run_segment(args):
     status = 0
     if args.save_model:
         try:
+            vit.set_params(store=None)  # this run's store is no part of the model
             save_model(pipeline, args.save_model)
             _say(args, f"Saved the fitted pipeline to {args.save_model}.")
         except OSError as exc:
@@ -372,8 +371,9 @@ def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend
     from tqdm.auto import tqdm
 
     try:
-        for count, (image, mask) in enumerate(tqdm(list(zip(todo, labels)), desc="writing",
-                                                   unit="img", disable=args.quiet), 1):
+        for count, (image, mask) in enumerate(tqdm(zip(todo, labels), total=len(todo),
+                                                   desc="writing", unit="img",
+                                                   disable=args.quiet), 1):
             name = image.mask_name.as_posix()
             picture = _inside(args.output, image.overlay_name)
             # The overlay first: a mask on disk always has its overlay beside it.

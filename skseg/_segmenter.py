@@ -54,7 +54,8 @@ from ._passes import (
     segment,
     survey,
 )
-from ._refine import foreground_masks, load_pixels
+from ._images import load_rgb
+from ._refine import foreground_masks
 from ._regions import (
     CompactRegions,
     LabelMasks,
@@ -536,7 +537,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                     regions[j] = CompactRegions(region_map, n_regions)
                     if self.region == "crop":
                         described[j] = region_crops(
-                            load_pixels(chunk.records[j].image, image_shape), region_map,
+                            load_rgb(chunk.records[j].image, image_shape), region_map,
                             n_regions, self.region_encoder_.patch_size_,
                         )
                     else:

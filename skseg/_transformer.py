@@ -5,8 +5,10 @@ from numbers import Integral
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
+from sklearn_compat.base import _fit_context
 
 from ._backbone import (
     FACETS,
@@ -21,7 +23,7 @@ from ._cache import FeatureCache
 from ._features import FeatureSequence, ImageFeatures
 from ._images import as_image_list, check_images, content_hash, load_rgb
 from ._store import FeatureStore
-from ._validation import HasMethods, Interval, StrOptions, validate_params
+from ._validation import HasMethods, Interval, StrOptions
 
 
 def _round_to_patch(side, patch):
@@ -209,6 +211,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             device=resolve_device(self.device),
         )
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Validate the parameters and build (or load) the model.
 
@@ -222,7 +225,6 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         -------
         self : ViTPatchTransformer
         """
-        validate_params(self)
         self._check_image_size()
         if self.memory is not None and self.store is not None:
             raise ValueError("pass either memory= (a feature cache) or store= (a "
@@ -311,8 +313,6 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "patch_size_")
         X = as_image_list(X)
         shapes = check_images(X, min_side=self.patch_size_)
-        model = self._backbone()
-        device = next(model.parameters()).device
         config = self._cache_config()
         cache = FeatureCache(self.memory, config)
         store = None if self.store is None else FeatureStore(self.store, extraction=config)
@@ -332,21 +332,50 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             for size, indices in by_size.items()
             for start in range(0, len(indices), self.batch_size)
         ]
-        dtype = np.dtype(self.dtype)
+        if store is not None:
+            # Each task extracts a run of batches and appends them to the
+            # store itself: under joblib's Dask backend the tasks run on the
+            # cluster's workers, which share the store's file system. A task
+            # retried after a worker died appends nothing twice: the store
+            # skips content keys it already holds.
+            tasks = [batches[start:start + _BATCHES_PER_TASK]
+                     for start in range(0, len(batches), _BATCHES_PER_TASK)]
+            Parallel()(
+                delayed(_extract_into_store)(
+                    self, config, {i: (X[i], shapes[i], keys[i])
+                                   for _, indices in task for i in indices}, task,
+                ) for task in tasks
+            )
+            # Reopened: the tasks appended through stores of their own.
+            return FeatureStore(self.store, extraction=config).select(keys)
+        for indices, features in self._extract(X, batches):
+            for i, record in zip(indices, features):
+                records[i] = record
+                cache.put(keys[i], record)
+        return FeatureSequence(
+            self._record(record, shapes[i], X[i]) for i, record in enumerate(records)
+        )
+
+    def _extract(self, images, batches):
+        """``(indices, records)`` for each batch, the next batch decoded in
+        threads while this one runs through the model."""
         from tqdm.auto import tqdm
 
+        model = self._backbone()
+        device = next(model.parameters()).device
+        dtype = np.dtype(self.dtype)
+        total = sum(len(indices) for _, indices in batches)
         with ThreadPoolExecutor(max_workers=4) as pool, tqdm(
-            total=len(todo), disable=not self.verbose, unit="img", desc="ViT features"
+            total=total, disable=not self.verbose, unit="img", desc="ViT features"
         ) as progress:
 
             def submit(batch):
                 size, indices = batch
-                return [pool.submit(self._prepare, X[i], size, device) for i in indices]
+                return [pool.submit(self._prepare, images[i], size, device) for i in indices]
 
             pending = submit(batches[0]) if batches else None
             for b, (size, indices) in enumerate(batches):
                 tensors = [future.result() for future in pending]
-                # Decode the next batch while this one runs through the model.
                 pending = submit(batches[b + 1]) if b + 1 < len(batches) else None
                 patches, cls, attention = forward_facets(
                     model, torch.stack(tensors), facet=self.facet, layer=self.layer,
@@ -356,25 +385,12 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                 cls = cls.float().cpu().numpy().astype(dtype, copy=False)
                 if attention is not None:
                     attention = attention.float().cpu().numpy().astype(dtype, copy=False)
-                for j, i in enumerate(indices):
-                    records[i] = {
-                        "patches": patches[j].copy(),
-                        "cls": cls[j].copy(),
-                        "attention": None if attention is None else attention[j].copy(),
-                    }
-                    cache.put(keys[i], records[i])
-                if store is not None:  # written now, so memory holds one batch
-                    store.extend((self._record(records[i], shapes[i], X[i]) for i in indices),
-                                 content_keys=[keys[i] for i in indices])
-                    for i in indices:
-                        records[i] = None
+                yield indices, [
+                    {"patches": patches[j].copy(), "cls": cls[j].copy(),
+                     "attention": None if attention is None else attention[j].copy()}
+                    for j in range(len(indices))
+                ]
                 progress.update(len(indices))
-
-        if store is not None:
-            return store.select(keys)
-        return FeatureSequence(
-            self._record(record, shapes[i], X[i]) for i, record in enumerate(records)
-        )
 
     def _record(self, record, image_shape, image):
         return ImageFeatures(
@@ -384,4 +400,21 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             image_shape=image_shape,
             image=image,
             patch_size=self.patch_size_,
+        )
+
+
+# Batches of images per extraction task writing into a store.
+_BATCHES_PER_TASK = 8
+
+
+def _extract_into_store(transformer, config, items, batches):
+    """Extract ``batches`` of ``items`` (index -> (image, shape, key)) and
+    append each batch to the transformer's store as soon as it is computed."""
+    store = FeatureStore(transformer.store, extraction=config)
+    images = {i: image for i, (image, _, _) in items.items()}
+    for indices, records in transformer._extract(images, batches):
+        store.extend(
+            (transformer._record(record, items[i][1], items[i][0])
+             for i, record in zip(indices, records)),
+            content_keys=[items[i][2] for i in indices],
         )

@@ -1,27 +1,12 @@
-"""Parameter validation shared by the estimators.
+"""The constraint types of scikit-learn's parameter validation.
 
-scikit-learn's constraint machinery lives in a private module; it has been
-stable since 1.2 and we require >= 1.6, so we import it in this one place.
+They live in a private module of scikit-learn (stable since 1.2; we require
+>= 1.6), so they are imported in this one place. The validation itself runs
+through ``_fit_context``, reached through the ``sklearn-compat`` package.
 """
 
 from sklearn.utils._param_validation import (  # noqa: F401  (re-exported)
     HasMethods,
     Interval,
     StrOptions,
-    validate_parameter_constraints,
 )
-
-
-def validate_params(estimator):
-    """Check ``estimator``'s parameters against its ``_parameter_constraints``.
-
-    Raises
-    ------
-    sklearn.utils._param_validation.InvalidParameterError
-        A ``ValueError`` and ``TypeError`` subclass naming the parameter.
-    """
-    validate_parameter_constraints(
-        estimator._parameter_constraints,
-        estimator.get_params(deep=False),
-        caller_name=type(estimator).__name__,
-    )

@@ -90,7 +90,7 @@ def test_a_voc_root_with_a_list_segments_only_the_listed_photos(tmp_path):
      (["segment", "{photos}", "-o", "x", "--model", TINY_MODEL, "-q"], "--weights FILE"),
      (["segment", "{photos}", "-o", "x", "--model", TINY_MODEL, "-q"], "--random-weights"),
      (["segment", "{photos}", "-o", "x", "--model", "resnet18", "--random-weights", "-q"],
-      "--model resnet18 is not a Vision Transformer"),
+      "model='resnet18' is not a Vision Transformer"),
      (["segment", "{photos}", "-o", "x", "--model", "no_such_net", "--random-weights"],
       "not a timm model"),
      (["evaluate", "{empty}", "{empty}"], "no PNG masks")],
@@ -181,7 +181,8 @@ def test_help_shows_every_default_and_a_line_per_option():
 _NOT_OPTIONS = {
     "pretrained": "--random-weights",
     "attention": "implied by --foreground attention, the only user of it",
-    "memory": "--cache / --no-cache",
+    "memory": "--cache / --no-cache (a FeatureStore, not this cache)",
+    "store": "--cache / --no-cache",
     "verbose": "-q",
     "region_encoder": "built from the --model options by --region crop",
     "batch_size": "--batch-size (ViT); the pixel-stage batch never changes the masks",
@@ -212,7 +213,7 @@ def test_options_reach_the_estimators(tmp_path):
     assert vit.get_params() | {"verbose": None} == dict(
         model=TINY_MODEL, pretrained=False, weights=None, facet="value", layer=-2,
         attention=True, image_size=(32, 48), batch_size=16, device="auto", dtype="float16",
-        memory=None, verbose=None)
+        memory=None, store=None, verbose=None)
     params = seg.get_params(deep=False)
     encoder = params.pop("region_encoder")
     expected = dict(

@@ -206,7 +206,7 @@ def test_saved_model_predicts_new_images_without_refitting(tmp_path, vit_forward
                  "--device", "cpu", "-q"]) == 0
     assert n_images_through_vit(vit_forwards[seen:]) == 2
     assert len(list(out.glob("*.png"))) == 2
-    assert not (out / ".skseg-cache").exists()  # --no-cache honoured for a loaded model
+    assert not (out / ".skseg-features").exists()  # --no-cache honoured for a loaded model
     # More images predicted with the same model keep the masks already there.
     save_scenes(new, 3, random_state=9, prefix="new")
     stamp = (out / "new0.png").stat().st_mtime_ns
