@@ -1,6 +1,7 @@
 """MultilevelSegmenter: dataset-, category- and image-level clustering of patch
 features, their consensus, upsampling, refinement and region labelling."""
 
+import copy
 import math
 import warnings
 from numbers import Integral, Real
@@ -25,6 +26,7 @@ from ._clustering import (
 )
 from ._features import ImageFeatures
 from ._images import load_rgb
+from ._n_classes import choose_n_clusters
 from ._refine import pamr
 from ._regions import object_regions, pooled_descriptors, region_crops
 from ._validation import HasMethods, Interval, StrOptions, validate_params
@@ -171,12 +173,23 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_classes : int, default=20
+    n_classes : int or "auto", default=20
         Number of object classes; masks hold 0 (background) to ``n_classes``.
-    n_categories : int, default=None
+        The default is PASCAL VOC's 20 object classes, the field's protocol.
+        ``"auto"`` chooses it without labels, from 2 to ``max_classes``: the
+        count whose K-means partition of the region descriptors has the
+        highest silhouette (on at most 1000 of them, projected on their first
+        ``max_classes`` principal components); see ``n_classes_scores_``.
+        It needs at least 3 object regions.
+    max_classes : int, default=30
+        Largest count ``"auto"`` considers, for classes and categories; at
+        least 2. Unused when neither is ``"auto"``.
+    n_categories : int, "auto" or None, default=None
         Number of image pseudo-categories (clusters of CLS tokens, or of mean
-        patch features without them). ``None`` means ``n_classes``. Capped at
-        the number of images, with a warning.
+        patch features without them). ``"auto"`` chooses it from the image
+        descriptors by the criterion of ``n_classes="auto"`` (needs at least
+        3 images). ``None`` means ``n_classes``; with ``n_classes="auto"``,
+        ``"auto"``. Capped at the number of images, with a warning.
     n_dataset_clusters : int, default=2
         Clusters of the dataset-level K-means over all patches.
     foreground : {"border", "attention"}, default="border"
@@ -251,7 +264,14 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     n_categories_ : int
         Number of categories used (``n_categories``, capped at the images).
     n_classes_ : int
-        Number of classes used (``n_classes``, capped at the regions found).
+        Number of classes used (``n_classes``, capped at the regions found,
+        or the count chosen by ``n_classes="auto"``).
+    n_classes_scores_ : dict of int to float
+        Only with ``n_classes="auto"``: the silhouette of every candidate
+        count (higher is better), to plot the criterion.
+    n_categories_scores_ : dict of int to float
+        Only when the number of categories was chosen (``"auto"``): the
+        same, over the image descriptors.
     uses_cls_ : bool
         Whether categories were formed from CLS tokens (else mean patches).
 
@@ -272,8 +292,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "n_classes": [Interval(Integral, 1, None, closed="left")],
-        "n_categories": [None, Interval(Integral, 1, None, closed="left")],
+        "n_classes": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "max_classes": [Interval(Integral, 2, None, closed="left")],
+        "n_categories": [None, Interval(Integral, 1, None, closed="left"),
+                         StrOptions({"auto"})],
         "n_dataset_clusters": [Interval(Integral, 2, None, closed="left")],
         "foreground": [StrOptions({"border", "attention"})],
         "consensus": [StrOptions({"vote", "intersection", "image"})],
@@ -301,6 +323,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self,
         n_classes=20,
         *,
+        max_classes=30,
         n_categories=None,
         n_dataset_clusters=2,
         foreground="border",
@@ -322,6 +345,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         n_jobs=None,
     ):
         self.n_classes = n_classes
+        self.max_classes = max_classes
         self.n_categories = n_categories
         self.n_dataset_clusters = n_dataset_clusters
         self.foreground = foreground
@@ -408,14 +432,22 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 "No foreground region was found in any image; lower min_region_size or "
                 "check the features."
             )
-        self.n_classes_ = min(self.n_classes, n_regions)
-        if self.n_classes_ < self.n_classes:
-            warnings.warn(
-                f"Only {n_regions} object regions were found, fewer than "
-                f"n_classes={self.n_classes}; using {self.n_classes_} classes.",
-                UserWarning,
-            )
         all_descriptors = np.concatenate([d for d in descriptors if len(d)])
+        if self.n_classes == "auto":
+            # A copy of the generator: choosing leaves the rest of fit's random
+            # draws as they are, so "auto" fits as n_classes=n_classes_ would.
+            self.n_classes_, self.n_classes_scores_ = choose_n_clusters(
+                all_descriptors, self.max_classes, random_state=copy.deepcopy(rng),
+                rows_name="object regions", parameter="n_classes",
+            )
+        else:
+            self.n_classes_ = min(self.n_classes, n_regions)
+            if self.n_classes_ < self.n_classes:
+                warnings.warn(
+                    f"Only {n_regions} object regions were found, fewer than "
+                    f"n_classes={self.n_classes}; using {self.n_classes_} classes.",
+                    UserWarning,
+                )
         self.class_centroids_ = fit_kmeans(
             all_descriptors, self.n_classes_, max_samples=len(all_descriptors),
             n_init=self.n_init, random_state=rng,
@@ -446,6 +478,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
     def _fit_categories(self, data, fg_dataset, rng):
         requested = self.n_classes if self.n_categories is None else self.n_categories
+        if requested == "auto":
+            # A copy of the generator, as for the classes in fit.
+            requested, self.n_categories_scores_ = choose_n_clusters(
+                data.descriptors, self.max_classes, random_state=copy.deepcopy(rng),
+                rows_name="images", parameter="n_categories",
+            )
         self.n_categories_ = min(requested, len(data))
         if self.n_categories_ < requested:
             warnings.warn(

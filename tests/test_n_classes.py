@@ -1,0 +1,122 @@
+"""Choosing the number of classes without labels: skseg._n_classes and
+MultilevelSegmenter(n_classes="auto")."""
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+import skseg._n_classes
+from skseg import MultilevelSegmenter
+from skseg._n_classes import choose_n_clusters
+from skseg.datasets import make_patch_features
+from skseg.metrics import mean_iou
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_n_classes.py"
+_spec = importlib.util.spec_from_file_location("bench_n_classes", BENCH)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _seg(n_classes="auto", **kwargs):
+    params = dict(max_classes=10, refine=None, random_state=0, device="cpu")
+    params.update(kwargs)
+    return MultilevelSegmenter(n_classes, **params)
+
+
+@pytest.mark.parametrize("planted_classes", [3, 6, 9])
+def test_auto_recovers_the_planted_count_and_scores_as_the_true_count(planted_classes):
+    # Classes of varied sizes: the rarest has about a fifth of the commonest's regions.
+    X, masks = bench.planted(planted_classes, 30 * planted_classes, random_state=0)
+    auto = _seg().fit(X)
+    assert auto.n_classes_ == planted_classes
+    assert list(auto.n_classes_scores_) == list(range(2, 11))
+    assert max(auto.n_classes_scores_.values()) == auto.n_classes_scores_[planted_classes]
+    # Choosing draws from a copy of the generator, so auto fits exactly as
+    # the true count given explicitly (with the categories auto chose) does.
+    given = _seg(planted_classes, n_categories=auto.n_categories_).fit(X)
+    for a, b in zip(auto.labels_, given.labels_):
+        np.testing.assert_array_equal(a, b)
+    assert mean_iou(masks, auto.labels_) > 0.75
+
+
+def test_blobs_are_counted_and_candidates_stop_below_the_rows():
+    X, _ = make_blobs(n_samples=200, n_features=40, centers=5, cluster_std=2.0,
+                      random_state=0)
+    count, scores = choose_n_clusters(X, 10, random_state=0)
+    assert count == 5 and list(scores) == list(range(2, 11))
+    assert all(-1 <= s <= 1 for s in scores.values())
+    count, scores = choose_n_clusters(X[:5], 10, random_state=0)
+    assert list(scores) == [2, 3, 4]  # silhouette needs fewer clusters than rows
+
+
+def test_criterion_is_deterministic_for_a_fixed_random_state():
+    X, _ = bench.planted(4, 120, random_state=1)
+    D = bench.region_descriptors(X)
+    first = choose_n_clusters(D, 8, random_state=3)
+    assert choose_n_clusters(D, 8, random_state=3) == first
+    a, b = _seg(max_classes=8).fit(X), _seg(max_classes=8).fit(X)
+    assert a.n_classes_scores_ == b.n_classes_scores_
+    assert a.n_categories_scores_ == b.n_categories_scores_
+    # The sample and the K-means starts depend on the seed.
+    assert choose_n_clusters(D, 8, random_state=4, max_samples=50)[1] != \
+        choose_n_clusters(D, 8, random_state=3, max_samples=50)[1]
+
+
+def test_cost_is_bounded_by_max_samples(monkeypatch):
+    X, _ = make_blobs(n_samples=3000, n_features=16, centers=3, random_state=0)
+    seen = []
+    real = skseg._n_classes.silhouette_score
+    monkeypatch.setattr(skseg._n_classes, "silhouette_score",
+                        lambda Z, labels: seen.append(Z.shape) or real(Z, labels))
+    count, _ = choose_n_clusters(X, 6, random_state=0, max_samples=300)
+    assert count == 3
+    assert seen == [(300, 6)] * 5  # 300 rows on 6 principal components, k = 2..6
+
+
+def test_a_count_with_empty_clusters_scores_worst():
+    # Three distinct descriptors, repeated: no partition into 4 or 5 exists.
+    X = np.repeat(np.eye(3, 8), 10, axis=0)
+    count, scores = choose_n_clusters(X, 5, random_state=0)
+    assert count == 3 and scores[3] == pytest.approx(1.0)
+    assert scores[4] == scores[5] == -1.0
+
+
+def test_n_categories_auto_alone():
+    X, masks = bench.planted(3, 120, random_state=2)
+    seg = _seg(3, n_categories="auto").fit(X)
+    chosen = max(seg.n_categories_scores_, key=seg.n_categories_scores_.get)
+    assert seg.n_categories_ == chosen
+    assert not hasattr(seg, "n_classes_scores_")
+    given = _seg(3, n_categories=chosen).fit(X)
+    for a, b in zip(seg.labels_, given.labels_):
+        np.testing.assert_array_equal(a, b)
+    # With an explicit n_classes, None still means n_classes.
+    assert _seg(3).fit(X).n_categories_ == 3
+
+
+def test_bad_values_give_clear_errors():
+    X, _ = make_patch_features(n_images=6, n_classes=2, random_state=0)
+    with pytest.raises(ValueError, match="max_classes"):
+        _seg(max_classes=1).fit(X)
+    with pytest.raises(ValueError, match="n_classes"):
+        _seg("several").fit(X)
+    with pytest.raises(ValueError, match="max_clusters=1 must be an integer of at least 2"):
+        choose_n_clusters(np.eye(4), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        choose_n_clusters(np.full((4, 2), np.nan), 3)
+    # A single object region: nothing to compare.
+    one, _ = make_patch_features(n_images=1, n_classes=1, max_objects=1, random_state=0)
+    with pytest.raises(ValueError, match=r"Only 1 object regions found: n_classes='auto' "
+                                         r"needs at least 3"):
+        _seg(n_categories=1).fit(one)
+    with pytest.raises(ValueError, match=r"Only 2 images found: n_categories='auto'"):
+        _seg(n_categories="auto").fit(X[:2])
+    # The fixed default still warns when there are fewer regions than classes.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _seg(20, n_categories=1).fit(one).n_classes_ == 1
+    assert any("fewer than n_classes=20" in str(w.message) for w in caught)
