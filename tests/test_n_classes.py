@@ -2,6 +2,9 @@
 MultilevelSegmenter(n_classes="auto")."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -120,3 +123,33 @@ def test_bad_values_give_clear_errors():
         warnings.simplefilter("always")
         assert _seg(20, n_categories=1).fit(one).n_classes_ == 1
     assert any("fewer than n_classes=20" in str(w.message) for w in caught)
+
+
+def test_reproduce_voc_reports_the_spread_over_seeds():
+    path = BENCH.with_name("reproduce_voc.py")
+    spec = importlib.util.spec_from_file_location("reproduce_voc", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.parse_args(["--root", "voc", "--seeds", "0", "1", "2"]).seeds == [0, 1, 2]
+    X, masks = make_patch_features(n_images=20, n_classes=3, random_state=0)
+    segmenter = _seg(3)
+    # A seed already fitted is not refitted: its known score is kept as given.
+    by_seed, mean, std = script.seed_spread(segmenter, X, masks, [4, 0, 1], known={4: 0.5})
+    assert list(by_seed) == [4, 0, 1] and by_seed[4] == 0.5
+    refitted = mean_iou(masks, _seg(3, random_state=1).fit_predict(X))
+    assert by_seed[1] == pytest.approx(refitted)
+    assert mean == pytest.approx(np.mean(list(by_seed.values())))
+    assert std == pytest.approx(np.std(list(by_seed.values()), ddof=1))
+    assert script.seed_spread(segmenter, X, masks, [0])[2] == 0.0
+
+
+def test_choose_n_classes_example_writes_its_figure_when_run_as_a_script(tmp_path):
+    pytest.importorskip("matplotlib")
+    example = BENCH.parents[1] / "examples" / "plot_choose_n_classes.py"
+    env = {**os.environ, "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join([str(BENCH.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(example)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "chosen: 6 classes (6 planted)" in done.stdout
+    assert (tmp_path / "plot_choose_n_classes.png").stat().st_size > 10_000
