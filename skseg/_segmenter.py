@@ -415,6 +415,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self._check_params()
         data = self._data(X)
         rng = check_random_state(self.random_state)
+        for name in ("n_classes_scores_", "n_categories_scores_"):  # from an earlier "auto" fit
+            vars(self).pop(name, None)
         self.n_features_in_ = data.n_features
         self.uses_cls_ = data.has_cls
         fg_dataset = self._fit_dataset_level(data, rng)

@@ -49,24 +49,24 @@ def test_auto_recovers_the_planted_count_and_scores_as_the_true_count(planted_cl
 def test_blobs_are_counted_and_candidates_stop_below_the_rows():
     X, _ = make_blobs(n_samples=200, n_features=40, centers=5, cluster_std=2.0,
                       random_state=0)
-    count, scores = choose_n_clusters(X, 10, random_state=0)
-    assert count == 5 and list(scores) == list(range(2, 11))
+    count, scores = choose_n_clusters(X, 8, random_state=0, n_init=2)
+    assert count == 5 and list(scores) == list(range(2, 9))
     assert all(-1 <= s <= 1 for s in scores.values())
     count, scores = choose_n_clusters(X[:5], 10, random_state=0)
     assert list(scores) == [2, 3, 4]  # silhouette needs fewer clusters than rows
 
 
 def test_criterion_is_deterministic_for_a_fixed_random_state():
-    X, _ = bench.planted(4, 120, random_state=1)
-    D = bench.region_descriptors(X)
-    first = choose_n_clusters(D, 8, random_state=3)
-    assert choose_n_clusters(D, 8, random_state=3) == first
-    a, b = _seg(max_classes=8).fit(X), _seg(max_classes=8).fit(X)
+    X, _ = bench.planted(3, 60, random_state=1)
+    a, b = _seg(max_classes=5).fit(X), _seg(max_classes=5).fit(X)
     assert a.n_classes_scores_ == b.n_classes_scores_
     assert a.n_categories_scores_ == b.n_categories_scores_
+    D = bench.region_descriptors(X, max_classes=5)
+    first = choose_n_clusters(D, 5, random_state=3, n_init=2)
+    assert choose_n_clusters(D, 5, random_state=3, n_init=2) == first
     # The sample and the K-means starts depend on the seed.
-    assert choose_n_clusters(D, 8, random_state=4, max_samples=50)[1] != \
-        choose_n_clusters(D, 8, random_state=3, max_samples=50)[1]
+    assert choose_n_clusters(D, 5, random_state=4, max_samples=30, n_init=2)[1] != \
+        choose_n_clusters(D, 5, random_state=3, max_samples=30, n_init=2)[1]
 
 
 def test_cost_is_bounded_by_max_samples(monkeypatch):
@@ -75,9 +75,9 @@ def test_cost_is_bounded_by_max_samples(monkeypatch):
     real = skseg._n_classes.silhouette_score
     monkeypatch.setattr(skseg._n_classes, "silhouette_score",
                         lambda Z, labels: seen.append(Z.shape) or real(Z, labels))
-    count, _ = choose_n_clusters(X, 6, random_state=0, max_samples=300)
+    count, _ = choose_n_clusters(X, 4, random_state=0, max_samples=300, n_init=2)
     assert count == 3
-    assert seen == [(300, 6)] * 5  # 300 rows on 6 principal components, k = 2..6
+    assert seen == [(300, 4)] * 3  # 300 rows on 4 principal components, k = 2..4
 
 
 def test_a_count_with_empty_clusters_scores_worst():
@@ -89,16 +89,18 @@ def test_a_count_with_empty_clusters_scores_worst():
 
 
 def test_n_categories_auto_alone():
-    X, masks = bench.planted(3, 120, random_state=2)
-    seg = _seg(3, n_categories="auto").fit(X)
+    X, masks = bench.planted(3, 60, random_state=2)
+    seg = _seg(3, n_categories="auto", max_classes=6).fit(X)
     chosen = max(seg.n_categories_scores_, key=seg.n_categories_scores_.get)
     assert seg.n_categories_ == chosen
     assert not hasattr(seg, "n_classes_scores_")
-    given = _seg(3, n_categories=chosen).fit(X)
+    given = _seg(3, n_categories=chosen, max_classes=6).fit(X)
     for a, b in zip(seg.labels_, given.labels_):
         np.testing.assert_array_equal(a, b)
-    # With an explicit n_classes, None still means n_classes.
-    assert _seg(3).fit(X).n_categories_ == 3
+    # With an explicit n_classes, None still means n_classes; a refit
+    # without "auto" keeps no scores from an earlier one.
+    refitted = seg.set_params(n_categories=None).fit(X)
+    assert refitted.n_categories_ == 3 and not hasattr(refitted, "n_categories_scores_")
 
 
 def test_bad_values_give_clear_errors():
