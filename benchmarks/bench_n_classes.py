@@ -6,7 +6,7 @@ criterion that scikit-learn or scipy provide picks a count from 2 to
 ``--max-classes``. Prints, per criterion, how often it found the planted
 count, what it chose, and its time. The user guide quotes the figures.
 
-    python benchmarks/bench_n_classes.py --seeds 0 1 2 3 4
+    python benchmarks/bench_n_classes.py --seeds 0 1 2 3 4 [--categories]
 """
 
 import argparse
@@ -29,6 +29,7 @@ import skseg._segmenter
 from skseg import MultilevelSegmenter
 from skseg._n_classes import choose_n_clusters
 from skseg.datasets import make_patch_features
+from skseg.metrics import mean_iou
 
 
 def planted(n_classes, n_images, random_state):
@@ -145,18 +146,41 @@ CRITERIA = {
 }
 
 
+def compare_categories(sets, max_classes):
+    """mIoU with n_categories "auto", 1, n_classes and 30, n_classes given."""
+    print("\nn_categories with n_classes given: chosen count and mIoU per set")
+    totals = {}
+    for (n_classes, seed), (X, masks) in sets.items():
+        shown = []
+        for n_categories in ("auto", 1, n_classes, 30):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                segmenter = MultilevelSegmenter(
+                    n_classes, n_categories=n_categories, max_classes=max_classes,
+                    refine=None, random_state=0, device="cpu").fit(X)
+            score = mean_iou(masks, segmenter.labels_)
+            key = "n_classes" if n_categories == n_classes else str(n_categories)
+            totals.setdefault(key, []).append(score)
+            shown.append(f"{key}: {segmenter.n_categories_} -> {score:.3f}")
+        print(f"  {n_classes} classes, seed {seed}: " + ", ".join(shown), flush=True)
+    print("  mean mIoU: " + ", ".join(f"{key} {np.mean(v):.3f}" for key, v in totals.items()))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--classes", type=int, nargs="+", default=[3, 6, 9])
     parser.add_argument("--max-classes", type=int, default=12)
     parser.add_argument("--images-per-class", type=int, default=30)
+    parser.add_argument("--categories", action="store_true",
+                        help="also compare n_categories='auto' with fixed counts")
     args = parser.parse_args(argv)
-    data = {}
+    data, sets = {}, {}
     for n_classes in args.classes:
         for seed in args.seeds:
-            X, _ = planted(n_classes, args.images_per_class * n_classes, seed)
-            data[n_classes, seed] = region_descriptors(X, args.max_classes)
+            sets[n_classes, seed] = planted(n_classes, args.images_per_class * n_classes, seed)
+            data[n_classes, seed] = region_descriptors(sets[n_classes, seed][0],
+                                                       args.max_classes)
     sizes = [len(D) for D in data.values()]
     print(f"{len(data)} planted sets, {min(sizes)} to {max(sizes)} region descriptors of "
           f"dimension {next(iter(data.values())).shape[1]}; candidates 2..{args.max_classes}")
@@ -173,6 +197,8 @@ def main(argv=None):
         shown = " ".join(f"{key[0]}:{pick}" for key, pick in picks.items())
         print(f"{name:28s} {found:3d}/{len(picks):<3d}  {seconds:7.1f}  {shown}", flush=True)
         results[name] = picks
+    if args.categories:
+        compare_categories(sets, args.max_classes)
     return results
 
 
