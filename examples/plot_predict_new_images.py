@@ -10,6 +10,7 @@ is never pickled; it is rebuilt from its name), so it can be saved with
 """
 
 import io
+import sys
 
 import joblib
 import matplotlib.pyplot as plt
@@ -44,4 +45,7 @@ for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])
 plt.tight_layout()
-plt.show()
+
+if "sphinx_gallery" not in sys.modules:  # run as a script: write the figure
+    plt.savefig("plot_predict_new_images.png", dpi=100)
+    print("wrote plot_predict_new_images.png")

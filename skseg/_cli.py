@@ -91,14 +91,6 @@ def _image_size(text):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _segmenter_chooses_class_count():
-    """Whether this MultilevelSegmenter accepts ``n_classes="auto"``."""
-    from ._segmenter import MultilevelSegmenter
-
-    constraints = MultilevelSegmenter._parameter_constraints["n_classes"]
-    return any("auto" in getattr(constraint, "options", ()) for constraint in constraints)
-
-
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     print(f"skseg: warning: {one_line(message)}", file=sys.stderr)
 
@@ -224,10 +216,13 @@ def _add_segment_parser(commands):
                help="side, HEIGHTxWIDTH, or 'keep' (aspect ratio kept)")
     fit_option("--dtype", choices=["float32", "float16"], default="float32",
                help="type of the stored features")
-    fit_option("--n-classes", type=_n_classes, default=20,
-               help="object classes (masks hold 0..N)")
-    fit_option("--n-categories", type=_positive_int,
-               help="image pseudo-categories (None: as many as --n-classes)")
+    fit_option("--n-classes", type=_n_classes, default="auto",
+               help="object classes (masks hold 0..N), or 'auto': chosen without "
+                    "labels by the silhouette of the region descriptors")
+    fit_option("--max-classes", type=_at_least(2), default=30,
+               help="most classes (and categories) 'auto' considers")
+    fit_option("--n-categories", type=_n_classes,
+               help="image pseudo-categories, or 'auto' (None: as --n-classes)")
     fit_option("--n-dataset-clusters", type=_at_least(2), default=2,
                help="clusters of the dataset-level K-means (at least 2)")
     fit_option("--foreground", choices=["border", "attention"], default="border",
@@ -354,9 +349,6 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "n_classes", None) == "auto" and not _segmenter_chooses_class_count():
-        parser.error("--n-classes auto is not available in this version of skseg (its "
-                     "MultilevelSegmenter needs a class count); give a number")
     if args.command == "segment":
         args.given_fitting_options = _given(args.fitting_actions, argv)
     with warnings.catch_warnings():

@@ -102,7 +102,8 @@ def _build_pipeline(args):
     vit = ViTPatchTransformer(args.model, attention=args.foreground == "attention",
                               verbose=not args.quiet, **vit_parameters)
     segmenter = MultilevelSegmenter(
-        n_classes=args.n_classes, n_categories=args.n_categories,
+        n_classes=args.n_classes, max_classes=args.max_classes,
+        n_categories=args.n_categories,
         n_dataset_clusters=args.n_dataset_clusters, foreground=args.foreground,
         consensus=args.consensus, refine=None if args.refine == "none" else args.refine,
         refine_iter=args.refine_iter, refine_dilations=args.refine_dilations,

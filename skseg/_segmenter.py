@@ -44,6 +44,7 @@ from ._levels import (
     group_indices,
     oriented_pair,
 )
+from ._n_classes import choose_n_clusters
 from ._passes import (
     CHUNK_FLOATS,
     Expected,
@@ -92,12 +93,23 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_classes : int, default=20
+    n_classes : int or "auto", default=20
         Number of object classes; masks hold 0 (background) to ``n_classes``.
-    n_categories : int, default=None
+        The default is PASCAL VOC's 20 object classes, the field's protocol.
+        ``"auto"`` chooses it without labels, from 2 to ``max_classes``: the
+        count whose K-means partition of the region descriptors has the
+        highest silhouette (on at most 1000 of them, projected on their first
+        ``max_classes`` principal components); see ``n_classes_scores_``.
+        It needs at least 3 object regions.
+    max_classes : int, default=30
+        Largest count ``"auto"`` considers, for classes and categories; at
+        least 2. Unused when neither is ``"auto"``.
+    n_categories : int, "auto" or None, default=None
         Number of image pseudo-categories (clusters of CLS tokens, or of mean
-        patch features without them). ``None`` means ``n_classes``. Capped at
-        the number of images, with a warning.
+        patch features without them). ``"auto"`` chooses it from the image
+        descriptors by the criterion of ``n_classes="auto"`` (needs at least
+        3 images). ``None`` means ``n_classes``; with ``n_classes="auto"``,
+        ``"auto"``. Capped at the number of images, with a warning.
     n_dataset_clusters : int, default=2
         Clusters of the dataset-level K-means over all patches.
     foreground : {"border", "attention"}, default="border"
@@ -183,7 +195,14 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     n_categories_ : int
         Number of categories used (``n_categories``, capped at the images).
     n_classes_ : int
-        Number of classes used (``n_classes``, capped at the regions found).
+        Number of classes used (``n_classes``, capped at the regions found,
+        or the count chosen by ``n_classes="auto"``).
+    n_classes_scores_ : dict of int to float
+        Only with ``n_classes="auto"``: the silhouette of every candidate
+        count (higher is better), to plot the criterion.
+    n_categories_scores_ : dict of int to float
+        Only when the number of categories was chosen (``"auto"``): the
+        same, over the image descriptors.
     uses_cls_ : bool
         Whether categories were formed from CLS tokens (else mean patches).
 
@@ -204,8 +223,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "n_classes": [Interval(Integral, 1, None, closed="left")],
-        "n_categories": [None, Interval(Integral, 1, None, closed="left")],
+        "n_classes": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "max_classes": [Interval(Integral, 2, None, closed="left")],
+        "n_categories": [None, Interval(Integral, 1, None, closed="left"),
+                         StrOptions({"auto"})],
         "n_dataset_clusters": [Interval(Integral, 2, None, closed="left")],
         "foreground": [StrOptions({"border", "attention"})],
         "consensus": [StrOptions({"vote", "intersection", "image"})],
@@ -234,6 +255,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self,
         n_classes=20,
         *,
+        max_classes=30,
         n_categories=None,
         n_dataset_clusters=2,
         foreground="border",
@@ -256,6 +278,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         n_jobs=None,
     ):
         self.n_classes = n_classes
+        self.max_classes = max_classes
         self.n_categories = n_categories
         self.n_dataset_clusters = n_dataset_clusters
         self.foreground = foreground
@@ -303,7 +326,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         """
         self._check_params()
         X = as_features(X)
-        self.__dict__.pop("labels_", None)  # never shipped to the passes' workers
+        for name in ("labels_",  # never shipped to the passes' workers
+                     "n_classes_scores_", "n_categories_scores_"):  # from an "auto" fit
+            self.__dict__.pop(name, None)
         expected = self._expected(X)
         master = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         seeds = dict(zip(_SEEDS, np.random.SeedSequence(master).generate_state(len(_SEEDS))))
@@ -414,16 +439,22 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
     def _fit_categories(self, descriptors, keys, seed):
         requested = self.n_classes if self.n_categories is None else self.n_categories
+        sample = BoundedSample(self.max_samples)
+        sample.offer(image_priorities(seed, keys), descriptors)
+        sample = sample.result()
+        if requested == "auto":
+            requested, self.n_categories_scores_ = choose_n_clusters(
+                sample, self.max_classes, random_state=seed, rows_name="images",
+                parameter="n_categories",
+            )
         self.n_categories_ = min(requested, len(descriptors))
         if self.n_categories_ < requested:
             warnings.warn(
                 f"n_categories={requested} exceeds the {len(descriptors)} images; using "
                 f"{self.n_categories_}.", UserWarning,
             )
-        sample = BoundedSample(self.max_samples)
-        sample.offer(image_priorities(seed, keys), descriptors)
         self.category_centers_ = fit_kmeans(
-            sample.result(), self.n_categories_, n_init=self.n_init, seed=seed
+            sample, self.n_categories_, n_init=self.n_init, seed=seed
         )
         self.categories_ = nearest_centroid(descriptors, self.category_centers_)
 
@@ -469,21 +500,28 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 "No foreground region was found in any image; lower min_region_size or "
                 "check the features."
             )
-        self.n_classes_ = min(self.n_classes, n_regions)
-        if self.n_classes_ < self.n_classes:
-            warnings.warn(
-                f"Only {n_regions} object regions were found, fewer than "
-                f"n_classes={self.n_classes}; using {self.n_classes_} classes.",
-                UserWarning,
-            )
         sample = BoundedSample(self.max_samples)
         sample.offer(
             np.concatenate([patch_priorities(seed, key, len(d))
                             for key, d in zip(keys, descriptors)]),
             np.concatenate([d for d in descriptors if len(d)]),
         )
+        sample = sample.result()
+        if self.n_classes == "auto":
+            self.n_classes_, self.n_classes_scores_ = choose_n_clusters(
+                sample, self.max_classes, random_state=seed, rows_name="object regions",
+                parameter="n_classes",
+            )
+        else:
+            self.n_classes_ = min(self.n_classes, n_regions)
+            if self.n_classes_ < self.n_classes:
+                warnings.warn(
+                    f"Only {n_regions} object regions were found, fewer than "
+                    f"n_classes={self.n_classes}; using {self.n_classes_} classes.",
+                    UserWarning,
+                )
         self.class_centroids_ = fit_kmeans(
-            sample.result(), self.n_classes_, n_init=self.n_init, seed=seed
+            sample, self.n_classes_, n_init=self.n_init, seed=seed
         )
 
     # ------------------------------------------------- the per-image path

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from skseg import MultilevelSegmenter, ViTPatchTransformer
-from skseg._cli import _segmenter_chooses_class_count, build_parser, main
+from skseg._cli import build_parser, main
 from skseg._segment_run import _build_pipeline
 
 from ._cli_helpers import FAST, photo_folder, save_scenes  # noqa: F401
@@ -125,14 +125,12 @@ def test_bad_option_values_stop_the_parser(options, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_n_classes_auto_is_parsed_and_refused_while_the_segmenter_needs_a_number(capsys):
-    if _segmenter_chooses_class_count():
-        args = build_parser().parse_args(["segment", "x", "-o", "y", "--n-classes", "auto"])
-        assert args.n_classes == "auto"
-        return
-    with pytest.raises(SystemExit):
-        main(["segment", "x", "-o", "y", "--n-classes", "auto"])
-    assert "--n-classes auto is not available" in capsys.readouterr().err
+def test_the_class_count_is_chosen_without_labels_by_default():
+    args = build_parser().parse_args(["segment", "x", "-o", "y"])
+    assert args.n_classes == "auto" and args.max_classes == 30
+    args = build_parser().parse_args(["segment", "x", "-o", "y", "--n-classes", "7",
+                                      "--n-categories", "auto"])
+    assert args.n_classes == 7 and args.n_categories == "auto"
 
 
 @pytest.mark.parametrize("case", ["image size", "output is a file", "output under a file",
