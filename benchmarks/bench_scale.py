@@ -133,7 +133,7 @@ def main():
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    vit = vit_seconds_per_image("vit_small_patch16_224.dino", device)
+    vit = vit_seconds_per_image(device)[0]  # wall seconds per image
     print(f"device={device}  threads={torch.get_num_threads()}  "
           f"ViT-S/16 forward: {1e3 * vit:.2f} ms/image  "
           f"RssAnon before any store: {rss_anon_bytes() / 2**30:.2f} GiB")
