@@ -16,6 +16,7 @@ images:
 """
 
 import copy
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ from ._validation import HasMethods, Interval, StrOptions
 
 # Floats of patch features per chunk: ~32 MB of float32.
 _CHUNK_FLOATS = 1 << 23
+# Chunks per job at least, so that a slow or lost worker holds up a small
+# share of a pass and the others take up the rest.
+_CHUNKS_PER_JOB = 4
 # Streams of random draws, one per use, derived from one seed.
 _SEEDS = ("dataset", "categories", "category_pairs", "classes")
 
@@ -209,7 +213,8 @@ class _Chunk:
 
 # ------------------------------------------------- passes over chunks of X
 # Module-level functions with small arguments, so that any joblib backend
-# (threads, processes, Dask) can run them where the data lies.
+# (threads, processes, Dask) can run them where the data lies. Per-image
+# arguments (``keys``) arrive as the chunk's own slice.
 
 def _survey(X, start, stop, expected, seed, max_samples):
     """Pass 1: checks, keys, descriptors, patch counts, the dataset sample."""
@@ -219,10 +224,10 @@ def _survey(X, start, stop, expected, seed, max_samples):
     return chunk.keys, chunk.descriptors, np.diff(chunk.offsets), sample
 
 
-def _dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples):
+def _dataset_statistics(X, start, stop, expected, model, seed, max_samples, keys):
     """Pass 2: per dataset cluster, patch counts (all, on the border), CLS
     attention and feature sums; each category's sample."""
-    chunk = _Chunk(X, start, stop, expected, keys[start:stop])
+    chunk = _Chunk(X, start, stop, expected, keys)
     n_clusters = len(model.dataset_centroids_)
     assignment = nearest_centroid(chunk.patches, model.dataset_centroids_)
     statistics = {
@@ -252,7 +257,7 @@ def _dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples
 def _segment(X, start, stop, expected, model, keys=None):
     """The per-image path of fit and predict: levels, consensus, pixels,
     regions and their descriptors for images ``start..stop``."""
-    chunk = _Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
+    chunk = _Chunk(X, start, stop, expected, keys)
     return model._regions(chunk, model._levels(chunk)["consensus"])
 
 
@@ -266,6 +271,18 @@ def _levels_only(X, start, stop, expected, model):
          "category_index": int(levels["category_index"][j])}
         for j in range(len(chunk))
     ]
+
+
+class _Images:
+    """Images ``start..stop`` of an in-memory X, indexed as in X: a task
+    ships its own chunk's records, not all of X (a store ships its location)."""
+
+    def __init__(self, X, start, stop):
+        self.start = start
+        self.records = [X[i] for i in range(start, stop)]
+
+    def __getitem__(self, index):
+        return self.records[index - self.start]
 
 
 def _needs_fit(estimator):
@@ -594,20 +611,35 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         per_chunk = self.chunk_size
         if per_chunk is None:
             per_chunk = max(1, _CHUNK_FLOATS // X[0].patches.size)
-            per_chunk = min(per_chunk, math.ceil(n_images / effective_n_jobs(self.n_jobs)))
+            per_chunk = min(per_chunk, math.ceil(
+                n_images / (_CHUNKS_PER_JOB * effective_n_jobs(self.n_jobs))
+            ))
         return [(start, min(start + per_chunk, n_images))
                 for start in range(0, n_images, per_chunk)]
 
-    def _map(self, function, X, chunks, *args):
-        """``function(X, start, stop, *args)`` for every chunk, results in order."""
+    def _map(self, function, X, chunks, *args, keys=None):
+        """``function(X, start, stop, *args, keys=keys[start:stop])`` for every
+        chunk, results in order, on the joblib backend in effect (threads by
+        default; under Dask's, every worker thread of the cluster)."""
+        in_memory = isinstance(X, (list, tuple, FeatureSequence))
         return Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(
-            delayed(function)(X, start, stop, *args) for start, stop in chunks
+            # Arguments bound in a partial: joblib's Dask backend scatters a
+            # large array argument to one worker, and the task could not be
+            # rerun once that worker died; a task carrying its own arguments
+            # can be rerun anywhere (and is still named after the pass).
+            delayed(functools.partial(
+                function, _Images(X, start, stop) if in_memory else X, start, stop, *args,
+                **({} if keys is None else {"keys": keys[start:stop]}),
+            ))()
+            for start, stop in chunks
         )
 
     def _light(self):
-        """This estimator without its training masks: what the passes need."""
+        """This estimator without its per-training-image attributes: what the
+        passes need, small enough to ship with every task."""
         model = copy.copy(self)
         model.__dict__.pop("labels_", None)
+        model.__dict__.pop("categories_", None)
         return model
 
     def _fit_categories(self, descriptors, keys, seed):
@@ -628,8 +660,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     def _dataset_statistics(self, X, chunks, expected, keys, seed):
         statistics, samples = {}, {}
         for chunk_statistics, chunk_samples in self._map(
-            _dataset_statistics, X, chunks, expected, keys, self._light(), seed,
-            self.max_samples,
+            _dataset_statistics, X, chunks, expected, self._light(), seed,
+            self.max_samples, keys=keys,
         ):
             for name, values in chunk_statistics.items():
                 statistics[name] = statistics.get(name, 0) + values
@@ -690,7 +722,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         model = self._light()
         regions, descriptors, no_pixels = [], [], 0
         for chunk_regions, chunk_descriptors, chunk_no_pixels in self._map(
-            _segment, X, chunks, expected, model, keys
+            _segment, X, chunks, expected, model, keys=keys
         ):
             regions.extend(chunk_regions)
             descriptors.extend(chunk_descriptors)
