@@ -213,8 +213,7 @@ class _Chunk:
 
 # ------------------------------------------------- passes over chunks of X
 # Module-level functions with small arguments, so that any joblib backend
-# (threads, processes, Dask) can run them where the data lies. Per-image
-# arguments (``keys``) arrive as the chunk's own slice.
+# (threads, processes, Dask) can run them where the data lies.
 
 def _survey(X, start, stop, expected, seed, max_samples):
     """Pass 1: checks, keys, descriptors, patch counts, the dataset sample."""
@@ -224,10 +223,10 @@ def _survey(X, start, stop, expected, seed, max_samples):
     return chunk.keys, chunk.descriptors, np.diff(chunk.offsets), sample
 
 
-def _dataset_statistics(X, start, stop, expected, model, seed, max_samples, keys):
+def _dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples):
     """Pass 2: per dataset cluster, patch counts (all, on the border), CLS
     attention and feature sums; each category's sample."""
-    chunk = _Chunk(X, start, stop, expected, keys)
+    chunk = _Chunk(X, start, stop, expected, keys[start:stop])
     n_clusters = len(model.dataset_centroids_)
     assignment = nearest_centroid(chunk.patches, model.dataset_centroids_)
     statistics = {
@@ -257,7 +256,7 @@ def _dataset_statistics(X, start, stop, expected, model, seed, max_samples, keys
 def _segment(X, start, stop, expected, model, keys=None):
     """The per-image path of fit and predict: levels, consensus, pixels,
     regions and their descriptors for images ``start..stop``."""
-    chunk = _Chunk(X, start, stop, expected, keys)
+    chunk = _Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
     return model._regions(chunk, model._levels(chunk)["consensus"])
 
 
@@ -273,16 +272,29 @@ def _levels_only(X, start, stop, expected, model):
     ]
 
 
-class _Images:
-    """Images ``start..stop`` of an in-memory X, indexed as in X: a task
-    ships its own chunk's records, not all of X (a store ships its location)."""
+class _PerImage:
+    """Marks a pass argument with one item per image of X, so that
+    ``_map`` sends each task only its chunk's items."""
 
-    def __init__(self, X, start, stop):
+    def __init__(self, values):
+        self.values = values
+
+    def window(self, start, stop):
+        return _Window(self.values, start, stop)
+
+
+class _Window:
+    """Items ``start..stop`` of a per-image sequence, indexed (by position or
+    by slice) as in the whole sequence."""
+
+    def __init__(self, values, start, stop):
         self.start = start
-        self.records = [X[i] for i in range(start, stop)]
+        self.values = values[start:stop]
 
     def __getitem__(self, index):
-        return self.records[index - self.start]
+        if isinstance(index, slice):
+            return self.values[index.start - self.start:index.stop - self.start]
+        return self.values[index - self.start]
 
 
 def _needs_fit(estimator):
@@ -617,10 +629,15 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         return [(start, min(start + per_chunk, n_images))
                 for start in range(0, n_images, per_chunk)]
 
-    def _map(self, function, X, chunks, *args, keys=None):
-        """``function(X, start, stop, *args, keys=keys[start:stop])`` for every
-        chunk, results in order, on the joblib backend in effect (threads by
-        default; under Dask's, every worker thread of the cluster)."""
+    def _map(self, function, X, chunks, *args):
+        """``function(X, start, stop, *args)`` for every chunk, results in
+        order, on the joblib backend in effect (threads by default; under
+        Dask's, every worker thread of the cluster).
+
+        Each task gets only its chunk's share of per-image data: of X when
+        it is in memory (a store travels as its location), and of any
+        ``_PerImage`` argument.
+        """
         in_memory = isinstance(X, (list, tuple, FeatureSequence))
         return Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(
             # Arguments bound in a partial: joblib's Dask backend scatters a
@@ -628,8 +645,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             # rerun once that worker died; a task carrying its own arguments
             # can be rerun anywhere (and is still named after the pass).
             delayed(functools.partial(
-                function, _Images(X, start, stop) if in_memory else X, start, stop, *args,
-                **({} if keys is None else {"keys": keys[start:stop]}),
+                function, _Window(X, start, stop) if in_memory else X, start, stop,
+                *(arg.window(start, stop) if isinstance(arg, _PerImage) else arg
+                  for arg in args),
             ))()
             for start, stop in chunks
         )
@@ -660,8 +678,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     def _dataset_statistics(self, X, chunks, expected, keys, seed):
         statistics, samples = {}, {}
         for chunk_statistics, chunk_samples in self._map(
-            _dataset_statistics, X, chunks, expected, self._light(), seed,
-            self.max_samples, keys=keys,
+            _dataset_statistics, X, chunks, expected, _PerImage(keys), self._light(), seed,
+            self.max_samples,
         ):
             for name, values in chunk_statistics.items():
                 statistics[name] = statistics.get(name, 0) + values
@@ -722,7 +740,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         model = self._light()
         regions, descriptors, no_pixels = [], [], 0
         for chunk_regions, chunk_descriptors, chunk_no_pixels in self._map(
-            _segment, X, chunks, expected, model, keys=keys
+            _segment, X, chunks, expected, model, None if keys is None else _PerImage(keys)
         ):
             regions.extend(chunk_regions)
             descriptors.extend(chunk_descriptors)

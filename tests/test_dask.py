@@ -1,6 +1,7 @@
 """The segmenter's passes on a Dask cluster give the serial result."""
 
 import os
+import pickle
 import re
 import signal
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+import skseg._segmenter  # noqa: E402
 from skseg import MultilevelSegmenter  # noqa: E402
 from skseg._dask import dask_backend  # noqa: E402
 from skseg.datasets import make_patch_features  # noqa: E402
@@ -93,6 +95,33 @@ def test_predict_on_dask_gives_the_serial_result(client, images, serial):
         for name in expected:
             np.testing.assert_array_equal(got[name], expected[name])
     assert {"_segment", "_levels_only"} <= set(workers_by_pass(stream))
+
+
+def test_each_task_carries_its_own_chunk_and_nothing_to_scatter(monkeypatch, images,
+                                                                serial):
+    shipped = []
+
+    class RecordingParallel:
+        """Runs the tasks here, recording what each would send to a worker."""
+
+        def __init__(self, **kwargs):
+            pass
+
+        def __call__(self, tasks):
+            for function, args, kwargs in tasks:
+                # Separate arguments are what joblib's Dask backend scatters
+                # to one worker, to be lost with it.
+                assert args == () and kwargs == {}
+                shipped.append(len(pickle.dumps(function)))
+                yield function()
+
+    monkeypatch.setattr(skseg._segmenter, "Parallel", RecordingParallel)
+    fitted = MultilevelSegmenter(**PARAMS).fit(images[0])
+    assert_same_fit(fitted, serial[0])
+    n_chunks = len(images[0]) // PARAMS["chunk_size"]
+    assert len(shipped) == 3 * n_chunks  # three passes
+    # A chunk's share of X, not all of it (plus the small fitted state).
+    assert max(shipped) < 2 * len(pickle.dumps(images[0])) / n_chunks
 
 
 def kill_a_worker_running(client, pass_name, killed, timeout=60):
