@@ -127,8 +127,8 @@ def pass_figures(stream, n_workers):
 
 
 def run_in_process(X):
-    """The same fit and predict in this process, one thread: the baseline
-    that Dask's own cost is measured against."""
+    """The same fit and predict in this process with n_jobs=1 (torch with
+    its default threads): the baseline without Dask."""
     segmenter = MultilevelSegmenter(n_classes=4, refine=None, random_state=0, n_jobs=1)
     start = time.perf_counter()
     segmenter.fit(X)
@@ -173,7 +173,7 @@ def main():
         print(f"{args.n_images} images of {GRID[0]}x{GRID[1]}x{N_FEATURES} float16 "
               f"written in {time.perf_counter() - start:.1f} s")
         results = {0: run_in_process(X)}
-        print(f"\nin process, 1 thread: fit {results[0]['fit']:.1f} s, predict "
+        print(f"\nin process, n_jobs=1: fit {results[0]['fit']:.1f} s, predict "
               f"{results[0]['predict']:.1f} s, total {results[0]['total']:.1f} s")
         for n_workers in (1, 2):
             results[n_workers] = result = run(X, n_workers)
@@ -191,7 +191,7 @@ def main():
               f"(fit {results[1]['fit'] / results[2]['fit']:.2f}x, predict "
               f"{results[1]['predict'] / results[2]['predict']:.2f}x); "
               f"masks identical in all three runs: {same}")
-        print(f"2 workers against one thread in process: "
+        print(f"2 workers against n_jobs=1 in process: "
               f"{results[0]['total'] / results[2]['total']:.2f}x")
         print(f"load average after: {os.getloadavg()}")
     finally:
