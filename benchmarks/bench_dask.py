@@ -26,6 +26,7 @@ loaded 2-core machine.
 
 import argparse
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -104,7 +105,7 @@ def pass_figures(stream, n_workers):
     """Per pass: tasks, compute seconds, gap and idle seconds per task."""
     tasks = {}
     for task in stream:
-        name = task["key"].split("_calls-")[0].removeprefix("batch_of_").rsplit("_", 1)[0]
+        name = re.match(r"(?:mixed_)?batch_of_(.+)_\d+_calls-", task["key"]).group(1)
         compute = [s for s in task["startstops"] if s["action"] == "compute"]
         tasks.setdefault(name, []).append(
             (task["worker"], compute[0]["start"], compute[-1]["stop"],
