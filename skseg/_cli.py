@@ -1,6 +1,7 @@
 """The ``skseg`` command line: argument parsing and the three commands."""
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
@@ -89,6 +90,24 @@ def _image_size(text):
     if len(values) not in (1, 2) or min(values) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: sides must be positive")
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def _on_cluster(command):
+    """``command(args)``, on a Dask cluster when ``--scheduler`` or ``--workers``
+    asks for one."""
+
+    def run(args):
+        with contextlib.ExitStack() as stack:
+            if args.scheduler is not None or args.workers is not None:
+                from ._dask import dask_backend
+
+                try:
+                    stack.enter_context(dask_backend(args.scheduler, args.workers))
+                except ImportError as exc:
+                    raise UserError(one_line(exc)) from None
+            return command(args)
+
+    return run
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -264,7 +283,15 @@ def _add_segment_parser(commands):
                          help="where the ViT and the clustering run")
     running.add_argument("--batch-size", type=_positive_int, default=16,
                          help="images per ViT forward pass")
-    running.add_argument("--n-jobs", type=int, help="threads for the pixel stage (None: one)")
+    running.add_argument("--n-jobs", type=int,
+                         help="chunks of images segmented at once (None: one)")
+    cluster = running.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run the ViT and the segmenter on this running Dask "
+                              "scheduler (needs skseg[dask]; masks as in a local run)")
+    cluster.add_argument("--workers", type=_positive_int, metavar="N",
+                         help="run on a local Dask cluster of N worker processes "
+                              "(needs skseg[dask])")
     running.add_argument("--cache", type=Path,
                          help="folder of feature stores, one per extraction "
                               "(default: OUTDIR/.skseg-features)")
@@ -288,7 +315,7 @@ def _add_segment_parser(commands):
                               "of skipping it")
     writing.add_argument("-q", "--quiet", action="store_true",
                          help="no progress, messages or Python warnings; errors only")
-    segment.set_defaults(handler=run_segment, fitting_actions=fitting_actions)
+    segment.set_defaults(handler=_on_cluster(run_segment), fitting_actions=fitting_actions)
     return segment
 
 

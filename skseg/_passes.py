@@ -229,3 +229,28 @@ def levels_only(X, start, stop, expected, model):
          "category_index": int(levels["category_index"][j])}
         for j in range(len(chunk))
     ]
+
+
+class PerImage:
+    """Marks a pass argument with one item per image of X, so that each task
+    is sent only its chunk's items."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def window(self, start, stop):
+        return Window(self.values, start, stop)
+
+
+class Window:
+    """Items ``start..stop`` of a per-image sequence, indexed (by position or
+    by slice) as in the whole sequence: what one task needs of in-memory data."""
+
+    def __init__(self, values, start, stop):
+        self.start = start
+        self.values = values[start:stop]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.values[index.start - self.start:index.stop - self.start]
+        return self.values[index - self.start]

@@ -16,6 +16,7 @@ images:
 """
 
 import copy
+import functools
 import math
 import warnings
 from numbers import Integral, Real
@@ -45,9 +46,12 @@ from ._levels import (
     oriented_pair,
 )
 from ._n_classes import choose_n_clusters
+from ._features import FeatureSequence
 from ._passes import (
     CHUNK_FLOATS,
     Expected,
+    PerImage,
+    Window,
     as_features,
     check_type,
     dataset_statistics,
@@ -67,6 +71,9 @@ from ._regions import (
 )
 from ._validation import HasMethods, Interval, StrOptions
 
+# Chunks per job at least, so that a slow or lost worker holds up a small
+# share of a pass and the others take up the rest.
+_CHUNKS_PER_JOB = 4
 # Streams of random draws, one per use, derived from one seed.
 _SEEDS = ("dataset", "categories", "category_pairs", "classes")
 
@@ -421,20 +428,41 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         per_chunk = self.chunk_size
         if per_chunk is None:
             per_chunk = max(1, CHUNK_FLOATS // X[0].patches.size)
-            per_chunk = min(per_chunk, math.ceil(n_images / effective_n_jobs(self.n_jobs)))
+            per_chunk = min(per_chunk, math.ceil(
+                n_images / (_CHUNKS_PER_JOB * effective_n_jobs(self.n_jobs))
+            ))
         return [(start, min(start + per_chunk, n_images))
                 for start in range(0, n_images, per_chunk)]
 
     def _map(self, function, X, chunks, *args):
-        """``function(X, start, stop, *args)`` for every chunk, results in order."""
+        """``function(X, start, stop, *args)`` for every chunk, results in
+        order, on the joblib backend in effect (threads by default; under
+        Dask's, every worker thread of the cluster).
+
+        Each task gets only its chunk's share of per-image data: of X when
+        it is in memory (a store travels as its location), and of any
+        ``PerImage`` argument.
+        """
+        in_memory = isinstance(X, (list, tuple, FeatureSequence))
         return Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(
-            delayed(function)(X, start, stop, *args) for start, stop in chunks
+            # Arguments bound in a partial: joblib's Dask backend scatters a
+            # large array argument to one worker, and the task could not be
+            # rerun once that worker died; a task carrying its own arguments
+            # can be rerun anywhere (and is still named after the pass).
+            delayed(functools.partial(
+                function, Window(X, start, stop) if in_memory else X, start, stop,
+                *(arg.window(start, stop) if isinstance(arg, PerImage) else arg
+                  for arg in args),
+            ))()
+            for start, stop in chunks
         )
 
     def _light(self):
-        """This estimator without its training masks: what the passes need."""
+        """This estimator without its per-training-image attributes: what the
+        passes need, small enough to ship with every task."""
         model = copy.copy(self)
         model.__dict__.pop("labels_", None)
+        model.__dict__.pop("categories_", None)
         return model
 
     def _fit_categories(self, descriptors, keys, seed):
@@ -461,7 +489,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     def _dataset_statistics(self, X, chunks, expected, keys, seed):
         statistics, samples = {}, {}
         for chunk_statistics, chunk_samples in self._map(
-            dataset_statistics, X, chunks, expected, keys, self._light(), seed,
+            dataset_statistics, X, chunks, expected, PerImage(keys), self._light(), seed,
             self.max_samples,
         ):
             for name, values in chunk_statistics.items():
@@ -530,7 +558,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         model = self._light()
         regions, descriptors, no_pixels = [], [], 0
         for chunk_regions, chunk_descriptors, chunk_no_pixels in self._map(
-            segment, X, chunks, expected, model, keys
+            segment, X, chunks, expected, model, None if keys is None else PerImage(keys)
         ):
             regions.extend(chunk_regions)
             descriptors.extend(chunk_descriptors)

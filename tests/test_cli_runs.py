@@ -13,7 +13,7 @@ import skseg._segment_run
 from skseg._cli import main
 from skseg._run_record import RECORD_NAME
 
-from ._cli_helpers import FAST, read_mask, save_scenes
+from ._cli_helpers import FAST, photo_folder, read_mask, save_scenes  # noqa: F401
 from .conftest import TINY_MODEL, n_images_through_vit
 
 
@@ -352,3 +352,33 @@ def test_masks_of_another_skseg_version_are_not_kept(tmp_path, capsys):
     (out / RECORD_NAME).write_text(json.dumps(record))
     assert main(["segment", str(photos), "-o", str(out), *FAST]) == 2
     assert "skseg was version 0.0.1" in capsys.readouterr().err
+
+
+def test_workers_give_the_masks_of_a_local_run(photo_folder, tmp_path):
+    pytest.importorskip("distributed")
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
+    assert main(["segment", str(photo_folder), "-o", str(local), *FAST]) == 0
+    assert main(["segment", str(photo_folder), "-o", str(cluster), "--workers", "2",
+                 *FAST]) == 0
+    names = sorted(p.relative_to(local) for p in local.rglob("*.png"))
+    assert names and names == sorted(p.relative_to(cluster) for p in cluster.rglob("*.png"))
+    for name in names:
+        np.testing.assert_array_equal(np.array(Image.open(local / name)),
+                                      np.array(Image.open(cluster / name)))
+
+
+def test_a_cluster_without_dask_is_one_line(photo_folder, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_distributed(name, *args, **kwargs):
+        if name.split(".")[0] == "distributed":
+            raise ImportError("No module named 'distributed'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_distributed)
+    assert main(["segment", str(photo_folder), "-o", str(tmp_path / "o"), "--workers", "2",
+                 *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and 'pip install "skseg[dask]"' in err
