@@ -200,3 +200,30 @@ def test_dask_backend_without_dask_says_what_to_install(monkeypatch):
     message = str(error.value)
     assert 'pip install "skseg[dask]"' in message
     assert "\n" not in message
+
+
+def test_transform_into_a_store_on_dask_gives_the_serial_features(client, tmp_path):
+    from PIL import Image
+
+    from skseg import FeatureStore, ViTPatchTransformer
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(24):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    params = dict(model="vit_small_patch16_224.dino", pretrained=False, image_size=64,
+                  device="cpu", batch_size=2)
+    serial = ViTPatchTransformer(store=str(tmp_path / "serial.zarr"), **params).fit()
+    expected = serial.transform(paths)
+    with joblib.parallel_config(backend="dask"), \
+            distributed.get_task_stream(client) as stream:
+        features = ViTPatchTransformer(store=str(tmp_path / "dask.zarr"), **params) \
+            .fit().transform(paths)
+    assert len({task["worker"] for task in stream.data}) == 2
+    assert len(FeatureStore(str(tmp_path / "dask.zarr"))) == 24  # each image once
+    for got, want in zip(features, expected):
+        assert got.image == want.image
+        np.testing.assert_allclose(got.patches, want.patches, atol=1e-5)
+        np.testing.assert_allclose(got.cls, want.cls, atol=1e-5)
