@@ -117,12 +117,11 @@ class CompactRegions:
     masks on demand without holding full-size arrays.
     """
 
-    __slots__ = ("shape", "dtype", "n_regions", "data")
+    __slots__ = ("shape", "dtype", "data")
 
     def __init__(self, region_map, n_regions):
         self.shape = region_map.shape
         self.dtype = np.uint8 if n_regions < 256 else np.int32
-        self.n_regions = n_regions
         self.data = zlib.compress(region_map.astype(self.dtype).tobytes(), 1)
 
     def __getstate__(self):

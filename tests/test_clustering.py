@@ -125,3 +125,39 @@ def test_batched_two_means_starts_from_the_level_above():
     init = torch.tensor([[True, True, False, False]])
     split, _ = batched_two_means(X, init, max_iter=5)
     np.testing.assert_array_equal(split[0].numpy(), [True, True, False, False])
+
+
+def test_bounded_sample_is_exact_for_small_sizes_and_empty_when_offered_nothing():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        size = int(rng.integers(2, 6))
+        priorities = rng.permutation(40).astype(np.uint64)
+        sample = BoundedSample(size)
+        for part in np.array_split(np.arange(40), int(rng.integers(1, 9))):
+            sample.offer(priorities[part], part)
+        np.testing.assert_array_equal(sample.result(), np.argsort(priorities)[:size])
+    assert len(BoundedSample(3).result()) == 0
+
+
+def test_bounded_sample_holds_at_most_twice_its_size_plus_one_offer():
+    # Falling priorities: every row offered beats the sample, the worst case.
+    sample = BoundedSample(10)
+    priorities = np.arange(3000, 0, -1).astype(np.uint64)
+    for start in range(0, 3000, 30):
+        sample.offer(priorities[start:start + 30], np.arange(start, start + 30))
+        assert sum(len(p) for p, _ in sample._parts) < 2 * 10 + 30
+    np.testing.assert_array_equal(sample.result(), np.arange(2999, 2989, -1))
+
+
+def test_priorities_of_different_images_are_unrelated():
+    keys = np.arange(1000, dtype=np.uint64)
+    assert len(set(image_priorities(7, keys).tolist())) == 1000
+    assert len({int(patch_priorities(7, int(k), 1)[0]) for k in keys}) == 1000
+
+
+def test_nearest_centroid_covers_every_row_of_large_inputs():
+    X = np.zeros((70_000, 2), np.float32)
+    X[-5:] = 10.0
+    assigned = nearest_centroid(X, np.array([[0.0, 0.0], [10.0, 10.0]], np.float32))
+    assert assigned.dtype.kind == "i"  # indices, used to index the cluster rules
+    assert assigned[:-5].sum() == 0 and (assigned[-5:] == 1).all()

@@ -166,3 +166,81 @@ def test_consensus_rules(rule, expected):
     soft = combine_levels(dataset, category, image, rule)
     assert soft.dtype == np.float32
     np.testing.assert_allclose(soft, expected, rtol=1e-6)
+
+
+def test_agreement_of_single_patch_masks():
+    assert agreement(_mask("10"), _mask("10")) == 1.0
+
+
+def test_border_rule_can_find_several_background_clusters():
+    # Two clusters crowd the border (ratio 1.6), one keeps off it (0.4).
+    np.testing.assert_array_equal(
+        border_foreground(np.array([25, 25, 50]), np.array([40, 40, 20])), [False, False, True]
+    )
+    border = border_patches((4, 4))
+    assert border.dtype == bool and border.sum() == 12
+
+
+def test_attention_rule_is_strictly_above_the_mean_and_weighs_by_counts():
+    # Means 0.1, 0.2, 0.3; overall 0.2: only the third is above it.
+    np.testing.assert_array_equal(
+        attention_foreground(np.array([10, 10, 10]), np.array([1.0, 2.0, 3.0])),
+        [False, False, True],
+    )
+    # Means 0.1, 0.4, 0.4; overall 0.3: two foreground clusters.
+    np.testing.assert_array_equal(
+        attention_foreground(np.array([10, 10, 10]), np.array([1.0, 4.0, 4.0])),
+        [False, True, True],
+    )
+    # A single-patch cluster: its mean is its one value (0.3 > overall 0.2).
+    np.testing.assert_array_equal(
+        attention_foreground(np.array([1, 4]), np.array([0.3, 0.7])), [True, False]
+    )
+
+
+def test_at_least_one_each_decides_by_score():
+    from skseg._levels import _at_least_one_each
+
+    np.testing.assert_array_equal(
+        _at_least_one_each(_mask("111"), np.array([3.0, 1.0, 2.0])), [True, False, True]
+    )
+    np.testing.assert_array_equal(
+        _at_least_one_each(_mask("000"), np.array([1.0, 3.0, 2.0])), [False, True, False]
+    )
+    kept = _mask("010")
+    np.testing.assert_array_equal(_at_least_one_each(kept, np.array([9.0, 0, 9])), kept)
+
+
+def test_category_pair_keeps_its_order_on_a_tie():
+    patches = np.array([[0.0], [1.0]], np.float32)
+    pair = np.array([[0.0], [1.0]], np.float32)
+    np.testing.assert_array_equal(oriented_pair(pair, patches, _mask("00")), pair)
+
+
+def test_category_rule_sends_equidistant_patches_to_the_background():
+    pairs = np.array([[[0.0], [2.0]]], np.float32)
+    np.testing.assert_array_equal(
+        category_foreground(np.array([[1.0], [1.5]], np.float32), pairs, np.array([0, 0])),
+        [False, True],
+    )
+
+
+def test_image_level_flips_when_its_foreground_cluster_ends_on_the_other_side():
+    # Three groups: G1 (10 patches at 0), G2 (10 at 1), G3 (2 at 10). The
+    # category says G2 and G3. Started from that, 2-means ends with cluster 1
+    # on the outliers G3 and cluster 0 on G1 and G2; G1 and G2 agree better
+    # with the category (IoU 10/22 against 2/12), so they are foreground.
+    values = np.concatenate([np.zeros(10), np.ones(10), np.full(2, 10.0)])
+    X = torch.from_numpy(np.stack([values, np.zeros(22)], 1).astype(np.float32))[None]
+    category = torch.from_numpy(values > 0.5)[None]
+    foreground = image_foreground(X, category, torch.zeros(1, 2), max_iter=10)
+    np.testing.assert_array_equal(foreground[0], values < 5)
+
+
+def test_image_level_tie_rule_per_image_of_a_batch():
+    X = torch.cat([_two_blobs(seed=0), _two_blobs(seed=1)])
+    empty = torch.zeros(2, 20, dtype=torch.bool)
+    centroids = torch.tensor([[0.0, 0, 0, 0], [1.0, 0, 0, 0]])  # second blob, first blob
+    foreground = image_foreground(X, empty, centroids, max_iter=10)
+    np.testing.assert_array_equal(foreground[0], np.arange(20) >= 10)
+    np.testing.assert_array_equal(foreground[1], np.arange(20) < 10)

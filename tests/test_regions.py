@@ -104,3 +104,27 @@ def test_crop_tokens_are_split_back_per_image():
     assert [d.shape for d in described] == [(2, 3), (0, 3), (1, 3)]
     np.testing.assert_array_equal(described[2], [[3, 3, 3]])
     assert [d.shape[0] for d in encode_crops(Encoder(), [[], []])] == [0, 0]
+
+
+def test_a_single_small_region_is_dropped():
+    mask = np.zeros((6, 6), bool)
+    mask[0:2, 0:2] = True
+    regions, n = object_regions(mask, min_size=5)
+    assert n == 0 and not regions.any()
+
+
+def test_pooled_descriptors_of_a_region_away_from_the_last_patch():
+    patches = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
+    regions = np.zeros((4, 4), np.int32)
+    regions[0:2, 0:2] = 1  # the first patch only
+    np.testing.assert_allclose(pooled_descriptors(regions, 1, patches), [[0, 1]])
+
+
+def test_compact_regions_hold_256_regions_and_more():
+    region_map = (np.arange(16 * 17).reshape(16, 17) % 257).astype(np.int32)
+    np.testing.assert_array_equal(CompactRegions(region_map, 256).region_map(), region_map)
+
+
+def test_sub_sequences_of_label_masks_keep_their_label_type():
+    masks = LabelMasks([CompactRegions(np.array([[0, 1]]), 1)], [np.array([2])], np.uint8)
+    assert masks[0:1][0].dtype == np.uint8 and masks[[0]][0].dtype == np.uint8
