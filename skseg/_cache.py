@@ -10,12 +10,13 @@ Files are written under a temporary name and renamed, so concurrent writers
 import hashlib
 import json
 import os
-import uuid
 import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from ._io import write_atomically
 
 # Bumped from joblib's pickle cache (v1): older entries are never read.
 _CACHE_FORMAT = "skseg-features-v2"
@@ -100,20 +101,6 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         config_file = self.folder / "config.json"
         if not config_file.exists():
-            _atomic_write(config_file, lambda fh: fh.write(self._config_text.encode()))
+            write_atomically(config_file, lambda fh: fh.write(self._config_text.encode()))
         arrays = {name: record[name] for name in _FIELDS if record[name] is not None}
-        _atomic_write(self._path(image_key), lambda fh: np.savez(fh, **arrays))
-
-
-def _atomic_write(path, write):
-    temporary = path.parent / f".tmp-{uuid.uuid4().hex}{path.suffix}"
-    # os.open with mode 0o666 lets the umask decide the permissions (mkstemp
-    # would make every entry private to its writer).
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as fh:
-            write(fh)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        write_atomically(self._path(image_key), lambda fh: np.savez(fh, **arrays))

@@ -44,3 +44,14 @@ def vit_forwards(monkeypatch):
 
 def n_images_through_vit(shapes):
     return sum(shape[0] for shape in shapes)
+
+
+def square_scene(rng, size=48):
+    """A flat-coloured square on a flat background, with its true mask."""
+    image = np.full((size, size, 3), 0.2, np.float32)
+    truth = np.zeros((size, size), bool)
+    y, x = rng.integers(8, 20, size=2)
+    truth[y:y + 20, x:x + 20] = True
+    image[truth] = (0.9, 0.5, 0.1)
+    noisy = image + 0.02 * rng.standard_normal(image.shape)
+    return np.clip(noisy, 0, 1).astype(np.float32), truth

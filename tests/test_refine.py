@@ -11,6 +11,8 @@ from skseg._refine import (_open_reduced, _resize_matrix, foreground_masks, pamr
                            working_pixels)
 from skseg._regions import object_regions
 
+from .conftest import square_scene
+
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
@@ -69,19 +71,9 @@ def test_pamr_accepts_channels_last_tensors():
     torch.testing.assert_close(pamr(permuted, mask), pamr(permuted.contiguous(), mask))
 
 
-def _scene(rng, size=48):
-    """A flat-coloured square on a flat background, with its true mask."""
-    image = np.full((size, size, 3), 0.2, np.float32)
-    truth = np.zeros((size, size), bool)
-    y, x = rng.integers(8, 20, size=2)
-    truth[y:y + 20, x:x + 20] = True
-    image[truth] = (0.9, 0.5, 0.1)
-    return np.clip(image + 0.02 * rng.standard_normal(image.shape), 0, 1).astype(np.float32), truth
-
-
 def test_pamr_moves_mask_edges_onto_image_edges():
     rng = np.random.default_rng(0)
-    image, truth = _scene(rng)
+    image, truth = square_scene(rng)
     coarse = torch.nn.functional.interpolate(
         torch.from_numpy(truth[None, None].astype(np.float32)), size=(6, 6), mode="area")
     soft = torch.nn.functional.interpolate(coarse, size=(48, 48), mode="bilinear")

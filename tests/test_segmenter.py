@@ -13,6 +13,8 @@ from skseg import ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg.datasets import make_patch_features
 from skseg.metrics import mean_iou
 
+from .conftest import square_scene
+
 
 @pytest.fixture(scope="module")
 def planted():
@@ -149,21 +151,11 @@ def test_masks_come_back_at_image_resolution(planted):
     assert mean_iou(masks, small) > 0.85
 
 
-def _scene(rng, size=48):
-    """A flat-coloured square on a flat background, with its true mask."""
-    image = np.full((size, size, 3), 0.2, np.float32)
-    truth = np.zeros((size, size), bool)
-    y, x = rng.integers(8, 20, size=2)
-    truth[y:y + 20, x:x + 20] = True
-    image[truth] = (0.9, 0.5, 0.1)
-    return np.clip(image + 0.02 * rng.standard_normal(image.shape), 0, 1).astype(np.float32), truth
-
-
 def test_refinement_uses_pixels_and_warns_without_them(planted):
     rng = np.random.default_rng(0)
     features, truths = [], []
     for _ in range(12):
-        image, truth = _scene(rng)
+        image, truth = square_scene(rng)
         # Blocky patch features that only roughly follow the square.
         grid = truth.reshape(6, 8, 6, 8).mean((1, 3)) > 0.5
         patches = np.where(grid[..., None], 1.0, -1.0) * np.ones((6, 6, 8))
@@ -182,7 +174,7 @@ def test_crop_region_descriptors_re_encode_with_a_vit():
     rng = np.random.default_rng(0)
     features = []
     for _ in range(6):
-        image, truth = _scene(rng, size=64)
+        image, truth = square_scene(rng, size=64)
         grid = truth.reshape(8, 8, 8, 8).mean((1, 3)) > 0.5
         patches = np.where(grid[..., None], 1.0, -1.0) * np.ones((8, 8, 4))
         features.append(ImageFeatures(patches=patches + 0.05 * rng.standard_normal(patches.shape),
@@ -302,7 +294,7 @@ def test_order_does_not_matter_with_refinement_either():
     rng = np.random.default_rng(0)
     features = []
     for _ in range(10):
-        image, truth = _scene(rng)
+        image, truth = square_scene(rng)
         grid = truth.reshape(6, 8, 6, 8).mean((1, 3)) > 0.5
         patches = np.where(grid[..., None], 1.0, -1.0) * np.ones((6, 6, 8))
         features.append(ImageFeatures(patches=patches + 0.3 * rng.standard_normal(patches.shape),
@@ -347,7 +339,7 @@ def test_a_fitted_region_encoder_is_used_as_is(monkeypatch):
     rng = np.random.default_rng(1)
     features = []
     for _ in range(4):
-        image, truth = _scene(rng, size=64)
+        image, truth = square_scene(rng, size=64)
         grid = truth.reshape(8, 8, 8, 8).mean((1, 3)) > 0.5
         patches = np.where(grid[..., None], 1.0, -1.0) * np.ones((8, 8, 4))
         features.append(ImageFeatures(patches=patches, image=image, image_shape=(64, 64)))
