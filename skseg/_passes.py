@@ -7,6 +7,7 @@ backend (threads, processes, Dask) can run them where the data lies, and
 each returns only small per-image results.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,9 +146,14 @@ class Chunk:
             descriptors = np.asarray(per_image @ patches) / sizes[:, None]
         self.descriptors = unit_rows(descriptors) if expected.metric == "cosine" \
             else descriptors
-        self.keys = keys if keys is not None else np.array(
-            [content_key(f.patches, f.cls) for f in self.records], dtype=np.uint64
-        )
+        if keys is not None:  # computed by an earlier pass
+            self.keys = keys
+
+    @functools.cached_property
+    def keys(self):
+        """One content key per image; only the passes of fit need them."""
+        return np.array([content_key(f.patches, f.cls) for f in self.records],
+                        dtype=np.uint64)
 
     def __len__(self):
         return len(self.records)
