@@ -1,61 +1,196 @@
-"""Object regions of a binary mask, their descriptors, and the label masks
-made from the class of each region."""
+"""Object regions of binary masks, their descriptors, and the label masks
+made from the class of each region.
+
+Regions are found and kept as runs: maximal stretches of foreground pixels
+along an image row. A mask of a few blobs has one or two runs per row, so
+after one pass over the pixels to find the runs, labelling the connected
+regions, measuring them, pooling patch features over them and storing them
+all cost work in the number of runs, not of pixels.
+"""
 
 import zlib
 from collections.abc import Sequence
 from numbers import Integral
 
 import numpy as np
-from scipy import ndimage
+from scipy import sparse
+from scipy.sparse import csgraph
 
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
-
-def object_regions(mask, min_size):
-    """Connected foreground regions of at least ``min_size`` pixels.
+def mask_runs(masks):
+    """The runs of True along the rows of a stack of masks.
 
     Parameters
     ----------
-    mask : ndarray of shape (H, W), bool
+    masks : ndarray of shape (n_rows, W), bool
+
+    Returns
+    -------
+    rows, starts, stops : ndarray of int
+        Each run's row and its columns ``starts:stops``, in raster order.
+    """
+    n_rows, width = masks.shape
+    # A background column on each side: every row then changes value an even
+    # number of times, a run starting at each odd change and ending at the next.
+    framed = np.zeros((n_rows, width + 2), bool)
+    framed[:, 1:-1] = masks
+    changes = np.flatnonzero(framed[:, 1:] != framed[:, :-1])
+    rows, columns = np.divmod(changes, width + 1)
+    return rows[::2], columns[::2], columns[1::2]
+
+
+def _run_components(rows, starts, stops, width, joins_next_row):
+    """The 8-connected component of every run, numbered in raster order.
+
+    Runs in consecutive rows touch when their column spans, each widened by
+    one pixel for the diagonals, overlap; ``joins_next_row`` is False for
+    runs on the last row of an image, so that stacked images stay apart.
+    """
+    n_runs = len(rows)
+    # Runs in raster order, as positions on a line with room for every
+    # column of a row: the runs touching run i are then one contiguous range.
+    stride = width + 2
+    below = (rows + 1) * stride
+    first = np.searchsorted(rows * stride + stops, below + starts, "left")
+    last = np.searchsorted(rows * stride + starts, below + stops, "right")
+    counts = np.where(joins_next_row, last - first, 0)
+    touching = np.repeat(np.arange(n_runs), counts)
+    touched = np.arange(len(touching)) + np.repeat(first - np.cumsum(counts) + counts, counts)
+    graph = sparse.csr_matrix(
+        (np.ones(len(touching), bool), (touching, touched)), shape=(n_runs, n_runs)
+    )
+    _, labels = csgraph.connected_components(graph, directed=False)
+    _, first_run, labels = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(first_run)
+    raster_rank = np.empty_like(order)
+    raster_rank[order] = np.arange(len(order))
+    return raster_rank[labels], first_run[order]
+
+
+def object_regions(masks, min_size):
+    """The connected foreground regions (8 neighbours) of each mask that
+    have at least ``min_size`` pixels.
+
+    Parameters
+    ----------
+    masks : ndarray of shape (n_masks, H, W), bool
     min_size : int
 
     Returns
     -------
-    regions : ndarray of shape (H, W), int32
-        0 for background, 1..n_regions for the kept regions.
+    regions : list of Regions
+        One per mask; its regions are numbered ``1..n_regions`` in raster
+        order of their first pixel.
+    """
+    n_masks, height, width = masks.shape
+    rows, starts, stops = mask_runs(masks.reshape(n_masks * height, width))
+    component, first_run = _run_components(rows, starts, stops, width,
+                                           rows % height != height - 1)
+    sizes = np.bincount(component, weights=stops - starts, minlength=len(first_run))
+    keep = sizes >= min_size
+    # Kept components renumbered from 1 within their mask (components are in
+    # raster order of the stack, hence grouped by mask).
+    mask_of = rows[first_run] // height
+    kept_before = np.concatenate([[0], np.cumsum(np.bincount(mask_of[keep], minlength=n_masks))])
+    region = np.where(keep, np.cumsum(keep) - kept_before[mask_of], 0)[component]
+    bounds = np.searchsorted(rows, np.arange(n_masks + 1) * height)
+    regions = []
+    for index, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        kept = start + np.flatnonzero(region[start:stop])
+        regions.append(Regions(
+            (height, width), rows[kept] - index * height, starts[kept], stops[kept],
+            region[kept], int(kept_before[index + 1] - kept_before[index]),
+        ))
+    return regions
+
+
+class Regions:
+    """The object regions of one image, kept compressed as runs of pixels.
+
+    A few hundred bytes for a photo, whatever its size; :meth:`paint` makes
+    the full-size map.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` of the image.
+    rows, starts, stops : ndarray of int
+        Each run's row and columns ``starts:stops``, in raster order.
+    ids : ndarray of int
+        Each run's region, ``1..n_regions``.
     n_regions : int
     """
-    regions = np.empty(mask.shape, dtype=np.int32)
-    n_found = ndimage.label(mask, structure=_EIGHT_CONNECTED, output=regions)
-    if n_found == 0:
-        return regions, 0
-    sizes = np.bincount(regions.ravel(), minlength=n_found + 1)
-    keep = sizes >= min_size
-    keep[0] = False
-    n_kept = int(keep.sum())
-    if n_kept == n_found:
-        # Labels are already 1..n_found: no full-size relabelling pass.
-        return regions, n_kept
-    new_ids = np.zeros(n_found + 1, dtype=np.int32)
-    new_ids[keep] = np.arange(1, n_kept + 1, dtype=np.int32)
-    return new_ids[regions], n_kept
+
+    __slots__ = ("shape", "n_regions", "_data", "_dtype")
+
+    def __init__(self, shape, rows, starts, stops, ids, n_regions):
+        self.shape = tuple(shape)
+        self.n_regions = n_regions
+        # Row steps and columns are small numbers that repeat from row to row,
+        # which zlib shrinks several times over.
+        self._dtype = np.uint16 if max(*shape, n_regions) < 1 << 16 else np.uint32
+        columns = np.stack([np.diff(rows, prepend=0), starts, stops, ids])
+        self._data = zlib.compress(columns.astype(self._dtype).tobytes())
+
+    def runs(self):
+        """Each run's ``rows, starts, stops, ids``, as given."""
+        columns = np.frombuffer(zlib.decompress(self._data), self._dtype)
+        row_steps, starts, stops, ids = columns.reshape(4, -1).astype(np.int64)
+        return np.cumsum(row_steps), starts, stops, ids
+
+    def sizes(self):
+        """Pixels of each region."""
+        _, starts, stops, ids = self.runs()
+        return np.bincount(ids - 1, weights=stops - starts,
+                           minlength=self.n_regions).astype(np.int64)
+
+    def paint(self, values, dtype):
+        """The ``(H, W)`` map with ``values[k - 1]`` on region ``k``, 0 elsewhere."""
+        rows, starts, stops, ids = self.runs()
+        height, width = self.shape
+        # The image as alternating stretches of background and runs.
+        bounds = np.empty(2 * len(rows) + 2, np.int64)
+        bounds[0], bounds[-1] = 0, height * width
+        bounds[1:-1:2] = rows * width + starts
+        bounds[2:-1:2] = rows * width + stops
+        stretch_values = np.zeros(2 * len(rows) + 1, dtype)
+        stretch_values[1::2] = np.asarray(values)[ids - 1]
+        return np.repeat(stretch_values, np.diff(bounds)).reshape(self.shape)
+
+    def region_map(self):
+        """The ``(H, W)`` int32 map: 0 for background, ``k`` on region ``k``."""
+        return self.paint(np.arange(1, self.n_regions + 1), np.int32)
+
+    def boxes(self):
+        """Each region's bounding box, as ``(rows, columns)`` slices."""
+        rows, starts, stops, ids = self.runs()
+        height, width = self.shape
+        top, bottom = np.full(self.n_regions, height), np.zeros(self.n_regions, np.int64)
+        left, right = np.full(self.n_regions, width), np.zeros(self.n_regions, np.int64)
+        np.minimum.at(top, ids - 1, rows)
+        np.maximum.at(bottom, ids - 1, rows + 1)
+        np.minimum.at(left, ids - 1, starts)
+        np.maximum.at(right, ids - 1, stops)
+        return [(slice(t, b), slice(l, r)) for t, b, l, r in zip(top, bottom, left, right)]
+
+
+def _patch_of(n_pixels, n_patches):
+    """The patch under each pixel along one axis of a grid covering it."""
+    return np.arange(n_pixels) * n_patches // n_pixels
 
 
 def pixel_to_patch(image_shape, grid_shape):
     """Index of the patch under every pixel, for a grid covering the image."""
     (height, width), (h, w) = image_shape, grid_shape
-    rows = np.arange(height) * h // height
-    cols = np.arange(width) * w // width
-    return rows[:, None] * w + cols[None, :]
+    return _patch_of(height, h)[:, None] * w + _patch_of(width, w)[None, :]
 
 
-def pooled_descriptors(regions, n_regions, patches):
+def pooled_descriptors(regions, patches):
     """Mean patch feature of each region, weighted by pixel coverage.
 
     Parameters
     ----------
-    regions : ndarray of shape (H, W), int
-    n_regions : int
+    regions : Regions
     patches : ndarray of shape (h, w, d)
 
     Returns
@@ -63,12 +198,16 @@ def pooled_descriptors(regions, n_regions, patches):
     descriptors : ndarray of shape (n_regions, d)
     """
     h, w, d = patches.shape
-    patch_of_pixel = pixel_to_patch(regions.shape, (h, w))
-    # One bincount: pixels per (region, patch) pair.
-    coverage = np.bincount(
-        (regions.astype(np.int64) * (h * w) + patch_of_pixel).ravel(),
-        minlength=(n_regions + 1) * h * w,
-    ).reshape(n_regions + 1, h * w)[1:].astype(np.float32)
+    (height, width), n_regions = regions.shape, regions.n_regions
+    rows, starts, stops, ids = regions.runs()
+    # A run lies in one patch row and covers part of each patch column.
+    column_bounds = np.searchsorted(_patch_of(width, w), np.arange(w + 1))
+    covered = np.clip(np.minimum(stops[:, None], column_bounds[1:])
+                      - np.maximum(starts[:, None], column_bounds[:-1]), 0, None)
+    patch = ((ids - 1) * h + _patch_of(height, h)[rows])[:, None] * w + np.arange(w)
+    coverage = np.bincount(patch.ravel(), weights=covered.ravel(),
+                           minlength=n_regions * h * w).reshape(n_regions, h * w)
+    coverage = coverage.astype(np.float32)
     coverage /= coverage.sum(1, keepdims=True)
     return coverage @ patches.reshape(h * w, d).astype(np.float32)
 
@@ -80,11 +219,11 @@ def _grown(span, limit, min_side):
     return slice(start, start + side)
 
 
-def region_crops(rgb, regions, n_regions, min_side):
+def region_crops(rgb, regions, min_side):
     """Bounding-box crops of each region, grown to at least ``min_side``."""
     return [
         rgb[_grown(rows, regions.shape[0], min_side), _grown(cols, regions.shape[1], min_side)]
-        for rows, cols in ndimage.find_objects(regions, max_label=n_regions)
+        for rows, cols in regions.boxes()
     ]
 
 
@@ -109,36 +248,10 @@ def encode_crops(encoder, crops_per_image):
     return [tokens[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
-class CompactRegions:
-    """A region map kept compressed: a few kilobytes instead of a full-size array.
-
-    Region maps are large flat areas, so zlib shrinks them by one to two
-    orders of magnitude; the segmenter keeps one per image to produce label
-    masks on demand without holding full-size arrays.
-    """
-
-    __slots__ = ("shape", "dtype", "data")
-
-    def __init__(self, region_map, n_regions):
-        self.shape = region_map.shape
-        self.dtype = np.uint8 if n_regions < 256 else np.int32
-        self.data = zlib.compress(region_map.astype(self.dtype).tobytes(), 1)
-
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    def __setstate__(self, state):
-        for name, value in state.items():
-            setattr(self, name, value)
-
-    def region_map(self):
-        return np.frombuffer(zlib.decompress(self.data), dtype=self.dtype).reshape(self.shape)
-
-
 class LabelMasks(Sequence):
     """The label masks of a set of images, each produced when indexed.
 
-    Holds one compressed region map per image and the class of each region,
+    Holds the compressed regions of each image and the class of each region,
     so memory stays small whatever the number of images; ``masks[i]`` is the
     full-size ``(H, W)`` label array of image ``i`` (0 for background,
     ``1..n_classes`` for the classes). Integer, slice and array indexing as
@@ -155,9 +268,7 @@ class LabelMasks(Sequence):
 
     def __getitem__(self, key):
         if isinstance(key, Integral):
-            lookup = np.zeros(len(self._classes[key]) + 1, dtype=self._dtype)
-            lookup[1:] = self._classes[key]
-            return lookup[self._regions[key].region_map()]
+            return self._regions[key].paint(self._classes[key], self._dtype)
         indices = range(len(self))[key] if isinstance(key, slice) else np.asarray(key)
         if isinstance(indices, np.ndarray) and indices.dtype == bool:
             indices = np.flatnonzero(indices)

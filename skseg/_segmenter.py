@@ -62,7 +62,6 @@ from ._passes import (
 from ._images import load_rgb
 from ._refine import foreground_masks
 from ._regions import (
-    CompactRegions,
     LabelMasks,
     encode_crops,
     object_regions,
@@ -597,19 +596,16 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                     n_iter=self.refine_iter, dilations=self.refine_dilations,
                     max_side=self.refine_max_side, device=device,
                 )
-                min_size = self._min_region_pixels(*image_shape)
-                for j, mask in zip(batch, masks):
-                    region_map, n_regions = object_regions(mask, min_size)
-                    regions[j] = CompactRegions(region_map, n_regions)
+                batch_regions = object_regions(masks, self._min_region_pixels(*image_shape))
+                for j, image_regions in zip(batch, batch_regions):
+                    regions[j] = image_regions
                     if self.region == "crop":
                         described[j] = region_crops(
-                            load_rgb(chunk.records[j].image, image_shape), region_map,
-                            n_regions, self.region_encoder_.patch_size_,
+                            load_rgb(chunk.records[j].image, image_shape), image_regions,
+                            self.region_encoder_.patch_size_,
                         )
                     else:
-                        described[j] = pooled_descriptors(
-                            region_map, n_regions, chunk.records[j].patches
-                        )
+                        described[j] = pooled_descriptors(image_regions, chunk.records[j].patches)
         if self.region == "crop":
             described = encode_crops(self.region_encoder_, described)
         if self.metric == "cosine":

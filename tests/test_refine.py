@@ -280,11 +280,11 @@ def test_object_regions_drop_small_ones_and_number_the_rest():
     mask[2:12, 2:12] = True      # 100 pixels
     mask[20, 30] = True          # 1 pixel
     mask[15:20, 20:25] = True    # 25 pixels
-    regions, n_regions = object_regions(mask, min_size=20)
-    assert n_regions == 2 and regions.dtype == np.int32
-    assert sorted(np.bincount(regions.ravel())[1:]) == [25, 100]
-    assert regions[20, 30] == 0
-    regions, n_regions = object_regions(mask, min_size=1)
-    assert n_regions == 3 and set(np.unique(regions)) == {0, 1, 2, 3}
-    empty, n_empty = object_regions(np.zeros((5, 5), bool), min_size=1)
-    assert n_empty == 0 and empty.dtype == np.int32 and not empty.any()
+    regions, = object_regions(mask[None], min_size=20)
+    assert regions.n_regions == 2
+    assert sorted(np.bincount(regions.region_map().ravel())[1:]) == [25, 100]
+    assert regions.region_map()[20, 30] == 0
+    regions, = object_regions(mask[None], min_size=1)
+    assert regions.n_regions == 3 and set(np.unique(regions.region_map())) == {0, 1, 2, 3}
+    empty, = object_regions(np.zeros((1, 5, 5), bool), min_size=1)
+    assert empty.n_regions == 0 and not empty.region_map().any()

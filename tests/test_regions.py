@@ -5,10 +5,13 @@ import pickle
 import numpy as np
 import pytest
 
+from scipy import ndimage
+
 from skseg._regions import (
-    CompactRegions,
     LabelMasks,
+    Regions,
     encode_crops,
+    mask_runs,
     object_regions,
     pixel_to_patch,
     pooled_descriptors,
@@ -16,18 +19,34 @@ from skseg._regions import (
 )
 
 
+def _regions_of(region_map):
+    """The Regions of a given region map (labels 1..n)."""
+    region_map = np.asarray(region_map)
+    n_regions = int(region_map.max(initial=0))
+    runs = [(*mask_runs(region_map == label), label) for label in range(1, n_regions + 1)]
+    rows, starts, stops, ids = (
+        np.concatenate([np.broadcast_to(run[part], run[0].shape) for run in runs] or [[]])
+        .astype(int) for part in range(4)
+    )
+    order = np.lexsort((starts, rows))
+    return Regions(region_map.shape, rows[order], starts[order], stops[order], ids[order],
+                   n_regions)
+
+
 def test_regions_are_eight_connected_and_small_ones_dropped():
     mask = np.zeros((8, 8), bool)
     mask[0:3, 0:3] = True  # 9 pixels
     mask[3, 3] = True  # touches the first diagonally: same region
     mask[6:8, 6:8] = True  # 4 pixels: dropped at min_size 5
-    regions, n = object_regions(mask, min_size=5)
-    assert n == 1 and regions.dtype == np.int32
-    assert regions[3, 3] == regions[0, 0] == 1
-    assert (regions[6:, 6:] == 0).all()
-    regions, n = object_regions(mask, min_size=4)
-    assert n == 2 and regions[7, 7] == 2
-    assert object_regions(np.zeros((4, 4), bool), 1)[1] == 0
+    regions, = object_regions(mask[None], min_size=5)
+    region_map = regions.region_map()
+    assert regions.n_regions == 1 and region_map.dtype == np.int32
+    assert region_map[3, 3] == region_map[0, 0] == 1
+    assert (region_map[6:, 6:] == 0).all()
+    regions, = object_regions(mask[None], min_size=4)
+    assert regions.n_regions == 2 and regions.region_map()[7, 7] == 2
+    np.testing.assert_array_equal(regions.sizes(), [10, 4])
+    assert object_regions(np.zeros((1, 4, 4), bool), 1)[0].n_regions == 0
 
 
 def test_pixel_to_patch_covers_the_image_with_the_grid():
@@ -41,11 +60,12 @@ def test_pooled_descriptors_weight_patches_by_pixel_coverage():
     patches[0, 1] = [0, 1]
     regions = np.zeros((2, 4), np.int32)
     regions[:, 0:3] = 1  # all of patch 0 (4 px) and half of patch 1 (2 px)
-    described = pooled_descriptors(regions, 1, patches)
+    described = pooled_descriptors(_regions_of(regions), patches)
     np.testing.assert_allclose(described, [[4 / 6, 2 / 6]])
     two = regions.copy()
     two[:, 3] = 2
-    np.testing.assert_allclose(pooled_descriptors(two, 2, patches), [[4 / 6, 2 / 6], [0, 1]])
+    np.testing.assert_allclose(pooled_descriptors(_regions_of(two), patches),
+                               [[4 / 6, 2 / 6], [0, 1]])
 
 
 def test_region_crops_are_bounding_boxes_grown_to_a_minimum_side():
@@ -53,31 +73,34 @@ def test_region_crops_are_bounding_boxes_grown_to_a_minimum_side():
     regions = np.zeros((20, 30), np.int32)
     regions[2:4, 5:25] = 1  # a wide, flat region
     regions[18:20, 28:30] = 2  # in the corner
-    wide, corner = region_crops(rgb, regions, 2, min_side=8)
+    wide, corner = region_crops(rgb, _regions_of(regions), min_side=8)
     assert wide.shape == (8, 20, 3)
     np.testing.assert_array_equal(wide[:, 0], rgb[0:8, 5])  # grown, clipped at the top
     assert corner.shape == (8, 8, 3)
     np.testing.assert_array_equal(corner, rgb[12:20, 22:30])  # kept inside the image
 
 
-def test_compact_regions_round_trip_and_are_small():
+def test_regions_round_trip_and_are_small():
     region_map = np.zeros((200, 300), np.int32)
     region_map[50:150, 100:200] = 1
     region_map[0:10, 0:10] = 2
-    compact = CompactRegions(region_map, 2)
-    np.testing.assert_array_equal(compact.region_map(), region_map)
-    assert len(compact.data) < region_map.size // 50
-    restored = pickle.loads(pickle.dumps(compact))
+    regions = _regions_of(region_map)
+    np.testing.assert_array_equal(regions.region_map(), region_map)
+    assert len(regions._data) < region_map.size // 500
+    restored = pickle.loads(pickle.dumps(regions))
     np.testing.assert_array_equal(restored.region_map(), region_map)
-    many = np.arange(300 * 2).reshape(20, 30) % 300
-    assert CompactRegions(many, 299).region_map().max() == 299  # beyond uint8
+    many = np.arange(1, 300 * 2 + 1).reshape(20, 30) % 300 + 1
+    assert _regions_of(many).region_map().max() == 300  # beyond uint8
+    wide = np.zeros((2, 70000), np.int32)
+    wide[1, 66000:69999] = 1  # columns beyond 16 bits
+    np.testing.assert_array_equal(_regions_of(wide).region_map(), wide)
 
 
 def test_label_masks_map_regions_to_their_classes():
     first = np.array([[0, 1], [2, 2]])
     second = np.array([[1, 0], [0, 0]])
     masks = LabelMasks(
-        [CompactRegions(first, 2), CompactRegions(second, 1)],
+        [_regions_of(first), _regions_of(second)],
         [np.array([3, 1]), np.array([2])], np.uint8,
     )
     assert len(masks) == 2
@@ -109,22 +132,69 @@ def test_crop_tokens_are_split_back_per_image():
 def test_a_single_small_region_is_dropped():
     mask = np.zeros((6, 6), bool)
     mask[0:2, 0:2] = True
-    regions, n = object_regions(mask, min_size=5)
-    assert n == 0 and not regions.any()
+    regions, = object_regions(mask[None], min_size=5)
+    assert regions.n_regions == 0 and not regions.region_map().any()
 
 
 def test_pooled_descriptors_of_a_region_away_from_the_last_patch():
     patches = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
     regions = np.zeros((4, 4), np.int32)
     regions[0:2, 0:2] = 1  # the first patch only
-    np.testing.assert_allclose(pooled_descriptors(regions, 1, patches), [[0, 1]])
-
-
-def test_compact_regions_hold_256_regions_and_more():
-    region_map = (np.arange(16 * 17).reshape(16, 17) % 257).astype(np.int32)
-    np.testing.assert_array_equal(CompactRegions(region_map, 256).region_map(), region_map)
+    np.testing.assert_allclose(pooled_descriptors(_regions_of(regions), patches), [[0, 1]])
 
 
 def test_sub_sequences_of_label_masks_keep_their_label_type():
-    masks = LabelMasks([CompactRegions(np.array([[0, 1]]), 1)], [np.array([2])], np.uint8)
+    masks = LabelMasks([_regions_of([[0, 1]])], [np.array([2])], np.uint8)
     assert masks[0:1][0].dtype == np.uint8 and masks[[0]][0].dtype == np.uint8
+
+
+def test_runs_are_the_row_stretches_of_foreground():
+    mask = np.array([[1, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
+    rows, starts, stops = mask_runs(mask)
+    np.testing.assert_array_equal(rows, [0, 0, 2])
+    np.testing.assert_array_equal(starts, [0, 3, 0])
+    np.testing.assert_array_equal(stops, [2, 4, 4])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_regions_equal_scipy_labelling_on_random_masks(seed):
+    # The reference: 8-connected labels in raster order, small ones dropped,
+    # the rest renumbered in order; stacked masks never join.
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        masks = rng.random((3, rng.integers(1, 14), rng.integers(1, 14))) \
+            < rng.uniform(0.1, 0.9)
+        min_size = int(rng.integers(1, 6))
+        for mask, regions in zip(masks, object_regions(masks, min_size)):
+            labels, n_found = ndimage.label(mask, structure=np.ones((3, 3)))
+            sizes = np.bincount(labels.ravel(), minlength=n_found + 1)
+            keep = sizes >= min_size
+            keep[0] = False
+            renumber = np.zeros(n_found + 1, int)
+            renumber[keep] = np.arange(1, keep.sum() + 1)
+            np.testing.assert_array_equal(regions.region_map(), renumber[labels])
+            assert regions.n_regions == keep.sum()
+            np.testing.assert_array_equal(regions.sizes(), sizes[keep])
+
+
+def test_pooled_descriptors_equal_the_pixel_average():
+    # Each region's descriptor is the average over its pixels of the
+    # feature of the patch under each pixel.
+    rng = np.random.default_rng(0)
+    masks = rng.random((4, 37, 51)) < 0.5
+    patches = rng.standard_normal((5, 7, 3)).astype(np.float32)
+    patch = pixel_to_patch((37, 51), (5, 7))
+    for regions in object_regions(masks, 3):
+        region_map = regions.region_map()
+        expected = [patches.reshape(35, 3)[patch[region_map == k]].mean(0)
+                    for k in range(1, regions.n_regions + 1)]
+        np.testing.assert_allclose(pooled_descriptors(regions, patches),
+                                   np.reshape(expected, (-1, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_boxes_bound_each_region():
+    rng = np.random.default_rng(1)
+    masks = rng.random((3, 20, 25)) < 0.3
+    for regions in object_regions(masks, 1):
+        region_map = regions.region_map()
+        assert regions.boxes() == ndimage.find_objects(region_map)
