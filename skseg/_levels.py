@@ -77,6 +77,16 @@ def oriented_pair(pair, patches, reference):
     return pair
 
 
+def category_pair(patches, reference, *, max_iter):
+    """A category's (background, foreground) centroids: the 2-means of its
+    patches, started from the dataset level's split ``reference`` (as each
+    image's 2-means starts from its category's), so that no random start
+    lands in a split unrelated to foreground, and oriented by agreement."""
+    _, pair = batched_two_means(torch.from_numpy(patches)[None],
+                                torch.from_numpy(reference)[None], max_iter=max_iter)
+    return oriented_pair(pair[0].numpy(), patches, reference)
+
+
 def category_foreground(patches, pairs, categories):
     """Foreground at the category level: nearer the category's second centroid.
 

@@ -119,13 +119,11 @@ class Chunk:
         sizes = np.array([h * w for h, w in self.grids])
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.image_of_patch = np.repeat(np.arange(len(self.records)), sizes)
-        patches = np.concatenate([
-            f.patches.reshape(-1, expected.n_features).astype(np.float32, copy=False)
-            for f in self.records
-        ])
-        # One pass over all patches: a NaN or inf makes its squared norm
-        # non-finite, and so does a value whose square overflows.
-        squares = np.einsum("ij,ij->i", patches, patches)
+        # Squared norms first, image by image: a NaN or inf makes a squared
+        # norm non-finite, and so does a value whose square overflows.
+        flat = [f.patches.reshape(-1, expected.n_features).astype(np.float32, copy=False)
+                for f in self.records]
+        squares = np.concatenate([np.einsum("ij,ij->i", p, p) for p in flat])
         bad = ~np.isfinite(squares)
         if bad.any():
             index = int(self.image_of_patch[np.argmax(bad)])
@@ -133,17 +131,21 @@ class Chunk:
                 if not np.isfinite(self.records[index].patches).all() \
                 else "too large (their squares overflow float32)"
             raise ValueError(f"image {start + index} has {problem} patches.")
-        if expected.metric == "cosine":  # in place: concatenate made a copy
-            patches /= np.maximum(np.sqrt(squares), 1e-12)[:, None]
-        self.patches = patches
+        # Then one copy into the chunk's matrix, scaled to unit rows on the
+        # way with the cosine metric.
+        self.patches = np.empty((len(squares), expected.n_features), np.float32)
+        norms = np.maximum(np.sqrt(squares), 1e-12)[:, None] \
+            if expected.metric == "cosine" else np.ones((len(squares), 1), np.float32)
+        for j, p in enumerate(flat):
+            np.divide(p, norms[self.rows(j)], out=self.patches[self.rows(j)])
         if expected.has_cls:
             descriptors = np.stack([f.cls for f in self.records]).astype(np.float32)
         else:  # no global token: an image is described by its mean patch
             per_image = sparse.csr_matrix(
-                (np.ones(len(patches), np.float32), np.arange(len(patches)), self.offsets),
-                shape=(len(sizes), len(patches)),
+                (np.ones(len(squares), np.float32), np.arange(len(squares)), self.offsets),
+                shape=(len(sizes), len(squares)),
             )
-            descriptors = np.asarray(per_image @ patches) / sizes[:, None]
+            descriptors = np.asarray(per_image @ self.patches) / sizes[:, None]
         self.descriptors = unit_rows(descriptors) if expected.metric == "cosine" \
             else descriptors
         if keys is not None:  # computed by an earlier pass
@@ -189,18 +191,14 @@ def survey(X, start, stop, expected, seed, max_samples):
 
 
 def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples):
-    """Pass 2: per dataset cluster, patch counts (all, on the border), CLS
-    attention and feature sums; each category's sample."""
+    """Pass 2: per dataset cluster, patch counts (all, on the border) and
+    CLS attention; each category's sample."""
     chunk = Chunk(X, start, stop, expected, keys[start:stop])
     n_clusters = len(model.dataset_centroids_)
     assignment = nearest_centroid(chunk.patches, model.dataset_centroids_)
     statistics = {
         "counts": np.bincount(assignment, minlength=n_clusters),
         "border": np.bincount(assignment[chunk.on_border()], minlength=n_clusters),
-        "sums": np.stack([
-            chunk.patches[assignment == k].sum(0, dtype=np.float64)
-            for k in range(n_clusters)
-        ]),
     }
     if expected.needs_attention:
         statistics["attention"] = np.bincount(

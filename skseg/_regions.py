@@ -130,7 +130,7 @@ class Regions:
         # which zlib shrinks several times over.
         self._dtype = np.uint16 if max(*shape, n_regions) < 1 << 16 else np.uint32
         columns = np.stack([np.diff(rows, prepend=0), starts, stops, ids])
-        self._data = zlib.compress(columns.astype(self._dtype).tobytes())
+        self._data = zlib.compress(columns.astype(self._dtype).tobytes(), 1)
 
     def runs(self):
         """Each run's ``rows, starts, stops, ids``, as given."""

@@ -41,9 +41,9 @@ from ._clustering import (
 from ._levels import (
     attention_foreground,
     border_foreground,
+    category_pair,
     chunk_levels,
     group_indices,
-    oriented_pair,
 )
 from ._n_classes import choose_n_clusters
 from ._features import FeatureSequence
@@ -155,11 +155,13 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         Draws are keyed to the content of each image, so the same images in
         any order give the same sample.
     max_iter : int, default=20
-        Iterations of the image-level 2-means.
+        Iterations of the category- and image-level 2-means.
     n_init : "auto" or int, default=4
         Restarts of the K-means fits of image categories and region classes
         (a few restarts keep them out of poor local minima at little cost).
-        The foreground/background fits over patches use one k-means++ start.
+        The dataset-level fit over patches uses one k-means++ start; the
+        category- and image-level 2-means start from the split of the level
+        above.
     metric : {"cosine", "euclidean"}, default="cosine"
         ``"cosine"`` normalises patch features and descriptors to unit length
         before clustering.
@@ -379,9 +381,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             )
 
         # 3. Category level, oriented by the dataset level.
-        self.category_centroids_ = self._fit_category_pairs(
-            category_samples, statistics, seeds["category_pairs"]
-        )
+        self.category_centroids_ = self._fit_category_pairs(category_samples, statistics)
 
         # 4. The per-image path that predict runs: image level, consensus,
         # pixels, regions and their descriptors.
@@ -497,27 +497,23 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 samples.setdefault(category, BoundedSample(self.max_samples)).merge(sample)
         return statistics, samples
 
-    def _fit_category_pairs(self, samples, statistics, seed):
-        # A category with fewer than two patches keeps the dataset-wide split.
-        sides = np.stack([~self.dataset_foreground_, self.dataset_foreground_])
-        counts = sides @ statistics["counts"]
-        overall = statistics["sums"].sum(0) / statistics["counts"].sum()
-        fallback = np.where(
-            (counts > 0)[:, None], sides @ statistics["sums"] / np.maximum(counts, 1)[:, None],
-            overall,
-        ).astype(np.float32)
+    def _fit_category_pairs(self, samples, statistics):
+        # A category with fewer than two patches (no image is nearest its
+        # centre) keeps the dataset-wide split: the mean of the dataset
+        # centroids on each side, weighted by their patch counts.
+        sides = np.stack([~self.dataset_foreground_, self.dataset_foreground_]) \
+            * statistics["counts"].astype(np.float64)
+        fallback = sides @ self.dataset_centroids_ / np.maximum(sides.sum(1, keepdims=True), 1)
+        fallback = fallback.astype(np.float32)
         pairs = np.repeat(fallback[None], self.n_categories_, axis=0)
         for category, sample in sorted(samples.items()):
             if len(sample) < 2:
                 continue
             patches = sample.result()
-            pair = fit_kmeans(
-                patches, 2, n_init=1, seed=np.random.SeedSequence([seed, category]).generate_state(1)[0]
-            )
             reference = self.dataset_foreground_[
                 nearest_centroid(patches, self.dataset_centroids_)
             ]
-            pairs[category] = oriented_pair(pair, patches, reference)
+            pairs[category] = category_pair(patches, reference, max_iter=self.max_iter)
         return pairs
 
     def _fit_classes(self, descriptors, keys, seed):
@@ -608,8 +604,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                         described[j] = pooled_descriptors(image_regions, chunk.records[j].patches)
         if self.region == "crop":
             described = encode_crops(self.region_encoder_, described)
-        if self.metric == "cosine":
-            described = [unit_rows(d.astype(np.float32)) for d in described]
+        if self.metric == "cosine":  # all the chunk's regions at once
+            counts = [len(d) for d in described]
+            described = np.split(unit_rows(np.concatenate(described).astype(np.float32)),
+                                 np.cumsum(counts)[:-1])
         no_pixels = sum(f.image is None for f in chunk.records)
         return regions, described, no_pixels
 

@@ -10,6 +10,7 @@ from skseg._levels import (
     border_foreground,
     border_patches,
     category_foreground,
+    category_pair,
     combine_levels,
     image_foreground,
     oriented_pair,
@@ -86,6 +87,23 @@ def test_category_pair_orientation_uses_iou_not_intersection():
     pair = np.array([[0.0], [3.5]], np.float32)
     reference = _mask("110000")
     np.testing.assert_array_equal(oriented_pair(pair, patches, reference), pair[::-1])
+
+
+def test_category_2_means_starts_from_the_dataset_split():
+    # Three equal blobs on a line: {A} | {B, C} and {A, B} | {C} are both
+    # fixed points of 2-means; the one found is the one the dataset level
+    # starts it from, background first.
+    rng = np.random.default_rng(0)
+    blobs = [np.array([x, 0.0]) + 0.05 * rng.standard_normal((30, 2)) for x in (-1, 0, 1)]
+    patches = np.concatenate(blobs).astype(np.float32)
+    a, b, c = (np.repeat(np.eye(3, dtype=bool)[k], 30) for k in range(3))
+    for background, foreground in ((a, b | c), (a | b, c)):
+        pair = category_pair(patches, foreground, max_iter=20)
+        np.testing.assert_allclose(pair, [patches[background].mean(0), patches[foreground].mean(0)],
+                                   rtol=1e-5, atol=1e-6)
+    # The same split given as background is still returned (background, foreground).
+    pair = category_pair(patches, ~(b | c), max_iter=20)
+    np.testing.assert_allclose(pair[1], patches[a].mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_category_rule_is_nearest_of_the_two_centroids():
