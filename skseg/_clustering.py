@@ -101,28 +101,30 @@ class BoundedSample:
             self.offer(priorities, rows)
 
     def _compact(self):
-        """Keep the ``size`` rows of smallest priority, in order of priority.
+        """Keep the ``size`` rows of smallest priority.
 
-        Only the kept rows are copied: the parts' rows are never
-        concatenated, which for a sample of a ViT's patches would mean
-        tens of megabytes per compaction.
+        Only the kept rows are copied, each part's in one block: the parts'
+        rows are never concatenated, which for a sample of a ViT's patches
+        would mean tens of megabytes per compaction.
         """
         priorities = np.concatenate([p for p, _ in self._parts])
-        keep = np.argsort(priorities, kind="stable")[:self.size]
         if len(priorities) > self.size:
-            self._threshold = priorities[keep[-1]]
+            keep = np.sort(np.argpartition(priorities, self.size - 1)[:self.size])
+            self._threshold = priorities[keep].max()
+        else:
+            keep = np.arange(len(priorities))
         self._parts = [(priorities[keep], self._rows_at(keep))]
         self._pending = len(keep)
 
     def _rows_at(self, positions):
-        """The rows at ``positions`` of the parts taken end to end."""
+        """The rows at sorted ``positions`` of the parts taken end to end."""
         starts = np.cumsum([0] + [len(p) for p, _ in self._parts])
-        part_of = np.searchsorted(starts, positions, side="right") - 1
+        bounds = np.searchsorted(positions, starts)
         first_rows = self._parts[0][1]
         rows = np.empty((len(positions),) + first_rows.shape[1:], first_rows.dtype)
         for part, (_, part_rows) in enumerate(self._parts):
-            here = np.flatnonzero(part_of == part)
-            rows[here] = part_rows[positions[here] - starts[part]]
+            block = slice(bounds[part], bounds[part + 1])
+            np.take(part_rows, positions[block] - starts[part], axis=0, out=rows[block])
         return rows
 
     def __len__(self):
@@ -132,9 +134,10 @@ class BoundedSample:
         """The sampled rows, in order of priority."""
         if not self._parts:
             return np.empty((0,))
-        if len(self._parts) > 1 or self._threshold is None:
+        if len(self._parts) > 1 or self._pending > self.size:
             self._compact()
-        return self._parts[0][1]
+        priorities, rows = self._parts[0]
+        return rows[np.argsort(priorities, kind="stable")]
 
 
 def fit_kmeans(X, n_clusters, *, n_init, seed):
@@ -217,7 +220,9 @@ def batched_two_means(X, init_foreground, *, max_iter):
     assignment = init_foreground
     for _ in range(max_iter):
         direction, offset = second_is_nearer(centroids)
-        new_assignment = torch.bmm(X, direction[:, :, None])[..., 0] > offset[:, None]
+        # A batched dot product, several times faster on CPU than bmm with
+        # one column.
+        new_assignment = torch.linalg.vecdot(X, direction[:, None]) > offset[:, None]
         converged = torch.equal(new_assignment, assignment)
         assignment = new_assignment
         centroids = _cluster_means(X, assignment, centroids)

@@ -130,7 +130,9 @@ def test_batched_two_means_starts_from_the_level_above():
 def test_bounded_sample_is_exact_for_small_sizes_and_empty_when_offered_nothing():
     rng = np.random.default_rng(5)
     for _ in range(200):
-        size = int(rng.integers(2, 6))
+        # Sizes below and above half the 40 rows: some samples are compacted
+        # as rows arrive, some only when the result is asked for.
+        size = int(rng.integers(2, 30))
         priorities = rng.permutation(40).astype(np.uint64)
         sample = BoundedSample(size)
         for part in np.array_split(np.arange(40), int(rng.integers(1, 9))):
