@@ -133,17 +133,21 @@ class Chunk:
             raise ValueError(f"image {start + index} has {problem} patches.")
         # Then one copy into the chunk's matrix, scaled to unit rows on the
         # way with the cosine metric.
-        self.patches = np.empty((len(squares), expected.n_features), np.float32)
-        norms = np.maximum(np.sqrt(squares), 1e-12)[:, None] \
-            if expected.metric == "cosine" else np.ones((len(squares), 1), np.float32)
+        n_patches = len(squares)
+        self.patches = np.empty((n_patches, expected.n_features), np.float32)
+        norms = np.maximum(np.sqrt(squares), 1e-12)[:, None]
         for j, p in enumerate(flat):
-            np.divide(p, norms[self.rows(j)], out=self.patches[self.rows(j)])
+            rows = self.rows(j)
+            if expected.metric == "cosine":
+                np.divide(p, norms[rows], out=self.patches[rows])
+            else:
+                self.patches[rows] = p
         if expected.has_cls:
             descriptors = np.stack([f.cls for f in self.records]).astype(np.float32)
         else:  # no global token: an image is described by its mean patch
             per_image = sparse.csr_matrix(
-                (np.ones(len(squares), np.float32), np.arange(len(squares)), self.offsets),
-                shape=(len(sizes), len(squares)),
+                (np.ones(n_patches, np.float32), np.arange(n_patches), self.offsets),
+                shape=(len(sizes), n_patches),
             )
             descriptors = np.asarray(per_image @ self.patches) / sizes[:, None]
         self.descriptors = unit_rows(descriptors) if expected.metric == "cosine" \

@@ -184,8 +184,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     ----------
     labels_ : LabelMasks
         Label masks of the training images: a sequence whose item ``i`` is
-        the ``(H, W)`` mask of image ``i``, produced when indexed from a
-        compressed region map.
+        the ``(H, W)`` mask of image ``i``, painted when indexed from the
+        image's regions, kept as compressed runs of pixels.
     n_features_in_ : int
         Dimension of the patch features seen in :meth:`fit`.
     dataset_centroids_ : ndarray of shape (n_dataset_clusters, d)
