@@ -68,6 +68,21 @@ def test_content_key_identifies_the_bytes():
     assert content_key(np.asfortranarray(x)) == content_key(x)
 
 
+def test_content_key_depends_on_every_byte_of_every_array_and_fills_64_bits():
+    rng = np.random.default_rng(0)
+    patches = rng.standard_normal((14, 14, 8)).astype(np.float32)
+    cls = rng.standard_normal(8).astype(np.float32)
+    key = content_key(patches, cls)
+    for where in ((0, 0, 0), (6, 13, 7), (13, 13, 7)):  # either half of the patches
+        changed = patches.copy()
+        changed[where] += 1
+        assert content_key(changed, cls) != key, where
+    keys = [content_key(rng.standard_normal(10)) for _ in range(1000)]
+    assert all(0 <= k < 2**64 for k in keys)
+    high, low = np.array([k >> 32 for k in keys]), np.array([k & 0xFFFFFFFF for k in keys])
+    assert len(set(high)) == len(set(low)) == 1000 and (high != low).all()
+
+
 def test_unit_rows_scales_in_place_and_keeps_zero_rows():
     X = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
     out = unit_rows(X)
@@ -130,9 +145,10 @@ def test_batched_two_means_starts_from_the_level_above():
 def test_bounded_sample_is_exact_for_small_sizes_and_empty_when_offered_nothing():
     rng = np.random.default_rng(5)
     for _ in range(200):
-        # Sizes below and above half the 40 rows: some samples are compacted
-        # as rows arrive, some only when the result is asked for.
-        size = int(rng.integers(2, 30))
+        # Sizes below and above half the 40 rows, and above all of them: some
+        # samples are compacted as rows arrive, some only when the result is
+        # asked for, some keep every row.
+        size = int(rng.integers(2, 50))
         priorities = rng.permutation(40).astype(np.uint64)
         sample = BoundedSample(size)
         for part in np.array_split(np.arange(40), int(rng.integers(1, 9))):

@@ -91,6 +91,12 @@ def test_regions_round_trip_and_are_small():
     np.testing.assert_array_equal(restored.region_map(), region_map)
     many = np.arange(1, 300 * 2 + 1).reshape(20, 30) % 300 + 1
     assert _regions_of(many).region_map().max() == 300  # beyond uint8
+    dots = np.zeros((1, 512, 512), bool)
+    dots[0, ::2, ::2] = True  # 65,536 regions of one pixel: the last id needs 17 bits
+    regions, = object_regions(dots, 1)
+    assert regions.n_regions == 65536
+    np.testing.assert_array_equal(regions.region_map()[dots[0]], np.arange(1, 65537))
+    np.testing.assert_array_equal(regions.sizes(), np.ones(65536))
     wide = np.zeros((2, 70000), np.int32)
     wide[1, 66000:69999] = 1  # columns beyond 16 bits
     np.testing.assert_array_equal(_regions_of(wide).region_map(), wide)
@@ -165,7 +171,9 @@ def test_regions_equal_scipy_labelling_on_random_masks(seed):
         masks = rng.random((3, rng.integers(1, 14), rng.integers(1, 14))) \
             < rng.uniform(0.1, 0.9)
         min_size = int(rng.integers(1, 6))
-        for mask, regions in zip(masks, object_regions(masks, min_size)):
+        found = object_regions(masks, min_size)
+        assert len(found) == len(masks)
+        for mask, regions in zip(masks, found):
             labels, n_found = ndimage.label(mask, structure=np.ones((3, 3)))
             sizes = np.bincount(labels.ravel(), minlength=n_found + 1)
             keep = sizes >= min_size
