@@ -4,7 +4,6 @@ import pickle
 
 import numpy as np
 import pytest
-
 from scipy import ndimage
 
 from skseg._regions import (
@@ -23,14 +22,16 @@ def _regions_of(region_map):
     """The Regions of a given region map (labels 1..n)."""
     region_map = np.asarray(region_map)
     n_regions = int(region_map.max(initial=0))
-    runs = [(*mask_runs(region_map == label), label) for label in range(1, n_regions + 1)]
-    rows, starts, stops, ids = (
-        np.concatenate([np.broadcast_to(run[part], run[0].shape) for run in runs] or [[]])
-        .astype(int) for part in range(4)
-    )
+    rows, starts, stops, ids = [], [], [], []
+    for label in range(1, n_regions + 1):
+        label_rows, label_starts, label_stops = mask_runs(region_map == label)
+        rows += list(label_rows)
+        starts += list(label_starts)
+        stops += list(label_stops)
+        ids += [label] * len(label_rows)
     order = np.lexsort((starts, rows))
-    return Regions(region_map.shape, rows[order], starts[order], stops[order], ids[order],
-                   n_regions)
+    return Regions(region_map.shape, *(np.array(v, dtype=int)[order]
+                                       for v in (rows, starts, stops, ids)), n_regions)
 
 
 def test_regions_are_eight_connected_and_small_ones_dropped():
