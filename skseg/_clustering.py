@@ -120,11 +120,12 @@ class BoundedSample:
         """The rows at sorted ``positions`` of the parts taken end to end."""
         starts = np.cumsum([0] + [len(p) for p, _ in self._parts])
         bounds = np.searchsorted(positions, starts)
-        first_rows = self._parts[0][1]
-        rows = np.empty((len(positions),) + first_rows.shape[1:], first_rows.dtype)
+        dtype = np.result_type(*(part_rows.dtype for _, part_rows in self._parts))
+        rows = np.empty((len(positions),) + self._parts[0][1].shape[1:], dtype)
         for part, (_, part_rows) in enumerate(self._parts):
             block = slice(bounds[part], bounds[part + 1])
-            np.take(part_rows, positions[block] - starts[part], axis=0, out=rows[block])
+            np.take(part_rows.astype(dtype, copy=False), positions[block] - starts[part],
+                    axis=0, out=rows[block])
         return rows
 
     def __len__(self):
@@ -220,9 +221,11 @@ def batched_two_means(X, init_foreground, *, max_iter):
     assignment = init_foreground
     for _ in range(max_iter):
         direction, offset = second_is_nearer(centroids)
-        # A batched dot product, several times faster on CPU than bmm with
-        # one column.
-        new_assignment = torch.linalg.vecdot(X, direction[:, None]) > offset[:, None]
+        # One row times the transposed patches: on CPU as fast as or several
+        # times faster than bmm with one column, and with no temporary the
+        # size of X (as vecdot makes).
+        projection = torch.bmm(direction[:, None, :], X.transpose(1, 2))[:, 0]
+        new_assignment = projection > offset[:, None]
         converged = torch.equal(new_assignment, assignment)
         assignment = new_assignment
         centroids = _cluster_means(X, assignment, centroids)

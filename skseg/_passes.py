@@ -68,6 +68,13 @@ class Expected:
 
     def check(self, index, f):
         check_type(index, f)
+        for name in ("patches", "cls", "attention"):
+            values = getattr(f, name)
+            if values is not None and np.asarray(values).dtype.kind not in "biuf":
+                raise TypeError(
+                    f"image {index} has {name} of dtype {np.asarray(values).dtype}; "
+                    "they must be real numbers (float or integer arrays)."
+                )
         if f.patches.shape[2] != self.n_features:
             raise ValueError(
                 f"image {index} has {f.patches.shape[2]}-dimensional features, but "

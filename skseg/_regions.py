@@ -201,13 +201,31 @@ def pooled_descriptors(regions, patches):
     h, w, d = patches.shape
     (height, width), n_regions = regions.shape, regions.n_regions
     rows, starts, stops, ids = regions.runs()
-    # A run lies in one patch row and covers part of each patch column.
-    column_bounds = np.searchsorted(_patch_of(width, w), np.arange(w + 1))
-    covered = np.clip(np.minimum(stops[:, None], column_bounds[1:])
-                      - np.maximum(starts[:, None], column_bounds[:-1]), 0, None)
-    patch = ((ids - 1) * h + _patch_of(height, h)[rows])[:, None] * w + np.arange(w)
-    coverage = np.bincount(patch.ravel(), weights=covered.ravel(),
-                           minlength=n_regions * h * w).reshape(n_regions, h * w)
+    # A run lies in one patch row; it covers part of its first and last patch
+    # columns and all of those between. Counts per (region, patch row,
+    # patch column) cell, in work proportional to the runs, not to their
+    # lengths or to the patch columns.
+    column_of = _patch_of(width, w)
+    column_bounds = np.searchsorted(column_of, np.arange(w + 1))
+    first, last = column_of[starts], column_of[stops - 1]
+    cell = ((ids - 1) * h + _patch_of(height, h)[rows]) * w
+    n_cells = n_regions * h * w
+    one_column = first == last
+    partial = np.bincount(
+        np.concatenate([cell + first, (cell + last)[~one_column]]),
+        weights=np.concatenate([
+            np.where(one_column, stops, column_bounds[first + 1]) - starts,
+            (stops - column_bounds[last])[~one_column],
+        ]),
+        minlength=n_cells,
+    )
+    # Columns strictly between first and last: +1 from first + 1, -1 from
+    # last, summed along each (region, patch row).
+    between = first + 1 < last
+    steps = np.bincount(cell[between] + first[between] + 1, minlength=n_cells) \
+        - np.bincount(cell[between] + last[between], minlength=n_cells)
+    full = np.cumsum(steps.reshape(-1, w), axis=1) * np.diff(column_bounds)
+    coverage = (partial.reshape(-1, w) + full).reshape(n_regions, h * w)
     coverage = coverage.astype(np.float32)
     coverage /= coverage.sum(1, keepdims=True)
     return coverage @ patches.reshape(h * w, d).astype(np.float32)

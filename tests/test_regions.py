@@ -186,16 +186,18 @@ def test_regions_equal_scipy_labelling_on_random_masks(seed):
             np.testing.assert_array_equal(regions.sizes(), sizes[keep])
 
 
-def test_pooled_descriptors_equal_the_pixel_average():
+@pytest.mark.parametrize("density, grid", [(0.5, (5, 7)), (0.97, (5, 7)), (0.9, (40, 60))])
+def test_pooled_descriptors_equal_the_pixel_average(density, grid):
     # Each region's descriptor is the average over its pixels of the
-    # feature of the patch under each pixel.
+    # feature of the patch under each pixel: for short runs, runs across
+    # many patch columns, and a grid finer than the image.
     rng = np.random.default_rng(0)
-    masks = rng.random((4, 37, 51)) < 0.5
-    patches = rng.standard_normal((5, 7, 3)).astype(np.float32)
-    patch = pixel_to_patch((37, 51), (5, 7))
+    masks = rng.random((4, 37, 51)) < density
+    patches = rng.standard_normal((*grid, 3)).astype(np.float32)
+    patch = pixel_to_patch((37, 51), grid)
     for regions in object_regions(masks, 3):
         region_map = regions.region_map()
-        expected = [patches.reshape(35, 3)[patch[region_map == k]].mean(0)
+        expected = [patches.reshape(-1, 3)[patch[region_map == k]].mean(0)
                     for k in range(1, regions.n_regions + 1)]
         np.testing.assert_allclose(pooled_descriptors(regions, patches),
                                    np.reshape(expected, (-1, 3)), rtol=1e-5, atol=1e-6)
