@@ -179,3 +179,10 @@ def test_nearest_centroid_covers_every_row_of_large_inputs():
     assigned = nearest_centroid(X, np.array([[0.0, 0.0], [10.0, 10.0]], np.float32))
     assert assigned.dtype.kind == "i"  # indices, used to index the cluster rules
     assert assigned[:-5].sum() == 0 and (assigned[-5:] == 1).all()
+
+
+def test_bounded_sample_keeps_the_values_of_rows_of_different_types():
+    sample = BoundedSample(3)
+    sample.offer(np.array([5, 1], np.uint64), np.array([[1], [2]], np.int64))
+    sample.offer(np.array([3, 0], np.uint64), np.array([[1.25], [2.5]]))
+    np.testing.assert_array_equal(sample.result(), [[2.5], [2], [1.25]])
