@@ -186,3 +186,9 @@ def test_bounded_sample_keeps_the_values_of_rows_of_different_types():
     sample.offer(np.array([5, 1], np.uint64), np.array([[1], [2]], np.int64))
     sample.offer(np.array([3, 0], np.uint64), np.array([[1.25], [2.5]]))
     np.testing.assert_array_equal(sample.result(), [[2.5], [2], [1.25]])
+    # Rows of one type keep it (float32 patches stay float32: half the memory).
+    single = BoundedSample(2)
+    for start in range(0, 6, 2):
+        single.offer(np.arange(start, start + 2, dtype=np.uint64),
+                     np.ones((2, 3), np.float32))
+    assert single.result().dtype == np.float32
