@@ -139,12 +139,6 @@ class Regions:
         row_steps, starts, stops, ids = columns.reshape(4, -1).astype(np.int64)
         return np.cumsum(row_steps), starts, stops, ids
 
-    def sizes(self):
-        """Pixels of each region."""
-        _, starts, stops, ids = self.runs()
-        return np.bincount(ids - 1, weights=stops - starts,
-                           minlength=self.n_regions).astype(np.int64)
-
     def paint(self, values, dtype):
         """The ``(H, W)`` map with ``values[k - 1]`` on region ``k``, 0 elsewhere."""
         rows, starts, stops, ids = self.runs()

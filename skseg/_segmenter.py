@@ -9,7 +9,8 @@ images:
 2. dataset level: fit its K-means, count its clusters on the border (or under
    the CLS attention) to decide which are foreground; group images into
    categories and draw each category's sample;
-3. category level: each category's 2-means, oriented by the dataset level;
+3. category level: each category's 2-means, started from and oriented by the
+   dataset level;
 4. the per-image path that ``predict`` runs too: image level, consensus,
    upsampling and refinement, object regions and their descriptors;
 5. classes: K-means of the region descriptors.
