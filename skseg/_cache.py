@@ -33,6 +33,12 @@ def _location(memory):
     return Path(os.fspath(memory))
 
 
+def config_digest(config):
+    """A short digest of an extraction's parameters (JSON values), which names
+    the folder or store holding its features."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:32]
+
+
 class FeatureCache:
     """Look up and store per-image feature records.
 
@@ -51,10 +57,8 @@ class FeatureCache:
         self.enabled = location is not None
         self.config = config
         if self.enabled:
-            text = json.dumps(config, sort_keys=True)
-            digest = hashlib.sha256(text.encode()).hexdigest()[:32]
-            self.folder = location / _CACHE_FORMAT / digest
-            self._config_text = text
+            self.folder = location / _CACHE_FORMAT / config_digest(config)
+            self._config_text = json.dumps(config, sort_keys=True)
 
     def _path(self, image_key):
         return self.folder / f"{image_key}.npz"

@@ -30,7 +30,7 @@ class InputImage:
 
     path: Path
     name: PurePosixPath  # relative to OUTDIR, suffix included, never with ".."
-    given_as: str  # the command-line argument that found it
+    real: Path  # the file's real path, symbolic links resolved
 
     @property
     def mask_name(self):
@@ -38,7 +38,12 @@ class InputImage:
 
     @property
     def overlay_name(self):
-        return self.name.with_name(self.name.stem + "_overlay.jpg")
+        return overlay_name(self.mask_name)
+
+
+def overlay_name(mask_name):
+    """Where the overlay of the mask ``mask_name`` goes, beside it."""
+    return mask_name.with_name(mask_name.stem + "_overlay.jpg")
 
 
 def _real(path):
@@ -143,12 +148,15 @@ def _keep_listed(found, list_file):
     the input folder without suffix, as VOC's ImageSets lists) or by path."""
     entries = _read_list(list_file)
     # An entry naming a file by path matches it however the path is spelt.
-    spellings = {entry: {entry, os.path.realpath(entry)} for entry in entries}
+    entries_by_spelling = {}
+    for entry in entries:
+        for spelling in (entry, os.path.realpath(entry)):
+            entries_by_spelling.setdefault(spelling, set()).add(entry)
     used, kept = set(), []
     for image in found:
-        keys = {image.path.stem, image.name.with_suffix("").as_posix(),
-                image.name.as_posix(), os.path.realpath(image.path)}
-        hits = {entry for entry, spelt in spellings.items() if spelt & keys}
+        keys = (image.path.stem, image.name.with_suffix("").as_posix(),
+                image.name.as_posix(), str(image.real))
+        hits = set().union(*(entries_by_spelling.get(key, ()) for key in keys))
         if hits:
             kept.append(image)
             used |= hits
@@ -222,7 +230,7 @@ def find_inputs(inputs, output, *, recursive=False, exclude=(), list_file=None):
                 raise UserError(f"input {file} lies inside the output folder {output}; "
                                 "choose a separate output folder.")
             seen[real] = True
-            found.append(InputImage(path=file, name=name, given_as=item))
+            found.append(InputImage(path=file, name=name, real=real))
     if list_file is not None:
         found = _keep_listed(found, list_file)
     if exclude:

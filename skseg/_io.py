@@ -1,6 +1,7 @@
 """Label PNGs and pictures: the VOC palette, atomic writes, overlays with a
 legend, and contact sheets of images beside their masks."""
 
+import functools
 import os
 import secrets
 from pathlib import Path
@@ -12,8 +13,10 @@ _LEGEND_SWATCH = 12
 _LEGEND_ROW = 16
 
 
+@functools.lru_cache(maxsize=1)
 def voc_palette():
-    """The PASCAL VOC colour map (256 x 3 uint8), as used by its label PNGs."""
+    """The PASCAL VOC colour map (256 x 3 uint8), as used by its label PNGs
+    (made once, read-only)."""
     palette = np.zeros((256, 3), dtype=np.uint8)
     for label in range(256):
         value, colour = label, [0, 0, 0]
@@ -22,6 +25,7 @@ def voc_palette():
                 colour[channel] |= ((value >> channel) & 1) << shift
             value >>= 3
         palette[label] = colour
+    palette.flags.writeable = False
     return palette
 
 

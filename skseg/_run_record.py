@@ -24,12 +24,25 @@ _RECORD_FORMAT = "skseg-run-v1"
 _RUNTIME_PARAMETERS = {"batch_size", "device", "memory", "verbose", "n_jobs"}
 
 
+def _parameters(estimator):
+    """An estimator's parameters that can change its results, as JSON values;
+    a weight file by its identity (path, size and mtime)."""
+    from ._backbone import weights_identity
+
+    parameters = {}
+    for key, value in estimator.get_params(deep=False).items():
+        if key in _RUNTIME_PARAMETERS:
+            continue
+        if key == "weights" and value is not None:
+            value = list(weights_identity(value))
+        parameters[key] = _jsonable(value)
+    return parameters
+
+
 def _jsonable(value):
     """Parameters as JSON values; estimators as their class and parameters."""
     if hasattr(value, "get_params"):
-        parameters = {key: item for key, item in value.get_params(deep=False).items()
-                      if key not in _RUNTIME_PARAMETERS}
-        return {"estimator": type(value).__name__, "parameters": _jsonable(parameters)}
+        return {"estimator": type(value).__name__, "parameters": _parameters(value)}
     if isinstance(value, dict):
         return {str(key): _jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -43,17 +56,8 @@ def _jsonable(value):
 
 def result_parameters(pipeline):
     """Every parameter of the pipeline's steps that can change the masks."""
-    from ._backbone import weights_identity
-
-    parameters = {}
-    for step, estimator in pipeline.steps:
-        for key, value in estimator.get_params(deep=False).items():
-            if key in _RUNTIME_PARAMETERS:
-                continue
-            if key == "weights" and value is not None:
-                value = list(weights_identity(value))  # path, size and mtime
-            parameters[f"{step}__{key}"] = _jsonable(value)
-    return parameters
+    return {f"{step}__{key}": value for step, estimator in pipeline.steps
+            for key, value in _parameters(estimator).items()}
 
 
 def describe_fit(*, parameters=None, training=None, model=None):
@@ -119,22 +123,12 @@ def read_record(output):
 
 def new_record(fit):
     return {"format": _RECORD_FORMAT, "fit": fit, "outputs": {}, "skipped": {},
-            "overlays": None, "preview": None}
+            "preview": None}
 
 
 def write_record(output, record):
     text = json.dumps(record, indent=1, sort_keys=True).encode()
     write_atomically(Path(output) / RECORD_NAME, lambda handle: handle.write(text))
-
-
-def _trusted_types():
-    from sklearn.pipeline import Pipeline
-
-    from ._segmenter import MultilevelSegmenter
-    from ._transformer import ViTPatchTransformer
-
-    return [f"{cls.__module__}.{cls.__qualname__}"
-            for cls in (Pipeline, MultilevelSegmenter, ViTPatchTransformer)]
 
 
 def save_model(pipeline, path):
@@ -162,6 +156,9 @@ def load_model(path):
     from ._segmenter import MultilevelSegmenter
     from ._transformer import ViTPatchTransformer
 
+    # The only types a saved skseg model holds.
+    trusted = {f"{cls.__module__}.{cls.__qualname__}"
+               for cls in (Pipeline, ViTPatchTransformer, MultilevelSegmenter)}
     not_a_model = f"--load-model {path} is not a model saved by skseg segment --save-model"
     try:
         data = Path(path).read_bytes()
@@ -171,7 +168,7 @@ def load_model(path):
         untrusted = skops.io.get_untrusted_types(data=data)
     except Exception:  # skops raises zip, JSON and key errors alike for foreign files
         raise UserError(f"{not_a_model}.") from None
-    foreign = sorted(set(untrusted) - set(_trusted_types()))
+    foreign = sorted(set(untrusted) - trusted)
     if foreign:
         raise UserError(f"{not_a_model}: it holds types a saved skseg model never holds "
                         f"({', '.join(foreign[:3])}); refusing to load it.")

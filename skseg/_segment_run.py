@@ -6,15 +6,15 @@ are written before anything that could still fail (saving the model, the
 preview), so a late error never loses them.
 """
 
-import hashlib
 import json
 import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ._backbone import WeightsUnavailableError
+from ._cache import config_digest
 from ._images import check_each_image, content_hash, load_rgb
-from ._inputs import UserError, find_inputs, one_line
+from ._inputs import UserError, find_inputs, one_line, overlay_name
 from ._io import contact_sheet, overlay, read_label_png, save_image, save_label_png
 from ._run_record import (
     describe_fit,
@@ -82,8 +82,7 @@ def _use_feature_store(args, vit):
     vit.set_params(memory=None, store=None)
     if args.no_cache:
         return
-    config = json.dumps(vit._cache_config(), sort_keys=True).encode()
-    name = f"{vit.model}-{hashlib.sha1(config).hexdigest()[:10]}.zarr"
+    name = f"{vit.model}-{config_digest(vit._cache_config())[:10]}.zarr"
     vit.set_params(store=os.fspath((args.cache or args.output / ".skseg-features") / name))
 
 
@@ -140,26 +139,30 @@ def _prepare_backbone(vit):
                         "skseg with an untrained ViT.") from None
     # A model that is no ViT, or weights that do not fit it, raise one-line
     # ValueErrors naming both, printed as they are.
-    patch = vit.patch_size_
     if vit.image_size is not None:
-        height, width = vit._target_size(None)
-        if (height // patch) * (width // patch) < 2:
-            raise UserError(f"--image-size {vit.image_size} gives a {height // patch} x "
-                            f"{width // patch} patch grid with {patch}-pixel patches: at "
-                            f"least 2 patches are needed (e.g. --image-size {2 * patch}).")
+        grid = _too_small_grid(vit, None)
+        if grid:
+            raise UserError(f"--image-size {vit.image_size} gives {grid} with "
+                            f"{vit.patch_size_}-pixel patches: at least 2 patches are "
+                            f"needed (e.g. --image-size {2 * vit.patch_size_}).")
+
+
+def _too_small_grid(vit, shape):
+    """``"a h x w patch grid"`` if an image of ``shape`` gives fewer than 2 patches."""
+    height, width = vit._target_size(shape)
+    h, w = height // vit.patch_size_, width // vit.patch_size_
+    return f"a {h} x {w} patch grid" if h * w < 2 else None
 
 
 def _check_images(images, vit, args):
     """Readable images, and the reason each other one is skipped."""
-    patch = vit.patch_size_
-    results = check_each_image([image.path for image in images], min_side=patch)
+    results = check_each_image([image.path for image in images], min_side=vit.patch_size_)
     good, skipped = [], {}
     for image, result in zip(images, results):
         if not isinstance(result, Exception) and vit.image_size is None:
-            height, width = vit._target_size(result)
-            if (height // patch) * (width // patch) < 2:
-                result = ValueError(f"{image.path} gives a {height // patch} x "
-                                    f"{width // patch} patch grid: at least 2 patches are "
+            grid = _too_small_grid(vit, result)
+            if grid:
+                result = ValueError(f"{image.path} gives {grid}: at least 2 patches are "
                                     "needed")
         if not isinstance(result, Exception):
             good.append(image)
@@ -226,21 +229,22 @@ def _complete_overlays(args, images, record, legend, legend_key):
         picture = _inside(args.output, image.overlay_name)
         if entry.get("overlay") == legend_key and picture.is_file():
             continue
-        mask = read_label_png(_inside(args.output, image.mask_name))
-        save_image(overlay(load_rgb(image.path), mask, class_names=legend), picture,
-                   quality=90)
+        _write_overlay(image, read_label_png(_inside(args.output, image.mask_name)), legend,
+                       picture)
         entry["overlay"] = legend_key
+
+
+def _write_overlay(image, mask, legend, picture):
+    save_image(overlay(load_rgb(image.path), mask, class_names=legend), picture, quality=90)
 
 
 def _remove_outputs(output, names, keep):
     """Delete the masks (and overlays) of another fit that this run does not rewrite."""
-    from pathlib import PurePosixPath
-
     for name in names:
         if name in keep:
             continue
         relative = PurePosixPath(name)
-        for file in (relative, relative.with_name(relative.stem + "_overlay.jpg")):
+        for file in (relative, overlay_name(relative)):
             try:
                 _inside(output, file).unlink(missing_ok=True)
             except UserError:  # a planted record must not delete outside OUTDIR
@@ -288,14 +292,10 @@ def run_segment(args):
         _inside(output, image.mask_name)
     legend = _legend(args)
     legend_key = None if legend is None else {str(k): v for k, v in legend.items()}
-    if args.load_model:
-        pipeline = _load_pipeline(args)
-        fit = describe_fit(model=content_hash(args.load_model))
-    else:
-        pipeline = _build_pipeline(args)
+    pipeline = _load_pipeline(args) if args.load_model else _build_pipeline(args)
     digests = [_digest(image.path) for image in images]
-    if not args.load_model:
-        fit = describe_fit(parameters=result_parameters(pipeline), training=digests)
+    fit = describe_fit(model=content_hash(args.load_model)) if args.load_model else \
+        describe_fit(parameters=result_parameters(pipeline), training=digests)
     kept, skipped_before, stale = _plan(record, fit, images, digests, args)
 
     same_fit = record is not None and record["fit"] == fit
@@ -379,8 +379,7 @@ def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend
             picture = _inside(args.output, image.overlay_name)
             # The overlay first: a mask on disk always has its overlay beside it.
             if args.overlay:
-                save_image(overlay(load_rgb(image.path), mask, class_names=legend), picture,
-                           quality=90)
+                _write_overlay(image, mask, legend, picture)
             elif previous_outputs.get(name, {}).get("overlay", False) is not False:
                 picture.unlink(missing_ok=True)  # it showed the mask being replaced
             save_label_png(mask, _inside(args.output, image.mask_name))

@@ -4,7 +4,8 @@ from collections.abc import Sequence
 from numbers import Integral
 
 import numpy as np
-from PIL import Image
+
+from .._io import read_label_png
 
 
 def check_pairs(images, masks):
@@ -36,10 +37,7 @@ class MaskFiles(Sequence):
         return len(self.paths)
 
     def _read(self, path):
-        with Image.open(path) as img:
-            mask = np.asarray(img)
-        if mask.ndim != 2:
-            raise ValueError(f"mask {str(path)!r} is not a single-channel label image.")
+        mask = read_label_png(path)
         return mask if self.lookup is None else self.lookup[mask]
 
     def __getitem__(self, key):
