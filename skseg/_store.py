@@ -233,12 +233,11 @@ class _Backing:
             self.chunk_cache[name] = cached
         return cached[2][low - cached[0]:high - cached[0]].copy()
 
-    def read_rows(self, name, start, stop):
-        """Rows of a per-patch array for images [start, stop), each verified."""
-        offsets = self.index["patch_offsets"]
+    def read_range(self, name, offsets, start, stop):
+        """Images [start, stop) of an array whose image i is its rows
+        ``offsets[i]:offsets[i + 1]``, each verified."""
         try:
-            block = self._rows(name, offsets[start], offsets[stop],
-                               offsets[self.n_images])
+            block = self._rows(name, offsets[start], offsets[stop], offsets[self.n_images])
         except Exception:
             # Narrow the failure down to the first image that cannot be read.
             for i in range(start, stop):
@@ -247,15 +246,13 @@ class _Backing:
         self.verify(name, block, start, offsets[start:stop + 1] - offsets[start])
         return block
 
+    def read_rows(self, name, start, stop):
+        """Rows of a per-patch array for images [start, stop), each verified."""
+        return self.read_range(name, self.index["patch_offsets"], start, stop)
+
     def read_per_image(self, name, start, stop):
-        try:
-            block = self._rows(name, start, stop, self.n_images)
-        except Exception:
-            for i in range(start, stop):
-                self._read(name, slice(i, i + 1), [i])
-            raise
-        self.verify(name, block, start, np.arange(stop - start + 1))
-        return block
+        """Rows ``start:stop`` of an array of one row per image, each verified."""
+        return self.read_range(name, np.arange(self.n_images + 1), start, stop)
 
     def verify(self, name, block, start, bounds):
         """Check images start, start+1, ...; image start+k is block[bounds[k]:bounds[k+1]]."""
@@ -408,30 +405,12 @@ class FeatureStore(Sequence):
     def __getitem__(self, key):
         positions = _positions(key, len(self), "FeatureStore")
         if isinstance(positions, int):
-            return self._record(int(self._stored(positions)))
+            return self.records_of(positions, positions + 1)[0]
         view = object.__new__(FeatureStore)
         view.path = self.path
         view._backing = self._backing
         view._positions = np.asarray(self._stored(positions), dtype=np.int64)
         return view
-
-    def _record(self, i):
-        backing = self._backing
-        index = backing.index
-        layout = backing.layout
-        h, w = (int(s) for s in index["grid_shapes"][i])
-        patches = backing.read_rows("patches", i, i + 1).reshape(h, w, -1)
-        cls = attention = None
-        if layout["cls_dim"] is not None:
-            cls = backing.read_per_image("cls", i, i + 1)[0]
-        if layout["has_attention"]:
-            attention = backing.read_rows("attention", i, i + 1).reshape(h, w)
-        patch_size = int(index["patch_sizes"][i]) or None
-        return ImageFeatures(
-            patches=patches, cls=cls, attention=attention,
-            image_shape=tuple(int(s) for s in index["image_shapes"][i]),
-            image=self._image(i), patch_size=patch_size,
-        )
 
     def _image(self, i):
         backing = self._backing
@@ -441,9 +420,7 @@ class FeatureStore(Sequence):
         dtype = str(index["pixel_dtypes"][i])
         if not dtype:
             return None
-        start, stop = index["pixel_offsets"][i], index["pixel_offsets"][i + 1]
-        raw = backing._read("pixels", slice(start, stop), [i])
-        backing.verify("pixels", raw, i, np.array([0, stop - start]))
+        raw = backing.read_range("pixels", index["pixel_offsets"], i, i + 1)
         shape = tuple(int(s) for s in index["pixel_shapes"][i])
         return raw.view(np.dtype(dtype)).reshape(shape if shape[2] else shape[:2])
 
@@ -986,8 +963,12 @@ class _Writer:
         return crcs
 
     def _append_index(self, data):
-        self.backing.key_positions = None
-        index = self.backing.index
+        backing = self.backing
+        index = backing.index
+        if backing.key_positions is not None:  # kept up to date: no rebuild per batch
+            first = len(index.get("content_keys", ()))
+            for position, key in enumerate(data["content_keys"].tolist(), first):
+                backing.key_positions.setdefault(key, position)
         for name in _OFFSETS + _PER_IMAGE:
             previous = index.get(name)
             index[name] = data[name] if previous is None or not len(previous) else \
@@ -1030,6 +1011,10 @@ def _image_reference(image, number):
 
         pixels = np.asarray(image) if image.mode in _ARRAY_EXACT_PIL_MODES else load_rgb(image)
         return None, np.ascontiguousarray(pixels)
+    if hasattr(image, "detach"):  # a torch tensor, (C, H, W) or (H, W, C)
+        from ._images import _tensor_to_array
+
+        image = _tensor_to_array(image, f"record {number}'s image")
     if isinstance(image, np.ndarray):
         if image.ndim not in (2, 3):
             raise ValueError(
@@ -1041,5 +1026,5 @@ def _image_reference(image, number):
         return None, np.ascontiguousarray(image)
     raise TypeError(
         f"record {number}: its image is a {type(image).__name__}; a store keeps a file "
-        "path, a PIL image or a numpy array."
+        "path, a PIL image, a numpy array or a torch tensor."
     )
