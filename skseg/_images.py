@@ -117,6 +117,10 @@ def _as_array(image, where):
     return image
 
 
+# EXIF orientations that show the stored picture turned by 90 degrees.
+_TURNED_ORIENTATIONS = (5, 6, 7, 8)
+
+
 def _orientation(img):
     """The EXIF orientation tag, read without decoding pixels."""
     if img.format == "PNG":
@@ -155,7 +159,7 @@ def _file_shape(path, where):
     try:
         with Image.open(path) as img:
             width, height = img.size
-            if _orientation(img) in (5, 6, 7, 8):  # turned by 90 degrees on display
+            if _orientation(img) in _TURNED_ORIENTATIONS:
                 width, height = height, width
             _check_decodes(img)
     except _READ_ERRORS as exc:
@@ -198,17 +202,19 @@ def image_shape(image, where="image"):
     )
 
 
-def _open_path(path, size=None):
+def _open_path(path, cover=None):
     """Open and decode a file, EXIF orientation applied.
 
-    With ``size``, a JPEG decodes at the smallest DCT scale (1/2, 1/4, 1/8)
-    that keeps it at least twice that size.
+    With ``cover`` ``(height, width)``, a JPEG decodes at the smallest DCT
+    scale (1/2, 1/4, 1/8) whose upright picture still covers it.
     """
     try:
         with Image.open(path) as img:  # closes the file; decoded pixels stay
-            if size is not None:
-                side = 2 * max(size)  # orientation-free: the file may be stored turned
-                img.draft(img.mode, (side, side))
+            if cover is not None:
+                height, width = cover
+                if _orientation(img) in _TURNED_ORIENTATIONS:  # stored on its side
+                    height, width = width, height
+                img.draft(img.mode, (width, height))
             img.load()
             # In place: a copy only for a turned image, never of an upright one.
             ImageOps.exif_transpose(img, in_place=True)
@@ -318,7 +324,8 @@ def load_rgb(image, size=None):
     rgb : ndarray of shape (H, W, 3) or (*size, 3), dtype float32
     """
     if isinstance(image, (str, os.PathLike)):
-        image = _open_path(image, size)
+        # Decoded at twice the target size at least, for the antialiasing filter.
+        image = _open_path(image, None if size is None else (2 * max(size),) * 2)
     if isinstance(image, Image.Image):
         width, height = image.size
     else:

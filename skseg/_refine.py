@@ -17,14 +17,11 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ._images import _SIXTEEN_BIT_MODES, load_rgb
+from ._images import _SIXTEEN_BIT_MODES, _open_path, load_rgb
 
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-# EXIF orientations that swap width and height.
-_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
-_EXIF_ORIENTATION = 0x0112
 
 
 def pamr(image, mask, *, n_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
@@ -101,20 +98,6 @@ def pamr(image, mask, *, n_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
     return mask
 
 
-def _open_reduced(path, shape):
-    """A file decoded at no less than ``shape`` where the format can do it
-    cheaply (JPEG's DCT scaling by 1/2, 1/4 or 1/8), EXIF orientation applied."""
-    with Image.open(path) as img:
-        if img.format == "JPEG":
-            orientation = img.getexif().get(_EXIF_ORIENTATION)
-            height, width = shape
-            if orientation in _TRANSPOSED_ORIENTATIONS:
-                height, width = width, height
-            img.draft(None, (width, height))
-        img.load()
-        return ImageOps.exif_transpose(img)
-
-
 def working_pixels(image, shape, *, reduced_decode=True):
     """The image's pixels resized to ``shape`` ``(h, w)``: a contiguous
     float32 tensor of shape (3, h, w) in [0, 1].
@@ -127,7 +110,7 @@ def working_pixels(image, shape, *, reduced_decode=True):
     (``docs/performance.rst`` gives the measured effect on masks).
     """
     if reduced_decode and isinstance(image, (str, os.PathLike)):
-        img = _open_reduced(image, shape)
+        img = _open_path(image, shape)  # JPEGs at the smallest DCT scale covering it
         if img.mode not in _SIXTEEN_BIT_MODES:
             small = img.convert("RGB").resize(shape[::-1], Image.Resampling.BILINEAR)
             rgb = torch.from_numpy(np.array(small)).permute(2, 0, 1).contiguous()
