@@ -94,10 +94,13 @@ def photo_features(folder, n_images, rng):
     return out, coverage
 
 
+_PATCH_OF_PIXEL = pixel_to_patch(VOC_SHAPE, (GRID, GRID)).ravel()
+_PIXELS_PER_PATCH = np.bincount(_PATCH_OF_PIXEL, minlength=GRID * GRID)
+
+
 def _patch_fraction(truth):
-    patch = pixel_to_patch(VOC_SHAPE, (GRID, GRID)).ravel()
-    covered = np.bincount(patch, weights=truth.ravel(), minlength=GRID * GRID)
-    return (covered / np.bincount(patch, minlength=GRID * GRID)).reshape(GRID, GRID)
+    covered = np.bincount(_PATCH_OF_PIXEL, weights=truth.ravel(), minlength=GRID * GRID)
+    return (covered / _PIXELS_PER_PATCH).reshape(GRID, GRID)
 
 
 def pixel_stage_seconds_per_image(X, coverage, device, batch=16):

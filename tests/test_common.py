@@ -4,7 +4,9 @@ Our X is a list of images or of per-image features, so the checks that feed
 tabular data do not apply; these do, and each estimator must pass them.
 """
 
+import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import estimator_checks as checks
 
 from skseg import MultilevelSegmenter, ViTPatchTransformer
@@ -37,3 +39,6 @@ def test_data_free_scikit_learn_checks(estimator, check):
 
 def test_transform_before_fit_is_refused():
     checks.check_transformers_unfitted("ViTPatchTransformer", ViTPatchTransformer())
+    # On a valid image, so that only the fitted check can refuse it.
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        ViTPatchTransformer().transform([np.zeros((32, 32, 3), np.uint8)])

@@ -61,9 +61,10 @@ def test_attention_rule_compares_cluster_means_with_the_overall_mean():
 
 
 def test_attention_rule_keeps_one_cluster_on_each_side():
-    # All clusters at the mean: none above it, so the highest becomes foreground.
+    # All clusters exactly at the mean: none is above it, yet one becomes
+    # foreground (the first of the tied highest).
     np.testing.assert_array_equal(
-        attention_foreground(np.array([10, 10]), np.array([2.0, 2.0 + 1e-9])), [False, True]
+        attention_foreground(np.array([10, 10]), np.array([2.0, 2.0])), [True, False]
     )
 
 
