@@ -141,9 +141,11 @@ class BoundedSample:
         return rows[np.argsort(priorities, kind="stable")]
 
 
-def fit_kmeans(X, n_clusters, *, n_init, seed):
-    """K-means centroids of the rows of ``X`` (float32, ``(n_clusters, d)``)."""
-    kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed)
+def fit_kmeans(X, n_clusters, *, n_init, max_iter, seed):
+    """K-means centroids of the rows of ``X`` (float32, ``(n_clusters, d)``):
+    the best of ``n_init`` k-means++ starts by inertia, each run for at most
+    ``max_iter`` iterations."""
+    kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=seed)
     return kmeans.fit(X).cluster_centers_.astype(np.float32)
 
 

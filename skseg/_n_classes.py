@@ -20,16 +20,23 @@ from sklearn.metrics import silhouette_score
 from sklearn.utils import check_random_state
 
 
+# Rows the silhouette is computed on: its cost is quadratic in them, so it
+# is bounded apart from the K-means sample (whose cost is linear).
+SILHOUETTE_ROWS = 1000
+
+
 def choose_n_clusters(descriptors, max_clusters, *, random_state=None, max_samples=1000,
-                      n_init=10, rows_name="descriptors", parameter="n_clusters"):
+                      n_init=10, max_iter=300, rows_name="descriptors",
+                      parameter="n_clusters"):
     """Number of clusters in ``descriptors`` by the silhouette criterion.
 
     Every count ``k`` from 2 to ``max_clusters`` is tried: K-means with ``k``
     clusters, then the mean silhouette coefficient of that partition. The
     count with the highest silhouette is chosen (the smallest one on a tie).
 
-    Both steps run on at most ``max_samples`` rows drawn at random, projected
-    on their first ``max_clusters`` principal components. Any ``max_clusters``
+    K-means runs on at most ``max_samples`` rows drawn at random, projected
+    on their first ``max_clusters`` principal components; the silhouette on
+    at most :data:`SILHOUETTE_ROWS` of them. Any ``max_clusters``
     centroids lie in a subspace of that dimension, so the projection keeps
     what separates the candidate clusters and drops most of the isotropic
     noise of the other directions, which otherwise flattens the silhouette
@@ -46,11 +53,12 @@ def choose_n_clusters(descriptors, max_clusters, *, random_state=None, max_sampl
     random_state : int, RandomState instance or None, default=None
         Seeds the sample, the projection and the K-means fits.
     max_samples : int, default=1000
-        Rows looked at. Bounds the cost whatever the number of rows: the
-        silhouette is quadratic in it, each K-means fit linear.
+        Rows the K-means fits see. Bounds the cost whatever the number of rows.
     n_init : int, default=10
         K-means restarts per candidate, so that a poor local minimum does not
         decide the count.
+    max_iter : int, default=300
+        Iterations of each K-means run.
     rows_name, parameter : str, default="descriptors", "n_clusters"
         What the rows are and which parameter asked for the choice, for the
         error message when there are too few rows.
@@ -95,17 +103,20 @@ def choose_n_clusters(descriptors, max_clusters, *, random_state=None, max_sampl
     largest = min(int(max_clusters), len(sample) - 1)
     n_components = min(int(max_clusters), *sample.shape)
     projected = PCA(n_components, random_state=_seed(rng)).fit_transform(sample)
+    scored = (np.sort(rng.choice(len(sample), size=SILHOUETTE_ROWS, replace=False))
+              if len(sample) > SILHOUETTE_ROWS else slice(None))
     scores = {}
     for k in range(2, largest + 1):
-        kmeans = KMeans(k, n_init=n_init, random_state=_seed(rng))
+        kmeans = KMeans(k, n_init=n_init, max_iter=max_iter, random_state=_seed(rng))
         with warnings.catch_warnings():
             # Raised when there are fewer distinct rows than k; scored below.
             warnings.simplefilter("ignore", ConvergenceWarning)
             labels = kmeans.fit_predict(projected)
         # Fewer distinct rows than k leaves a cluster empty: no partition
         # into k clusters exists, so k gets the worst silhouette.
-        scores[k] = (float(silhouette_score(projected, labels))
-                     if len(np.unique(labels)) == k else -1.0)
+        scores[k] = (float(silhouette_score(projected[scored], labels[scored]))
+                     if len(np.unique(labels)) == k and len(np.unique(labels[scored])) > 1
+                     else -1.0)
     best = max(scores, key=lambda k: (scores[k], -k))
     return best, scores
 

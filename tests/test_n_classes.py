@@ -82,6 +82,21 @@ def test_cost_is_bounded_by_max_samples(monkeypatch):
     assert seen == [(300, 4)] * 3  # 300 rows on 4 principal components, k = 2..4
 
 
+def test_kmeans_sees_max_samples_rows_and_the_silhouette_a_bounded_share(monkeypatch):
+    X, _ = make_blobs(n_samples=3000, n_features=16, centers=3, random_state=0)
+    fitted, scored = [], []
+    real_fit, real_score = skseg._n_classes.KMeans.fit_predict, skseg._n_classes.silhouette_score
+    monkeypatch.setattr(skseg._n_classes.KMeans, "fit_predict",
+                        lambda self, Z: fitted.append((len(Z), self.n_init, self.max_iter))
+                        or real_fit(self, Z))
+    monkeypatch.setattr(skseg._n_classes, "silhouette_score",
+                        lambda Z, labels: scored.append(len(Z)) or real_score(Z, labels))
+    monkeypatch.setattr(skseg._n_classes, "SILHOUETTE_ROWS", 500)
+    count, _ = choose_n_clusters(X, 3, random_state=0, max_samples=2000, n_init=3, max_iter=7)
+    assert count == 3
+    assert fitted == [(2000, 3, 7)] * 2 and scored == [500] * 2
+
+
 def test_a_count_with_empty_clusters_scores_worst():
     # Three distinct descriptors, repeated: no partition into 4 or 5 exists.
     X = np.repeat(np.eye(3, 8), 10, axis=0)
