@@ -6,7 +6,7 @@ The public API is re-exported here; implementations live in private modules.
 from ._backbone import WeightsUnavailableError
 from ._features import FeatureSequence, ImageFeatures
 from ._regions import LabelMasks
-from ._segmenter import MultilevelSegmenter
+from ._segmenter import ForegroundWarning, MultilevelSegmenter
 from ._store import FeatureStore
 from ._transformer import ViTPatchTransformer
 
@@ -15,6 +15,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "FeatureSequence",
     "FeatureStore",
+    "ForegroundWarning",
     "ImageFeatures",
     "LabelMasks",
     "MultilevelSegmenter",

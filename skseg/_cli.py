@@ -242,8 +242,9 @@ def _add_segment_parser(commands):
                help="most classes (and categories) 'auto' considers")
     fit_option("--n-categories", type=_n_classes,
                help="image pseudo-categories, or 'auto' (None: as --n-classes)")
-    fit_option("--n-dataset-clusters", type=_at_least(2), default=2,
-               help="clusters of the dataset-level K-means (at least 2)")
+    fit_option("--n-dataset-clusters", type=_at_least(2), default=8,
+               help="clusters of the dataset-level K-means (at least 2), sorted "
+                    "into foreground and background by --foreground")
     fit_option("--foreground", choices=["border", "attention"], default="border",
                help="rule picking the foreground clusters (attention also "
                     "extracts the ViT's CLS attention)")
@@ -262,11 +263,13 @@ def _add_segment_parser(commands):
     fit_option("--min-region-size", type=_min_region_size, default=0.01,
                help="smallest object region: pixels (50) or image fraction (0.01)")
     fit_option("--max-samples", type=_at_least(2), default=20_000,
-               help="patches sampled to fit each K-means (at least 2)")
+               help="rows (patches, images, regions) sampled to fit each K-means "
+                    "(at least 2)")
     fit_option("--max-iter", type=_positive_int, default=20,
-               help="iterations of the image-level 2-means")
-    fit_option("--n-init", type=_positive_int, default=4,
-               help="K-means restarts for categories and classes")
+               help="most iterations of every K-means and 2-means")
+    fit_option("--n-init", type=_positive_int, default=10,
+               help="k-means++ starts of the dataset-level, category and class "
+                    "K-means (and of 'auto')")
     fit_option("--metric", choices=["cosine", "euclidean"], default="cosine",
                help="clustering metric")
     fit_option("--random-state", type=_random_state, default=0,

@@ -21,11 +21,68 @@ def agreement(candidate, reference):
 
 
 # ------------------------------------------------------------ dataset level
-def border_foreground(counts, border_counts):
-    """Clusters under-represented on the image border are foreground.
+def split_by_score(scores, weights):
+    """Foreground clusters: those on the high side of the best threshold on
+    ``scores``.
 
-    A cluster is background when its share of border patches exceeds its
-    share of all patches.
+    The threshold is Otsu's: the split of the clusters, sorted by score, that
+    maximises the between-side variance of the scores weighted by the
+    clusters' patch counts (the exact optimum of a weighted 1-D 2-means). It
+    adapts to the data: many background clusters and few foreground ones (an
+    over-clustered dataset level) are split at the widest gap between the two
+    groups, not at a fixed value that background clusters leaning slightly
+    off the border would cross. Both sides always keep at least one cluster;
+    on tied splits the one with fewer foreground clusters wins.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n_clusters,)
+        Higher means more foreground-like.
+    weights : ndarray of shape (n_clusters,)
+        Patches of each cluster; clusters without patches weigh nothing.
+
+    Returns
+    -------
+    foreground : ndarray of shape (n_clusters,), bool
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    weights = np.maximum(np.asarray(weights, dtype=np.float64), 0)
+    order = np.argsort(-scores, kind="stable")  # most foreground-like first
+    w, s = weights[order], scores[order]
+    w = w + 1e-12 * (w.sum() == 0)  # all empty: split by score alone
+    left_weight = np.cumsum(w)[:-1]
+    left_sum = np.cumsum(w * s)[:-1]
+    right_weight = w.sum() - left_weight
+    right_sum = (w * s).sum() - left_sum
+    left_mean = left_sum / np.maximum(left_weight, 1e-300)
+    right_mean = right_sum / np.maximum(right_weight, 1e-300)
+    between = left_weight * right_weight * (left_mean - right_mean) ** 2
+    n_foreground = 1 + int(np.argmax(between))  # the first maximum: fewest foreground
+    foreground = np.zeros(len(scores), dtype=bool)
+    foreground[order[:n_foreground]] = True
+    return foreground
+
+
+def border_ratios(counts, border_counts):
+    """Each cluster's share of border patches over its share of all patches.
+
+    Above 1, a cluster crowds the image border (background-like); well below
+    1, it keeps off it (foreground-like).
+    """
+    share_all = counts / max(counts.sum(), 1)
+    share_border = border_counts / max(border_counts.sum(), 1)
+    return share_border / np.maximum(share_all, 1e-12)
+
+
+def border_foreground(counts, border_counts):
+    """Clusters that keep off the image border are foreground.
+
+    Clusters are split by :func:`split_by_score` on ``-log(ratio + 0.1)`` of
+    their :func:`border_ratios`. The logarithm makes "half as often" and
+    "twice as often" on the border equally far from "as often"; the 0.1
+    makes every cluster seen on the border less than about a tenth as often
+    as by chance alike, so that one cluster that never touches it does not
+    stand alone as the only foreground.
 
     Parameters
     ----------
@@ -34,27 +91,13 @@ def border_foreground(counts, border_counts):
     border_counts : ndarray of shape (n_clusters,)
         Patches of each cluster on the border of their image.
     """
-    share_all = counts / max(counts.sum(), 1)
-    share_border = border_counts / max(border_counts.sum(), 1)
-    ratio = share_border / np.maximum(share_all, 1e-12)
-    return _at_least_one_each(ratio <= 1.0, -ratio)
+    return split_by_score(-np.log(border_ratios(counts, border_counts) + 0.1), counts)
 
 
 def attention_foreground(counts, attention_sums):
-    """Clusters whose mean CLS attention is above the overall mean are foreground."""
-    means = attention_sums / np.maximum(counts, 1)
-    overall = attention_sums.sum() / max(counts.sum(), 1)
-    return _at_least_one_each(means > overall, means)
-
-
-def _at_least_one_each(foreground, score):
-    """Keep both a foreground and a background cluster, decided by score."""
-    foreground = foreground.copy()
-    if foreground.all():
-        foreground[np.argmin(score)] = False
-    if not foreground.any():
-        foreground[np.argmax(score)] = True
-    return foreground
+    """Clusters with the higher mean CLS attention are foreground, split by
+    :func:`split_by_score` on the clusters' mean attention."""
+    return split_by_score(attention_sums / np.maximum(counts, 1), counts)
 
 
 def border_patches(grid_shape):
@@ -104,7 +147,8 @@ def category_foreground(patches, pairs, categories):
 
 
 # -------------------------------------------------------------- image level
-def image_foreground(patches, category_mask, category_foreground_centroids, *, max_iter):
+def image_foreground(patches, category_mask, category_foreground_centroids, border, *,
+                     max_iter):
     """Image-level 2-means in a batch of images of one grid, kept consistent.
 
     Each image's 2-means starts from its category-level mask, and its
@@ -113,11 +157,20 @@ def image_foreground(patches, category_mask, category_foreground_centroids, *, m
     compare), the cluster nearer the category's foreground centroid is
     foreground.
 
+    An image whose foreground so found covers half of its border or more has
+    most likely inherited a wrong mask from above (an object seldom fills
+    most of the border of its picture): its 2-means is run again from the border prior
+    (border patches background, the others foreground), the cluster with the
+    smaller share of border patches is foreground, and that split replaces
+    the inherited one if its foreground covers less of the border.
+
     Parameters
     ----------
     patches : Tensor of shape (B, N, d)
     category_mask : Tensor of shape (B, N), bool
     category_foreground_centroids : Tensor of shape (B, d)
+    border : ndarray of shape (N,), bool
+        Patches on the border of the grid.
     max_iter : int
 
     Returns
@@ -133,7 +186,29 @@ def image_foreground(patches, category_mask, category_foreground_centroids, *, m
     nearer = nearer.cpu().numpy()
     flip = np.where(tie, nearer == 0, flip)
     keep = np.where(tie, nearer == 1, keep)
-    return np.where((flip > keep)[:, None], ~split, split)
+    foreground = np.where((flip > keep)[:, None], ~split, split)
+    wrong = border_share(foreground, border) >= 0.5
+    if wrong.any():
+        prior = np.tile(~border, (int(wrong.sum()), 1))
+        recovered, _ = batched_two_means(
+            patches[torch.from_numpy(wrong).to(patches.device)],
+            torch.from_numpy(prior).to(patches.device),
+            max_iter=max_iter,
+        )
+        recovered = recovered.cpu().numpy()
+        # Oriented by the border: foreground is the side that touches it less.
+        recovered = np.where(
+            (border_share(recovered, border) > border_share(~recovered, border))[:, None],
+            ~recovered, recovered,
+        )
+        better = border_share(recovered, border) < border_share(foreground[wrong], border)
+        foreground[np.flatnonzero(wrong)[better]] = recovered[better]
+    return foreground
+
+
+def border_share(foreground, border):
+    """Share of the border patches in the foreground, along the last axis."""
+    return (foreground & border).sum(-1) / max(int(border.sum()), 1)
 
 
 # ---------------------------------------------------------------- consensus
@@ -149,6 +224,35 @@ def combine_levels(dataset, category, image, rule):
     if rule == "intersection":
         return (dataset & category & image).astype(np.float32)
     return image.astype(np.float32)
+
+
+# -------------------------------------------------------------- diagnostics
+LEVELS = ("dataset", "category", "image", "consensus")
+LEVEL_PAIRS = (("dataset", "category"), ("category", "image"), ("dataset", "image"))
+
+
+def level_counts(levels, on_border):
+    """Patch counts that summarise how the foreground decision went: sums
+    over chunks give the dataset's.
+
+    Returns
+    -------
+    counts : dict of str to ndarray
+        ``"patches"`` and ``"border"`` (one value each), ``"foreground"`` and
+        ``"border_foreground"`` (one per level of :data:`LEVELS`, the
+        consensus thresholded at 0.5), ``"intersection"`` and ``"union"`` of
+        the foreground of the levels of each pair of :data:`LEVEL_PAIRS`.
+    """
+    masks = {name: levels[name] > 0.5 if name == "consensus" else levels[name]
+             for name in LEVELS}
+    return {
+        "patches": np.array([len(on_border)]),
+        "border": np.array([on_border.sum()]),
+        "foreground": np.array([masks[name].sum() for name in LEVELS]),
+        "border_foreground": np.array([(masks[name] & on_border).sum() for name in LEVELS]),
+        "intersection": np.array([(masks[a] & masks[b]).sum() for a, b in LEVEL_PAIRS]),
+        "union": np.array([(masks[a] | masks[b]).sum() for a, b in LEVEL_PAIRS]),
+    }
 
 
 # ------------------------------------------------------- a chunk of images
@@ -190,7 +294,7 @@ def chunk_levels(chunk, dataset_centroids, dataset_foreground, category_centers,
             _to_tensor(chunk.patches[rows], device).view(len(members), h * w, -1),
             _to_tensor(category[rows], device).view(len(members), h * w),
             _to_tensor(category_pairs[categories[members], 1], device),
-            max_iter=max_iter,
+            border_patches((h, w)), max_iter=max_iter,
         ).ravel()
     return {
         "dataset": dataset, "category": category, "image": image,

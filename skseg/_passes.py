@@ -21,7 +21,7 @@ from ._clustering import (
     unit_rows,
 )
 from ._features import FeatureSequence, ImageFeatures
-from ._levels import border_patches
+from ._levels import border_patches, level_counts
 
 # Floats of patch features per chunk: ~32 MB of float32.
 CHUNK_FLOATS = 1 << 23
@@ -229,9 +229,12 @@ def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples)
 
 def segment(X, start, stop, expected, model, keys=None):
     """The per-image path of fit and predict: levels, consensus, pixels,
-    regions and their descriptors for images ``start..stop``."""
+    regions and their descriptors for images ``start..stop``, and the
+    chunk's :func:`level_counts`."""
     chunk = Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
-    return model._regions(chunk, model._levels(chunk)["consensus"])
+    levels = model._levels(chunk)
+    return (*model._regions(chunk, levels["consensus"]),
+            level_counts(levels, chunk.on_border()))
 
 
 def levels_only(X, start, stop, expected, model):

@@ -4,16 +4,20 @@ import numpy as np
 import pytest
 import torch
 
+import skseg._levels
 from skseg._levels import (
     agreement,
     attention_foreground,
     border_foreground,
     border_patches,
+    border_ratios,
+    border_share,
     category_foreground,
     category_pair,
     combine_levels,
     image_foreground,
     oriented_pair,
+    split_by_score,
 )
 
 
@@ -33,36 +37,89 @@ def test_agreement_is_intersection_over_union():
     )
 
 
-def test_border_rule_makes_clusters_over_represented_on_the_border_background():
-    # Cluster 0 holds 30% of patches but 60% of border patches: background.
-    counts, border = np.array([30, 50, 20]), np.array([60, 30, 10])
-    np.testing.assert_array_equal(border_foreground(counts, border), [False, True, True])
-    # Equal shares count as foreground (the rule is "exceeds").
+def test_split_by_score_is_otsus_threshold_weighted_by_patches():
+    # Sorted scores 5 | 4 | 1 | 0: the widest between-side variance puts the
+    # first two on the foreground side.
+    scores, weights = np.array([1.0, 5.0, 0.0, 4.0]), np.array([10, 10, 10, 10])
+    np.testing.assert_array_equal(split_by_score(scores, weights), [False, True, False, True])
+    # Weights move the threshold: the middle cluster joins the side whose
+    # split leaves the most weight on both sides, apart.
     np.testing.assert_array_equal(
-        border_foreground(np.array([50, 30, 20]), np.array([50, 40, 10])), [True, False, True]
+        split_by_score(np.array([10.0, 4.0, 0.0]), np.array([1, 100, 100])), [True, True, False]
+    )
+    np.testing.assert_array_equal(
+        split_by_score(np.array([10.0, 4.0, 0.0]), np.array([100, 100, 1])), [True, False, False]
     )
 
 
-def test_border_rule_keeps_one_background_cluster_when_all_shares_tie():
-    # Every ratio is 1: all would be foreground, so the one with the highest
-    # border ratio (the first, on a tie) becomes background.
+def test_split_by_score_keeps_one_cluster_on_each_side():
+    # All scores tied: every split scores 0; the first (fewest foreground,
+    # the first cluster in order) wins.
+    np.testing.assert_array_equal(split_by_score(np.zeros(3), np.ones(3)), [True, False, False])
+    # Two clusters are always one of each, whatever their weights.
+    np.testing.assert_array_equal(split_by_score(np.array([0.0, 1.0]), np.array([1, 1000])),
+                                  [False, True])
+    # Clusters without patches weigh nothing, but are still placed by score.
     np.testing.assert_array_equal(
-        border_foreground(np.array([50, 50]), np.array([10, 10])), [False, True]
+        split_by_score(np.array([9.0, 1.0, 0.1, 0.0]), np.array([0, 10, 10, 10])),
+        [True, True, False, False],
     )
+    np.testing.assert_array_equal(split_by_score(np.array([1.0, 0.0]), np.zeros(2)),
+                                  [True, False])
+
+
+def test_border_ratios_compare_border_and_overall_shares():
+    # Cluster 0: 30% of patches, 60% of border patches.
+    np.testing.assert_allclose(border_ratios(np.array([30, 50, 20]), np.array([60, 30, 10])),
+                               [2.0, 0.6, 0.5])
+
+
+def test_border_rule_splits_at_the_gap_not_at_ratio_one():
+    # An over-clustered dataset level: five background clusters, two of
+    # which lean off the border (ratio 0.8 < 1), and three object clusters
+    # that seldom touch it (ratios 0.2). A fixed "ratio <= 1" rule called the
+    # leaning background foreground; the threshold goes in the gap.
+    counts = np.array([100, 100, 100, 100, 100, 20, 20, 20])
+    ratios = np.array([0.8, 0.8, 1.2, 1.3, 1.3, 0.2, 0.2, 0.2])
+    border = ratios * counts  # border counts in proportion
+    np.testing.assert_allclose(border_ratios(counts, border), ratios * counts.sum()
+                               / border.sum())
+    np.testing.assert_array_equal(border_foreground(counts, border), [False] * 5 + [True] * 3)
+
+
+def test_border_rule_treats_clusters_that_never_touch_the_border_like_rare_ones():
+    # Ratios 0, 0.15, 0.2 against background at about 1.2. Without the 0.1
+    # offset, log(0) would isolate the never-on-border cluster as the only
+    # foreground.
+    counts = np.array([400, 400, 20, 20, 20])
+    border = np.array([500, 470, 0, 3, 4])
+    assert border_ratios(counts, border)[2] == 0
+    np.testing.assert_array_equal(border_foreground(counts, border), [False, False, True, True, True])
     np.testing.assert_array_equal(
-        border_foreground(np.array([40, 40, 20]), np.array([20, 20, 10])), [False, True, True]
+        split_by_score(-np.log(np.maximum(border_ratios(counts, border), 1e-6)), counts),
+        [False, False, True, False, False],
     )
 
 
-def test_attention_rule_compares_cluster_means_with_the_overall_mean():
+def test_border_rule_with_two_clusters_calls_the_border_crowding_one_background():
+    np.testing.assert_array_equal(
+        border_foreground(np.array([50, 50]), np.array([70, 30])), [False, True]
+    )
+    np.testing.assert_array_equal(
+        border_foreground(np.array([80, 20]), np.array([10, 90])), [True, False]
+    )
+
+
+def test_attention_rule_splits_mean_attention_weighted_by_counts():
     counts = np.array([10, 10, 80])
-    sums = np.array([9.0, 1.0, 20.0])  # means 0.9, 0.1, 0.25; overall 0.3
+    sums = np.array([9.0, 1.0, 20.0])  # means 0.9, 0.1, 0.25
     np.testing.assert_array_equal(attention_foreground(counts, sums), [True, False, False])
-
-
-def test_attention_rule_keeps_one_cluster_on_each_side():
-    # All clusters exactly at the mean: none is above it, yet one becomes
-    # foreground (the first of the tied highest).
+    # Means 0.1, 0.4, 0.4: the two high ones together.
+    np.testing.assert_array_equal(
+        attention_foreground(np.array([10, 10, 10]), np.array([1.0, 4.0, 4.0])),
+        [False, True, True],
+    )
+    # Tied means: one cluster on each side.
     np.testing.assert_array_equal(
         attention_foreground(np.array([10, 10]), np.array([2.0, 2.0])), [True, False]
     )
@@ -118,6 +175,11 @@ def test_category_rule_is_nearest_of_the_two_centroids():
     )
 
 
+def _off_border(X):
+    """No patch on the border: the border check never fires."""
+    return np.zeros(X.shape[1], dtype=bool)
+
+
 def _two_blobs(n=20, d=4, seed=0):
     rng = np.random.default_rng(seed)
     X = 0.05 * rng.standard_normal((1, n, d)).astype(np.float32)
@@ -130,7 +192,7 @@ def test_image_level_keeps_the_cluster_that_agrees_with_the_category():
     category = torch.zeros(1, 20, dtype=torch.bool)
     category[0, :8] = True  # roughly the first blob
     fg_centroid = torch.zeros(1, 4)
-    foreground = image_foreground(X, category, fg_centroid, max_iter=10)
+    foreground = image_foreground(X, category, fg_centroid, _off_border(X), max_iter=10)
     np.testing.assert_array_equal(foreground[0], np.arange(20) < 10)
 
 
@@ -140,10 +202,10 @@ def test_image_level_flips_its_clusters_to_agree_with_the_category():
     X = _two_blobs()
     category = torch.zeros(1, 20, dtype=torch.bool)
     category[0, 9:] = True
-    foreground = image_foreground(X, category, torch.zeros(1, 4), max_iter=10)
+    foreground = image_foreground(X, category, torch.zeros(1, 4), _off_border(X), max_iter=10)
     np.testing.assert_array_equal(foreground[0], np.arange(20) >= 10)
     # Inverted init: the split is the same partition, oriented by agreement.
-    inverted = image_foreground(X, ~category, torch.zeros(1, 4), max_iter=10)
+    inverted = image_foreground(X, ~category, torch.zeros(1, 4), _off_border(X), max_iter=10)
     np.testing.assert_array_equal(inverted[0], np.arange(20) < 10)
 
 
@@ -155,10 +217,10 @@ def test_image_level_tie_rule_uses_the_category_foreground_centroid():
     near_first_blob = torch.tensor([[1.0, 0, 0, 0]])
     near_second_blob = torch.tensor([[0.0, 0, 0, 0]])
     np.testing.assert_array_equal(
-        image_foreground(X, empty, near_first_blob, max_iter=10)[0], np.arange(20) < 10
+        image_foreground(X, empty, near_first_blob, _off_border(X), max_iter=10)[0], np.arange(20) < 10
     )
     np.testing.assert_array_equal(
-        image_foreground(X, empty, near_second_blob, max_iter=10)[0], np.arange(20) >= 10
+        image_foreground(X, empty, near_second_blob, _off_border(X), max_iter=10)[0], np.arange(20) >= 10
     )
 
 
@@ -167,7 +229,7 @@ def test_image_level_runs_every_image_of_a_batch_independently():
     category = torch.zeros(2, 20, dtype=torch.bool)
     category[0, :10] = True
     category[1, 10:] = True
-    foreground = image_foreground(X, category, torch.zeros(2, 4), max_iter=10)
+    foreground = image_foreground(X, category, torch.zeros(2, 4), _off_border(X), max_iter=10)
     np.testing.assert_array_equal(foreground[0], np.arange(20) < 10)
     np.testing.assert_array_equal(foreground[1], np.arange(20) >= 10)
 
@@ -189,45 +251,6 @@ def test_consensus_rules(rule, expected):
 
 def test_agreement_of_single_patch_masks():
     assert agreement(_mask("10"), _mask("10")) == 1.0
-
-
-def test_border_rule_can_find_several_background_clusters():
-    # Two clusters crowd the border (ratio 1.6), one keeps off it (0.4).
-    np.testing.assert_array_equal(
-        border_foreground(np.array([25, 25, 50]), np.array([40, 40, 20])), [False, False, True]
-    )
-    border = border_patches((4, 4))
-    assert border.dtype == bool and border.sum() == 12
-
-
-def test_attention_rule_is_strictly_above_the_mean_and_weighs_by_counts():
-    # Means 0.1, 0.2, 0.3; overall 0.2: only the third is above it.
-    np.testing.assert_array_equal(
-        attention_foreground(np.array([10, 10, 10]), np.array([1.0, 2.0, 3.0])),
-        [False, False, True],
-    )
-    # Means 0.1, 0.4, 0.4; overall 0.3: two foreground clusters.
-    np.testing.assert_array_equal(
-        attention_foreground(np.array([10, 10, 10]), np.array([1.0, 4.0, 4.0])),
-        [False, True, True],
-    )
-    # A single-patch cluster: its mean is its one value (0.3 > overall 0.2).
-    np.testing.assert_array_equal(
-        attention_foreground(np.array([1, 4]), np.array([0.3, 0.7])), [True, False]
-    )
-
-
-def test_at_least_one_each_decides_by_score():
-    from skseg._levels import _at_least_one_each
-
-    np.testing.assert_array_equal(
-        _at_least_one_each(_mask("111"), np.array([3.0, 1.0, 2.0])), [True, False, True]
-    )
-    np.testing.assert_array_equal(
-        _at_least_one_each(_mask("000"), np.array([1.0, 3.0, 2.0])), [False, True, False]
-    )
-    kept = _mask("010")
-    np.testing.assert_array_equal(_at_least_one_each(kept, np.array([9.0, 0, 9])), kept)
 
 
 def test_category_pair_keeps_its_order_on_a_tie():
@@ -252,7 +275,7 @@ def test_image_level_flips_when_its_foreground_cluster_ends_on_the_other_side():
     values = np.concatenate([np.zeros(10), np.ones(10), np.full(2, 10.0)])
     X = torch.from_numpy(np.stack([values, np.zeros(22)], 1).astype(np.float32))[None]
     category = torch.from_numpy(values > 0.5)[None]
-    foreground = image_foreground(X, category, torch.zeros(1, 2), max_iter=10)
+    foreground = image_foreground(X, category, torch.zeros(1, 2), _off_border(X), max_iter=10)
     np.testing.assert_array_equal(foreground[0], values < 5)
 
 
@@ -260,6 +283,65 @@ def test_image_level_tie_rule_per_image_of_a_batch():
     X = torch.cat([_two_blobs(seed=0), _two_blobs(seed=1)])
     empty = torch.zeros(2, 20, dtype=torch.bool)
     centroids = torch.tensor([[0.0, 0, 0, 0], [1.0, 0, 0, 0]])  # second blob, first blob
-    foreground = image_foreground(X, empty, centroids, max_iter=10)
+    foreground = image_foreground(X, empty, centroids, _off_border(X), max_iter=10)
     np.testing.assert_array_equal(foreground[0], np.arange(20) >= 10)
     np.testing.assert_array_equal(foreground[1], np.arange(20) < 10)
+
+
+def _framed_object(n_images=3, grid=6, seed=0):
+    """Background patches (along e0) around a 2 x 2 object (along e1)."""
+    rng = np.random.default_rng(seed)
+    obj = np.zeros((grid, grid), bool)
+    obj[2:4, 2:4] = True
+    X = np.where(obj.ravel()[:, None], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0])
+    X = X + 0.02 * rng.standard_normal((n_images, grid * grid, 3))
+    return torch.from_numpy(X.astype(np.float32)), obj.ravel(), border_patches((grid, grid))
+
+
+def test_an_image_level_recovers_from_a_mask_that_fills_the_border():
+    X, obj, border = _framed_object()
+    # The category called the background foreground: the 2-means started
+    # from it and oriented by agreement with it would keep the background.
+    inherited = torch.from_numpy(np.tile(~obj, (3, 1)))
+    foreground = image_foreground(X, inherited, torch.zeros(3, 3), border, max_iter=10)
+    np.testing.assert_array_equal(foreground, np.tile(obj, (3, 1)))
+    # Without the border, nothing tells it is wrong: the inherited split stays.
+    kept = image_foreground(X, inherited, torch.zeros(3, 3), np.zeros_like(border), max_iter=10)
+    np.testing.assert_array_equal(kept, np.tile(~obj, (3, 1)))
+
+
+def test_only_images_whose_foreground_covers_half_the_border_are_redone(monkeypatch):
+    X, obj, border = _framed_object(n_images=3)
+    on_border = np.flatnonzero(border)
+    inherited = np.tile(obj, (3, 1))
+    inherited[0] = ~obj  # the whole border: redone
+    inherited[1, on_border[:10]] = True  # half of it: redone
+    inherited[2, on_border[:9]] = True  # 9 of 20: kept
+    # The border patches taken as foreground look like the object, so the
+    # 2-means from the inherited masks keeps them.
+    X[1, on_border[:10]] = X[1, np.flatnonzero(obj)[0]].clone()
+    X[2, on_border[:9]] = X[2, np.flatnonzero(obj)[0]].clone()
+    runs = []
+    real = skseg._levels.batched_two_means
+    monkeypatch.setattr(skseg._levels, "batched_two_means",
+                        lambda X, init, **kw: runs.append(init.numpy().copy()) or real(X, init, **kw))
+    foreground = image_foreground(X, torch.from_numpy(inherited), torch.zeros(3, 3), border,
+                                  max_iter=10)
+    # One batched run from the inherited masks, then one from the border
+    # prior for images 0 and 1 only.
+    assert len(runs) == 2
+    np.testing.assert_array_equal(runs[1], np.tile(~border, (2, 1)))
+    np.testing.assert_array_equal(foreground[0], obj)
+    np.testing.assert_array_equal(foreground[2], inherited[2])
+    # Image 1's patches split the same way from either start, and the
+    # object-like border patches stay foreground: the redone split covers
+    # no less of the border, so the inherited one stays.
+    np.testing.assert_array_equal(foreground[1], inherited[1])
+
+
+def test_border_share_counts_border_patches_in_the_foreground():
+    border = border_patches((3, 3))
+    mask = np.zeros((2, 9), bool)
+    mask[0, :3] = True  # the top row: 3 of the 8 border patches
+    mask[1, 4] = True  # the centre: none
+    np.testing.assert_allclose(border_share(mask, border), [3 / 8, 0])

@@ -261,9 +261,10 @@ def test_estimator_conventions(planted):
     cloned = clone(fitted)
     assert not hasattr(cloned, "labels_") and cloned.get_params() == fitted.get_params()
     assert fitted.n_features_in_ == 64
-    assert fitted.dataset_centroids_.shape == (2, 64)
+    assert fitted.dataset_centroids_.shape == (8, 64)
     assert fitted.category_centroids_.shape == (4, 2, 64)
-    assert fitted.dataset_foreground_.tolist() in ([True, False], [False, True])
+    assert fitted.dataset_foreground_.shape == (8,)
+    assert 0 < fitted.dataset_foreground_.sum() < 8
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -339,7 +340,8 @@ def test_cosine_metric_ignores_the_length_of_patch_features(planted):
     for a, b in zip(cosine.predict(X[:6]), cosine.predict(rescaled[:6])):
         np.testing.assert_array_equal(a, b)
     assert mean_iou(masks, _seg().fit_predict(rescaled)) > 0.95
-    assert mean_iou(masks, _seg(metric="euclidean").fit_predict(rescaled)) < 0.75
+    # The Euclidean metric sees the lengths, and fits worse masks.
+    assert mean_iou(masks, _seg(metric="euclidean").fit_predict(rescaled)) < 0.9
 
 
 def test_a_fitted_region_encoder_is_used_as_is(monkeypatch):
@@ -424,3 +426,86 @@ def test_category_level_finds_the_foreground_whatever_the_seed(planted):
         accuracy = [(lv["category"] == (m > 0)).mean()
                     for lv, m in zip(seg.predict_levels(X[:40]), masks[:40])]
         assert min(accuracy) > 0.95, seed
+
+
+def _two_backgrounds(n_images=24, grid=8, seed=0):
+    """Images on one of two opposite backgrounds (+e0, -e0), with a 3 x 3
+    object of one of 3 classes (along e1, off both backgrounds) inside.
+
+    The backgrounds hold most of the variance: a 2-means of all patches
+    splits one background from the other, whatever its start, and puts the
+    objects on either side.
+    """
+    rng = np.random.default_rng(seed)
+    X, masks = [], []
+    for i in range(n_images):
+        patches = np.zeros((grid, grid, 8), np.float32)
+        patches[..., 0] = 1.0 if i % 2 else -1.0
+        y, x = rng.integers(1, grid - 4, 2)
+        mask = np.zeros((grid, grid), int)
+        mask[y:y + 3, x:x + 3] = 1 + i % 3
+        patches[mask > 0] = 0
+        patches[mask > 0, 1] = 1.0
+        patches[mask > 0, 2 + i % 3] = 0.5
+        patches += 0.05 * rng.standard_normal(patches.shape).astype(np.float32)
+        X.append(ImageFeatures(patches=patches))
+        masks.append(mask)
+    return X, masks
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_two_kinds_of_background_do_not_collapse_the_foreground(seed):
+    X, masks = _two_backgrounds(seed=seed)
+    truth = np.concatenate([m.ravel() > 0 for m in masks])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", skseg.ForegroundWarning)
+        seg = _seg(n_classes=3, random_state=seed).fit(X)
+    assert mean_iou(masks, seg.labels_) == 1.0
+    # Each background kind has clusters of its own, all called background.
+    assignment = seg.dataset_foreground_[np.concatenate([
+        ((f.patches.reshape(-1, 8) / np.linalg.norm(f.patches, axis=2).reshape(-1, 1))
+         @ seg.dataset_centroids_.T - 0.5 * (seg.dataset_centroids_ ** 2).sum(1)).argmax(1)
+        for f in X])]
+    np.testing.assert_array_equal(assignment, truth)
+    assert seg.foreground_share_ == pytest.approx(dict.fromkeys(
+        ("dataset", "category", "image", "consensus"), truth.mean()))
+    assert seg.border_foreground_share_ == dict.fromkeys(
+        ("dataset", "category", "image", "consensus"), 0.0)
+    assert seg.level_agreement_ == dict.fromkeys(
+        ("dataset/category", "category/image", "dataset/image"), 1.0)
+
+
+def test_a_two_way_dataset_split_collapses_and_says_so():
+    # The same set with the dataset level cut in two: one background kind is
+    # called foreground. The image level recovers where its category's mask
+    # covers most of an image's border; the vote of the two levels above
+    # still decides, and the fit warns with the numbers.
+    X, masks = _two_backgrounds()
+    with pytest.warns(skseg.ForegroundWarning) as record:
+        seg = _seg(n_classes=3, n_dataset_clusters=2).fit(X)
+    (message,) = [str(w.message) for w in record if w.category is skseg.ForegroundWarning]
+    assert seg.border_foreground_share_ == {
+        "dataset": 0.5, "category": 0.5, "image": 0.0, "consensus": 0.5}
+    agreement = seg.level_agreement_["category/image"]
+    assert agreement < 0.4
+    assert "covers 50% of the image border patches" in message
+    assert f"category and image levels disagree (foreground IoU {agreement:.2f})" in message
+    assert "n_dataset_clusters (now 2)" in message and "foreground='attention'" in message
+    # The image level alone found the objects: 14% of the patches, as planted.
+    truth = np.mean([m > 0 for m in masks])
+    assert seg.foreground_share_["image"] == truth
+    assert mean_iou(masks, seg.labels_) < 0.6
+
+
+def test_levels_that_disagree_warn(planted, monkeypatch):
+    # An image level that finds no foreground disagrees with the levels above
+    # it (IoU 0) while the consensus stays off the border.
+    real = skseg._levels.image_foreground
+    monkeypatch.setattr(skseg._levels, "image_foreground",
+                        lambda *args, **kwargs: np.zeros_like(real(*args, **kwargs)))
+    X, _ = planted
+    with pytest.warns(skseg.ForegroundWarning, match=r"the category and image levels "
+                      r"disagree \(foreground IoU 0.00\)"):
+        seg = _seg().fit(X)
+    assert seg.level_agreement_["category/image"] == 0.0
+    assert seg.border_foreground_share_["consensus"] < 0.5
