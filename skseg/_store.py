@@ -58,6 +58,8 @@ _PER_IMAGE = ("grid_shapes", "image_shapes", "patch_sizes", "content_keys", "ima
               "pixel_shapes", "pixel_dtypes", "checksums")
 # PIL modes whose array np.asarray gives loads exactly as the PIL image does.
 _ARRAY_EXACT_PIL_MODES = ("L", "RGB", "RGBA")
+# Beside the arrays, the only file a store holds that zarr does not know.
+_LOCK_NAME = ".writer.lock"
 
 
 class CorruptedStoreError(OSError):
@@ -297,7 +299,9 @@ class FeatureStore(Sequence):
 
     A writer killed at any moment leaves a store that opens and holds every
     image committed before the kill; extending it again continues from there.
-    Writers in several processes take turns (an advisory lock, on POSIX).
+    Writers in several processes take turns: creating the store, recording
+    its extraction and every append happen under one lock (``filelock``), so
+    processes creating or extending the same store at once lose nothing.
     Every read is checked against per-image CRC-32 checksums, so a damaged
     chunk raises an ``OSError`` naming the image and the chunk file, never
     returns wrong numbers.
@@ -310,6 +314,9 @@ class FeatureStore(Sequence):
         The feature-changing parameters of the extraction that wrote (or will
         write) the store, as JSON-compatible values. An empty store records
         them; a store that recorded others is refused with both sets named.
+        A store that recorded an extraction is extended only through a handle
+        opened with the same one, so that no other records pass for its
+        features.
     read_only : bool, default=False
         Open without write access; :meth:`extend` is then refused.
 
@@ -343,16 +350,43 @@ class FeatureStore(Sequence):
     def __init__(self, path, *, extraction=None, read_only=False):
         self.path = os.path.abspath(os.fspath(path))
         self._positions = None  # None: every committed image, in order
+        self._requested = None if extraction is None else _jsonable(dict(extraction))
         _prepare_location(self.path, read_only)
         self._backing = _Backing(self.path, read_only)
-        if extraction is not None:
-            self._check_extraction(_jsonable(dict(extraction)))
+        if self._requested is not None:
+            self._record_extraction()
 
     # -- opening -----------------------------------------------------------
 
-    def _check_extraction(self, requested):
+    def _record_extraction(self):
+        """Record the requested extraction in an empty store, or check it
+        against the recorded one."""
         backing = self._backing
-        recorded = backing.extraction
+        if backing.extraction is None and not backing.n_images and not backing.read_only:
+            with _writer_lock(self.path):
+                # Another process may have recorded its own extraction (and
+                # appended its features) since this one read the store.
+                backing.reload()
+                if backing.extraction is None and not backing.n_images:
+                    meta = dict(backing.meta)
+                    meta["extraction"] = self._requested
+                    backing.group.attrs[_ATTRS_KEY] = meta
+                    backing.reload()
+        self._check_extraction()
+
+    def _check_extraction(self):
+        """Refuse a store whose recorded extraction is not this handle's."""
+        backing = self._backing
+        recorded, requested = backing.extraction, self._requested
+        if requested is None:
+            if recorded is not None:
+                raise ValueError(
+                    f"feature store {self.path!r} holds the features of the extraction "
+                    f"{recorded}; records appended without it would pass for its "
+                    "features. Open it with FeatureStore(path, extraction=...) to "
+                    "append, or use another store path."
+                )
+            return
         if recorded is None:
             if backing.n_images:
                 raise ValueError(
@@ -360,13 +394,6 @@ class FeatureStore(Sequence):
                     "unrecorded extraction parameters; it cannot be used with "
                     f"extraction parameters {requested}."
                 )
-            if not backing.read_only:
-                with _WriterLock(self.path):
-                    backing.reload()
-                    meta = dict(backing.meta)
-                    meta["extraction"] = requested
-                    backing.group.attrs[_ATTRS_KEY] = meta
-                    backing.reload()
             return
         if recorded != requested:
             raise ValueError(
@@ -409,6 +436,7 @@ class FeatureStore(Sequence):
         view = object.__new__(FeatureStore)
         view.path = self.path
         view._backing = self._backing
+        view._requested = self._requested
         view._positions = np.asarray(self._stored(positions), dtype=np.int64)
         return view
 
@@ -650,8 +678,9 @@ class FeatureStore(Sequence):
         if backing.read_only:
             raise PermissionError(f"feature store {self.path!r} is open read-only.")
         keys = iter(content_keys) if content_keys is not None else None
-        with _WriterLock(self.path):
+        with _writer_lock(self.path):
             backing.refresh()  # another process may have appended since we opened
+            self._check_extraction()
             stored = self._key_positions()
             writer = _Writer(backing)
             try:
@@ -684,6 +713,7 @@ def _whole(store):
         return store
     whole = object.__new__(FeatureStore)
     whole.path, whole._backing, whole._positions = store.path, store._backing, None
+    whole._requested = store._requested
     return whole
 
 
@@ -696,64 +726,74 @@ def _reopen(path, positions):
 def _prepare_location(path, read_only):
     """Create an empty store at ``path`` if absent; refuse what is not a store."""
     location = Path(path)
-    marker = location / "zarr.json"
     if location.is_file():
         raise ValueError(f"{path!r} is a file, not a feature store.")
-    if marker.is_file():
-        try:
-            meta = json.loads(marker.read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"{path!r} is not a readable feature store: its zarr.json cannot be "
-                f"parsed ({exc})."
-            ) from exc
-        info = meta.get("attributes", {}).get(_ATTRS_KEY) if isinstance(meta, dict) else None
-        if meta.get("zarr_format") != 3 or not isinstance(info, dict) \
-                or info.get("format") != FORMAT_NAME:
-            raise ValueError(
-                f"{path!r} is a zarr store but not a skseg feature store."
-            )
-        if info.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path!r} is a skseg feature store of format version "
-                f"{info.get('format_version')!r}; this skseg reads version "
-                f"{FORMAT_VERSION}. Extract the features again into a new store."
-            )
-        return
-    if location.is_dir() and any(location.iterdir()):
+    if not (location / "zarr.json").is_file():
+        if read_only:
+            raise FileNotFoundError(f"no feature store at {path!r}.")
+        _refuse_foreign_files(path)  # before the lock file is made there
+        location.mkdir(parents=True, exist_ok=True)
+        with _writer_lock(path):
+            # Checked again under the lock: another process may have created
+            # the store meanwhile, and creating it twice would wipe its images.
+            if not (location / "zarr.json").is_file():
+                _refuse_foreign_files(path)
+                _create_group(path)
+    _check_format(path)
+
+
+def _refuse_foreign_files(path):
+    location = Path(path)
+    if location.is_dir() and any(entry.name != _LOCK_NAME for entry in location.iterdir()):
         raise ValueError(
             f"{path!r} is not a feature store (it has no zarr.json) and is not "
             "empty; give a new path or an existing store."
         )
-    if read_only:
-        raise FileNotFoundError(f"no feature store at {path!r}.")
+
+
+def _create_group(path):
     import zarr
     from zarr.storage import LocalStore
 
-    location.mkdir(parents=True, exist_ok=True)
-    zarr.open_group(LocalStore(path), mode="w", attributes={_ATTRS_KEY: {
+    # Never open_group(mode="w"): it deletes the folder, lock file included.
+    zarr.create_group(LocalStore(path), overwrite=False, attributes={_ATTRS_KEY: {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_images": 0,
         "layout": None, "extraction": None,
     }})
 
 
-class _WriterLock:
-    """An exclusive advisory lock on the store, so writers take turns."""
+def _check_format(path):
+    marker = Path(path) / "zarr.json"
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{path!r} is not a readable feature store: its zarr.json cannot be "
+            f"parsed ({exc})."
+        ) from exc
+    attributes = meta.get("attributes") if isinstance(meta, dict) else None
+    info = attributes.get(_ATTRS_KEY) if isinstance(attributes, dict) else None
+    if not isinstance(info, dict) or meta.get("zarr_format") != 3 \
+            or info.get("format") != FORMAT_NAME:
+        raise ValueError(
+            f"{path!r} is a zarr store but not a skseg feature store."
+        )
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} is a skseg feature store of format version "
+            f"{info.get('format_version')!r}; this skseg reads version "
+            f"{FORMAT_VERSION}. Extract the features again into a new store."
+        )
 
-    def __init__(self, path):
-        self.path = os.path.join(path, ".writer.lock")
 
-    def __enter__(self):
-        self.handle = open(self.path, "a+b")
-        try:
-            import fcntl
-        except ImportError:  # Windows: a single writer is the user's responsibility
-            return self
-        fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
-        return self
+def _writer_lock(path):
+    """An exclusive lock on the store at ``path``: its creation, the record of
+    its extraction and every append happen under it, so writers take turns."""
+    from filelock import FileLock
 
-    def __exit__(self, *exc):
-        self.handle.close()  # closing releases the lock
+    # filelock opens the lock file without following a link (a link planted
+    # in a store must not create or truncate its target).
+    return FileLock(os.path.join(path, _LOCK_NAME))
 
 
 class _Writer:

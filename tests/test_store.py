@@ -1,6 +1,8 @@
 import json
+import multiprocessing
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -248,6 +250,105 @@ def test_concurrent_writers_take_turns(tmp_path, monkeypatch):
     assert sorted(store.content_keys) == sorted(keys)
     for key, stored in zip(store.content_keys, store):
         _assert_same(stored, _record(int(key.split("-")[1])))
+
+
+# -- processes racing ---------------------------------------------------------------
+
+def _delay_zarr_opening(seed):
+    """Sleep a little before each group is opened or created, so that what one
+    process read is stale when it acts on it unless a lock holds the other off."""
+    rng = random.Random(seed)
+    for name in ("open_group", "create_group"):
+        real = getattr(zarr, name)
+
+        def delayed(*args, _real=real, **kwargs):
+            time.sleep(rng.uniform(0, 0.03))
+            return _real(*args, **kwargs)
+
+        setattr(zarr, name, delayed)
+
+
+def _create_and_append(root, n_stores, worker, barrier):
+    _delay_zarr_opening(worker)
+    for k in range(n_stores):
+        barrier.wait(timeout=60)
+        FeatureStore(Path(root) / f"s{k}").extend([_record(worker)], content_keys=[f"w{worker}"])
+
+
+def _record_extraction_and_append(root, n_stores, layer, results, barrier):
+    _delay_zarr_opening(layer)
+    for k in range(n_stores):
+        barrier.wait(timeout=60)
+        try:
+            store = FeatureStore(Path(root) / f"s{k}", extraction={"layer": layer})
+            store.extend([_record(layer)], content_keys=[f"layer{layer}"])
+            results.put((k, layer, "ok"))
+        except ValueError as exc:
+            results.put((k, layer, str(exc)))
+
+
+def _fork_context():
+    # Forked children have skseg imported already: they race from the first
+    # second instead of after seconds of importing torch.
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs the fork start method")
+    return multiprocessing.get_context("fork")
+
+
+def _race(target, arguments):
+    """Run ``target(*arguments[i], barrier)`` in one new process per worker;
+    return their exit codes."""
+    context = _fork_context()
+    barrier = context.Barrier(len(arguments))
+    processes = [context.Process(target=target, args=(*args, barrier)) for args in arguments]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    return [process.exitcode for process in processes]
+
+
+def test_processes_creating_a_store_at_once_lose_nothing(tmp_path):
+    n_stores = 6
+    assert _race(_create_and_append, [(tmp_path, n_stores, w) for w in (0, 1)]) == [0, 0]
+    for k in range(n_stores):
+        store = FeatureStore(tmp_path / f"s{k}")
+        assert sorted(store.content_keys) == ["w0", "w1"]
+        for key, stored in zip(store.content_keys, store):
+            _assert_same(stored, _record(int(key[1])))
+
+
+def test_two_extractions_recorded_at_once_one_is_refused(tmp_path):
+    n_stores = 3
+    for k in range(n_stores):
+        FeatureStore(tmp_path / f"s{k}")  # created empty: both see no extraction
+    results = _fork_context().Queue()
+    assert _race(_record_extraction_and_append,
+                 [(tmp_path, n_stores, layer, results) for layer in (1, 2)]) == [0, 0]
+    outcomes = [results.get(timeout=10) for _ in range(2 * n_stores)]
+    for k in range(n_stores):
+        (winner,) = [layer for store, layer, outcome in outcomes
+                     if store == k and outcome == "ok"]
+        (refusal,) = [outcome for store, layer, outcome in outcomes
+                      if store == k and layer != winner]
+        assert f"layer: store {winner}, requested {3 - winner}" in refusal
+        store = FeatureStore(tmp_path / f"s{k}", extraction={"layer": winner})
+        assert list(store.content_keys) == [f"layer{winner}"]
+
+
+def test_records_appended_without_the_extraction_of_the_store_are_refused(tmp_path):
+    path = tmp_path / "s"
+    FeatureStore(path, extraction={"layer": 1}).extend([_record(0)])
+    with pytest.raises(ValueError, match=r"holds the features of the extraction "
+                                         r"\{'layer': 1\}.*extraction=\.\.\."):
+        FeatureStore(path).extend([_record(1)])
+    # A handle opened before the extraction was recorded is refused too.
+    other = tmp_path / "t"
+    early = FeatureStore(other)
+    FeatureStore(other, extraction={"layer": 1})
+    with pytest.raises(ValueError, match="holds the features of the extraction"):
+        early.extend([_record(1)])
+    assert len(FeatureStore(path)) == 1 and len(FeatureStore(other)) == 0
 
 
 # -- crash safety ---------------------------------------------------------------
