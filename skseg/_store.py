@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ._features import ImageFeatures
+from ._images import ExtractedImagePath
 
 FORMAT_NAME = "skseg-feature-store"
 FORMAT_VERSION = 1
@@ -291,7 +292,10 @@ class FeatureStore(Sequence):
     size (as one ``(n_patches, d)`` array with per-image offsets, float16 or
     float32), the CLS token, the CLS attention, the image shape, the patch
     size and the image. An image given as a file is kept as its absolute path
-    (the file must stay there for pixel refinement); an image given as an
+    (a view made by :meth:`select` with ``images`` points at the files given
+    then); in a store that recorded its extraction, reading such a file
+    checks that it still holds the content the features came from. An
+    image given as an
     array is kept as its pixels, byte for byte (a PIL image as its array, or,
     for modes other than L, RGB and RGBA, as the float RGB array skseg reads
     from it). A store also records the parameters of the extraction that made
@@ -350,6 +354,7 @@ class FeatureStore(Sequence):
     def __init__(self, path, *, extraction=None, read_only=False):
         self.path = os.path.abspath(os.fspath(path))
         self._positions = None  # None: every committed image, in order
+        self._images = None  # None, or per position: the file given now for that image
         self._requested = None if extraction is None else _jsonable(dict(extraction))
         _prepare_location(self.path, read_only)
         self._backing = _Backing(self.path, read_only)
@@ -408,7 +413,7 @@ class FeatureStore(Sequence):
         return self._backing.extraction
 
     def __reduce__(self):
-        return (_reopen, (self.path, self._positions))
+        return (_reopen, (self.path, self._positions, self._images))
 
     def __repr__(self):
         if self._positions is None:
@@ -438,13 +443,20 @@ class FeatureStore(Sequence):
         view._backing = self._backing
         view._requested = self._requested
         view._positions = np.asarray(self._stored(positions), dtype=np.int64)
+        view._images = None if self._images is None else \
+            tuple(self._images[p] for p in positions.tolist())
         return view
 
-    def _image(self, i):
+    def _image(self, i, given=None):
+        """Image ``i`` of the store; ``given``, a path, names where its file is now."""
         backing = self._backing
         index = backing.index
         if index["image_paths"][i]:
-            return str(index["image_paths"][i])
+            path = given or str(index["image_paths"][i])
+            if backing.extraction is None:  # hand-made records: keys of any kind
+                return path
+            # Every key of an extraction's store is its image's content_hash.
+            return ExtractedImagePath(path, str(index["content_keys"][i]))
         dtype = str(index["pixel_dtypes"][i])
         if not dtype:
             return None
@@ -527,6 +539,7 @@ class FeatureStore(Sequence):
         attention = self.attention_of(start, stop)[0] if layout["has_attention"] else None
         index = self._backing.index
         stored = self._stored(np.arange(start, stop, dtype=np.int64))
+        given = self._images[start:stop] if self._images is not None else [None] * len(stored)
         records = []
         for k, i in enumerate(stored.tolist()):
             h, w = (int(v) for v in index["grid_shapes"][i])
@@ -536,7 +549,8 @@ class FeatureStore(Sequence):
                 cls=None if cls is None else cls[k],
                 attention=None if attention is None else attention[rows].reshape(h, w),
                 image_shape=tuple(int(v) for v in index["image_shapes"][i]),
-                image=self._image(i), patch_size=int(index["patch_sizes"][i]) or None,
+                image=self._image(i, given[k]),
+                patch_size=int(index["patch_sizes"][i]) or None,
             ))
         return records
 
@@ -609,12 +623,17 @@ class FeatureStore(Sequence):
                 positions.append(position)
         return positions
 
-    def select(self, content_keys):
+    def select(self, content_keys, images=None):
         """A view of the stored images with these content keys, in this order.
 
         Parameters
         ----------
         content_keys : sequence of str
+        images : sequence, default=None
+            The images the keys were computed from, in step with them. A
+            record whose stored image is a file then points at the file given
+            here (where the input is now), not at the file the store first
+            took that content from.
 
         Returns
         -------
@@ -633,9 +652,15 @@ class FeatureStore(Sequence):
                 raise KeyError(f"feature store {self.path!r} holds no image with content "
                                f"key {key!r} (position {position}).")
             positions[position] = stored[key]
-        if self._positions is None and np.array_equal(positions, np.arange(len(self))):
+        if images is None and self._positions is None and \
+                np.array_equal(positions, np.arange(len(self))):
             return self
-        return FeatureStore.__getitem__(_whole(self), positions)
+        view = FeatureStore.__getitem__(_whole(self), positions)
+        if images is not None:
+            view._images = tuple(
+                os.path.abspath(os.fspath(image)) if isinstance(image, (str, os.PathLike))
+                else None for image in images)
+        return view
 
     # -- writing -------------------------------------------------------------
 
@@ -713,13 +738,14 @@ def _whole(store):
         return store
     whole = object.__new__(FeatureStore)
     whole.path, whole._backing, whole._positions = store.path, store._backing, None
+    whole._images = None
     whole._requested = store._requested
     return whole
 
 
-def _reopen(path, positions):
+def _reopen(path, positions, images):
     store = FeatureStore(path, read_only=True)
-    store._positions = positions
+    store._positions, store._images = positions, images
     return store
 
 

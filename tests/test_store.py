@@ -611,6 +611,39 @@ def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, v
     assert n_images_through_vit(vit_forwards) == 1
 
 
+def test_records_point_at_the_inputs_given_and_never_read_another_file(
+        tmp_path, rgb_images, vit_forwards):
+    from skseg._images import ImageError, load_rgb
+    from skseg._refine import working_pixels
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(rgb_images[0]).save(a)
+    Image.fromarray(rgb_images[1]).save(b)
+    _vit(store=tmp_path / "s").fit().transform([a, b])
+    # The two files swap names: the store holds both contents already.
+    a.rename(tmp_path / "c.png")
+    b.rename(a)
+    (tmp_path / "c.png").rename(b)
+    features = _vit(store=tmp_path / "s").fit().transform([a, b])
+    assert n_images_through_vit(vit_forwards) == 2
+    assert [os.fspath(f.image) for f in features] == [str(a), str(b)]
+    np.testing.assert_array_equal(load_rgb(features[0].image), load_rgb(rgb_images[1]))
+    # The same through a view, and through a pickled view (as joblib workers get it).
+    view = pickle.loads(pickle.dumps(features[[1, 0]]))
+    assert [os.fspath(f.image) for f in view] == [str(b), str(a)]
+    # A file changed since: its pixels are refused, naming it and both contents.
+    Image.fromarray(rgb_images[2]).save(a)
+    for read in (load_rgb, lambda image: working_pixels(image, (8, 8))):
+        with pytest.raises(ImageError, match=f"{a}.* is not the image its features were "
+                                             "extracted from .*its content is [0-9a-f]{40}, "
+                                             "the features' image was [0-9a-f]{40}"):
+            read(features[0].image)
+    np.testing.assert_array_equal(load_rgb(features[1].image), load_rgb(rgb_images[0]))
+    # The store's own paths are checked too.
+    with pytest.raises(ImageError, match="not the image its features were extracted from"):
+        load_rgb(FeatureStore(tmp_path / "s", read_only=True)[1].image)
+
+
 def test_segmenter_fits_and_cross_validates_on_a_store(tmp_path, rgb_images):
     features = _vit(store=tmp_path / "s").fit().transform(rgb_images)
     segmenter = MultilevelSegmenter(n_classes=2, refine=None, random_state=0, device="cpu")
