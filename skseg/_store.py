@@ -29,6 +29,7 @@ debris of an interrupted append; the next writer cuts them off.
 
 import json
 import os
+import shutil
 import zlib
 from collections.abc import Sequence
 from numbers import Integral
@@ -61,6 +62,9 @@ _PER_IMAGE = ("grid_shapes", "image_shapes", "patch_sizes", "content_keys", "ima
 _ARRAY_EXACT_PIL_MODES = ("L", "RGB", "RGBA")
 # Beside the arrays, the only file a store holds that zarr does not know.
 _LOCK_NAME = ".writer.lock"
+# Bounds on what a store's metadata may ask to allocate, far above any real store.
+_MAX_WIDTH = 1 << 16
+_MAX_CHUNK_BYTES = 1 << 28
 
 
 class CorruptedStoreError(OSError):
@@ -151,7 +155,7 @@ class _Backing:
         import zarr
 
         group = zarr.open_group(self.zarr_store, mode="r" if self.read_only else "r+")
-        meta = group.attrs[_ATTRS_KEY]
+        meta = _valid_meta(self.path, group.attrs.get(_ATTRS_KEY))
         if (meta["n_images"], meta.get("layout"), meta.get("extraction")) == (
                 self.n_images, self.layout, self.extraction):
             self.group = group
@@ -162,7 +166,7 @@ class _Backing:
         import zarr
 
         self.group = zarr.open_group(self.zarr_store, mode="r" if self.read_only else "r+")
-        meta = dict(self.meta)
+        meta = dict(_valid_meta(self.path, self.group.attrs.get(_ATTRS_KEY)))
         self.n_images = int(meta["n_images"])
         self.layout = meta.get("layout")
         self.extraction = meta.get("extraction")
@@ -174,9 +178,10 @@ class _Backing:
             return
         # Arrays are opened by name: listing the group would trip over the
         # lock file and the temporary files of interrupted writes.
-        for name in _array_names(self.layout):
-            self.arrays[name] = self._open_array(name)
+        for name, spec in _array_specs(self.layout).items():
+            self.arrays[name] = self._open_array(name, spec)
         n = self.n_images
+        self._check_committed_files(n)
         for name in _OFFSETS + _PER_IMAGE:
             length = n + 1 if name in _OFFSETS else n
             values = self._read(name, slice(0, length), range(n))
@@ -189,14 +194,69 @@ class _Backing:
                     "restore it or extract its features again."
                 )
             self.index[name] = values
+        for name, data in (("patches", "patch_offsets"), ("pixels", "pixel_offsets")):
+            offsets = self.index[data]
+            if offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
+                    or offsets[-1] > self.arrays[name].shape[0]:
+                raise self._damaged(data, f"its offsets do not fit {name}")
 
-    def _open_array(self, name):
+    def _damaged(self, name, what):
+        return CorruptedStoreError(
+            f"feature store {self.path!r}: its array {name!r} is damaged ({what}; "
+            f"{os.path.join(self.path, name, 'zarr.json')}); restore the store or "
+            "extract its features again."
+        )
+
+    def _open_array(self, name, spec):
+        """Array ``name``, refused unless it has the dtype, row shape and chunk
+        size of ``spec`` and lies inside the store: its metadata sizes what
+        is read, so it is checked before anything is allocated."""
+        folder = os.path.join(self.path, name)
+        for part in (folder, os.path.join(folder, "c")):
+            _refuse_link(self.path, part)
         try:
-            return self.group[name]
+            array = self.group[name]
         except KeyError as exc:
             raise CorruptedStoreError(
                 f"feature store {self.path!r}: its array {name!r} is missing."
             ) from exc
+        except Exception as exc:  # JSON, recursion, codec and value errors alike
+            raise self._damaged(name, f"unreadable metadata: {type(exc).__name__}") from exc
+        row, _, dtype = spec
+        itemsize = 8 if dtype is str else np.dtype(dtype).itemsize  # str: a reference
+        chunk_bytes = array.chunks[0] * int(np.prod(row)) * itemsize
+        if (array.shape[1:], array.chunks[1:]) != (row, row) \
+                or not 0 < chunk_bytes <= _MAX_CHUNK_BYTES:
+            raise self._damaged(name, f"shape {array.shape}, chunks {array.chunks}")
+        if (array.dtype.kind not in "OTU") if dtype is str else array.dtype != np.dtype(dtype):
+            raise self._damaged(name, f"dtype {array.dtype}")
+        return array
+
+    def _check_committed_files(self, n):
+        """Every committed image has its row in each per-image array, and its
+        checksums' chunk file exists (never all zeros, so always written):
+        a raised image count is refused before its rows are allocated."""
+        for name in _OFFSETS + _PER_IMAGE:
+            length = n + 1 if name in _OFFSETS else n
+            if self.arrays[name].shape[0] < length:
+                raise self._damaged(name, f"{self.arrays[name].shape[0]} rows for {n} images")
+        rows = self.arrays["checksums"].chunks[0]
+        for chunk in range(-(-n // rows)):
+            file = os.path.join(self.path, "checksums", "c", str(chunk), "0")
+            if not os.path.isfile(file):
+                raise CorruptedStoreError(
+                    f"feature store {self.path!r} says it holds {n} images, but the chunk "
+                    f"file {file} of their checksums is missing; the store is damaged, "
+                    "restore it or extract its features again."
+                )
+
+    def refuse_linked_chunks(self, name, start, stop):
+        """Refuse a link among the chunk folders of rows [start, stop) of
+        ``name`` before they are written or cut (files zarr replaces whole,
+        but it writes into whatever folder it finds)."""
+        if self.arrays[name].ndim == 2 and stop > start:
+            for file in self.chunk_files(name, start, stop):
+                _refuse_link(self.path, os.path.join(self.path, os.path.dirname(file)))
 
     def chunk_files(self, name, start, stop):
         """Chunk files that hold elements [start, stop) of array ``name``."""
@@ -462,7 +522,13 @@ class FeatureStore(Sequence):
             return None
         raw = backing.read_range("pixels", index["pixel_offsets"], i, i + 1)
         shape = tuple(int(s) for s in index["pixel_shapes"][i])
-        return raw.view(np.dtype(dtype)).reshape(shape if shape[2] else shape[:2])
+        try:
+            return raw.view(np.dtype(dtype)).reshape(shape if shape[2] else shape[:2])
+        except (TypeError, ValueError) as exc:  # checksummed, so written this way
+            raise CorruptedStoreError(
+                f"feature store {self.path!r}: the pixels of image {i} do not fit their "
+                f"recorded dtype {dtype!r} and shape {shape}; the store is damaged."
+            ) from exc
 
     # -- bulk reads --------------------------------------------------------------
 
@@ -792,7 +858,7 @@ def _check_format(path):
     marker = Path(path) / "zarr.json"
     try:
         meta = json.loads(marker.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ValueError(
             f"{path!r} is not a readable feature store: its zarr.json cannot be "
             f"parsed ({exc})."
@@ -817,9 +883,22 @@ def _writer_lock(path):
     its extraction and every append happen under it, so writers take turns."""
     from filelock import FileLock
 
-    # filelock opens the lock file without following a link (a link planted
-    # in a store must not create or truncate its target).
-    return FileLock(os.path.join(path, _LOCK_NAME))
+    lock_file = os.path.join(path, _LOCK_NAME)
+    # filelock also opens it without following a link: a link planted in a
+    # store never creates or truncates its target.
+    _refuse_link(path, lock_file)
+    return FileLock(lock_file)
+
+
+def _refuse_link(store, path):
+    """Refuse a symbolic link inside a store: writes through it would land
+    outside the store."""
+    if os.path.islink(path):
+        raise CorruptedStoreError(
+            f"feature store {store!r}: {path} is a symbolic link; a store holds none "
+            "(writes through it would land outside the store). Remove it, or extract "
+            "the features into a new store."
+        )
 
 
 class _Writer:
@@ -844,11 +923,31 @@ class _Writer:
         cut = False
         for name, array in backing.arrays.items():
             if array.shape[0] != lengths[name]:
-                array.resize((lengths[name],) + array.shape[1:])
+                self._cut(name, array, int(lengths[name]))
                 cut = True
         if cut:
             for partial in Path(backing.path).rglob("*.partial"):
                 partial.unlink(missing_ok=True)
+
+    def _cut(self, name, array, length):
+        """Shrink ``array`` to ``length`` rows, deleting the chunk files wholly
+        past it. The files are found by listing the folder: zarr's own resize
+        enumerates every chunk of the old shape, which a damaged zarr.json
+        can make astronomically many."""
+        from zarr.core.sync import sync
+
+        folder = os.path.join(self.backing.path, name, "c")
+        first_past = -(-length // array.chunks[0])
+        for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+            if entry.isdigit() and int(entry) >= first_past:
+                chunk = os.path.join(folder, entry)
+                _refuse_link(self.backing.path, chunk)
+                if os.path.isdir(chunk):
+                    shutil.rmtree(chunk)
+                else:
+                    os.unlink(chunk)
+        sync(array.async_array.resize((length,) + array.shape[1:],
+                                      delete_outside_chunks=False))
 
     def _lengths(self, n, n_rows, n_bytes):
         lengths = {name: n for name in self.backing.arrays}
@@ -924,32 +1023,12 @@ class _Writer:
 
     def _create_arrays(self):
         backing = self.backing
-        layout = self.layout
-        d, dtype = layout["feature_dim"], layout["patch_dtype"]
-        rows = max(1, _CHUNK_BYTES // (d * np.dtype(dtype).itemsize))
-        specs = {
-            "patches": ((0, d), (rows, d), dtype),
-            "patch_offsets": ((1,), (_PER_IMAGE_CHUNK,), "int64"),
-            "grid_shapes": ((0, 2), (_PER_IMAGE_CHUNK, 2), "int32"),
-            "image_shapes": ((0, 2), (_PER_IMAGE_CHUNK, 2), "int64"),
-            "patch_sizes": ((0,), (_PER_IMAGE_CHUNK,), "int32"),
-            "content_keys": ((0,), (_PER_IMAGE_CHUNK,), str),
-            "image_paths": ((0,), (_PER_IMAGE_CHUNK,), str),
-            "pixels": ((0,), (_CHUNK_BYTES,), "uint8"),
-            "pixel_offsets": ((1,), (_PER_IMAGE_CHUNK,), "int64"),
-            "pixel_shapes": ((0, 3), (_PER_IMAGE_CHUNK, 3), "int64"),
-            "pixel_dtypes": ((0,), (_PER_IMAGE_CHUNK,), str),
-            "checksums": ((0, len(_FIELDS)), (_PER_IMAGE_CHUNK, len(_FIELDS)), "uint32"),
-        }
-        if layout["cls_dim"] is not None:
-            cls_rows = max(1, _CHUNK_BYTES // (layout["cls_dim"] * np.dtype(dtype).itemsize))
-            specs["cls"] = ((0, layout["cls_dim"]), (cls_rows, layout["cls_dim"]), dtype)
-        if layout["has_attention"]:
-            specs["attention"] = ((0,), (rows * d,), dtype)
-        for name, (shape, chunks, array_dtype) in specs.items():
+        for name, (row, chunk_rows, array_dtype) in _array_specs(self.layout).items():
+            length = 1 if name in _OFFSETS else 0
             # Features are close to incompressible; plain chunks read at disk speed.
             array = backing.group.create_array(
-                name, shape=shape, chunks=chunks, dtype=array_dtype, compressors=None,
+                name, shape=(length, *row), chunks=(chunk_rows, *row), dtype=array_dtype,
+                compressors=None,
                 fill_value="" if array_dtype is str else 0, overwrite=True,
             )
             if name.endswith("offsets"):
@@ -1005,6 +1084,7 @@ class _Writer:
         ends = self._lengths(n1, int(patch_offsets[-1]), int(pixel_offsets[-1]))
         # Data first, in any order; readers ignore it until the count moves.
         for name, array in backing.arrays.items():
+            backing.refuse_linked_chunks(name, starts[name], ends[name])
             if array.shape[0] != ends[name]:
                 array.resize((ends[name],) + array.shape[1:])
             if name in data and ends[name] > starts[name]:
@@ -1041,15 +1121,64 @@ class _Writer:
                 np.concatenate([previous, data[name]])
 
 
-def _array_names(layout):
-    names = ["patches", "patch_offsets", "grid_shapes", "image_shapes", "patch_sizes",
-             "content_keys", "image_paths", "pixels", "pixel_offsets", "pixel_shapes",
-             "pixel_dtypes", "checksums"]
+def _array_specs(layout):
+    """Each array of a store of this layout: ``(row shape, chunk rows, dtype)``."""
+    d, dtype = layout["feature_dim"], layout["patch_dtype"]
+    rows = max(1, _CHUNK_BYTES // (d * np.dtype(dtype).itemsize))
+    specs = {
+        "patches": ((d,), rows, dtype),
+        "patch_offsets": ((), _PER_IMAGE_CHUNK, "int64"),
+        "grid_shapes": ((2,), _PER_IMAGE_CHUNK, "int32"),
+        "image_shapes": ((2,), _PER_IMAGE_CHUNK, "int64"),
+        "patch_sizes": ((), _PER_IMAGE_CHUNK, "int32"),
+        "content_keys": ((), _PER_IMAGE_CHUNK, str),
+        "image_paths": ((), _PER_IMAGE_CHUNK, str),
+        "pixels": ((), _CHUNK_BYTES, "uint8"),
+        "pixel_offsets": ((), _PER_IMAGE_CHUNK, "int64"),
+        "pixel_shapes": ((3,), _PER_IMAGE_CHUNK, "int64"),
+        "pixel_dtypes": ((), _PER_IMAGE_CHUNK, str),
+        "checksums": ((len(_FIELDS),), _PER_IMAGE_CHUNK, "uint32"),
+    }
     if layout["cls_dim"] is not None:
-        names.append("cls")
+        cls_dim = layout["cls_dim"]
+        specs["cls"] = ((cls_dim,), max(1, _CHUNK_BYTES // (cls_dim * np.dtype(dtype).itemsize)),
+                        dtype)
     if layout["has_attention"]:
-        names.append("attention")
-    return names
+        specs["attention"] = ((), rows * d, dtype)
+    return specs
+
+
+def _valid_meta(path, meta):
+    """The group attributes, refused unless every value has its type and range:
+    they size what is read, so they are checked before anything is allocated."""
+    def damaged(what):
+        return CorruptedStoreError(
+            f"feature store {path!r}: its zarr.json is damaged ({what}); restore the "
+            "store or extract its features again."
+        )
+
+    if not isinstance(meta, dict):
+        raise damaged("no store attributes")
+    n = meta.get("n_images")
+    if type(n) is not int or n < 0:
+        raise damaged(f"n_images is {n!r}")
+    layout = meta.get("layout")
+    if layout is None:
+        if n:
+            raise damaged(f"{n} images but no layout")
+        return meta
+    if not isinstance(layout, dict) or type(layout.get("feature_dim")) is not int \
+            or not 0 < layout["feature_dim"] <= _MAX_WIDTH \
+            or layout.get("patch_dtype") not in ("float16", "float32") \
+            or not (layout.get("cls_dim") is None or type(layout["cls_dim"]) is int
+                    and 0 < layout["cls_dim"] <= _MAX_WIDTH) \
+            or type(layout.get("has_attention")) is not bool:
+        raise damaged(f"layout {str(layout)[:200]}")
+    crcs = meta.get("index_crc")
+    if not isinstance(crcs, dict) or any(type(crcs.get(name)) is not int
+                                         for name in _OFFSETS + _PER_IMAGE):
+        raise damaged("its index checksums are missing or not numbers")
+    return meta
 
 
 def _feature_digest(patches, grid):

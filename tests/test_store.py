@@ -500,6 +500,109 @@ def test_a_damaged_index_array_is_an_error_at_opening(tmp_path, name, byte):
         FeatureStore(path)
 
 
+def _edit_json(file, edit):
+    meta = json.loads(file.read_text())
+    edit(meta)
+    file.write_text(json.dumps(meta))
+
+
+def _nested(depth):
+    return "[" * depth + "]" * depth
+
+
+_HOSTILE_METADATA = {
+    "n_images raised past the arrays": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].update(n_images=4),
+        r"'patch_offsets' is damaged \(4 rows for 4 images; .*patch_offsets/zarr.json"),
+    "a huge n_images": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].update(n_images=10**15),
+        r"'patch_offsets' is damaged \(4 rows for 1000000000000000 images"),
+    "n_images not a number": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].update(n_images="3"),
+        r"/s': its zarr.json is damaged \(n_images is '3'\)"),
+    "no index checksums": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].pop("index_crc"),
+        r"its zarr.json is damaged \(its index checksums are missing"),
+    "a layout of another type": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].update(layout=[1]),
+        r"its zarr.json is damaged \(layout \[1\]\)"),
+    "a string dtype": (
+        "patches/zarr.json", lambda m: m.update(
+            data_type="string", fill_value="", codecs=[{"name": "vlen-utf8"}]),
+        r"'patches' is damaged \(dtype StringDType\(\); .*patches/zarr.json"),
+    "huge chunks": (
+        "patches/zarr.json", lambda m: m["chunk_grid"]["configuration"].update(
+            chunk_shape=[10**12, 8]),
+        r"'patches' is damaged \(shape \(\d+, 8\), chunks \(1000000000000, 8\)"),
+    "another row width": (
+        "grid_shapes/zarr.json", lambda m: m.update(shape=[3, 5]),
+        r"'grid_shapes' is damaged \(shape \(3, 5\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HOSTILE_METADATA))
+def test_hostile_metadata_is_refused_before_anything_is_allocated(tmp_path, case):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    file, edit, message = _HOSTILE_METADATA[case]
+    _edit_json(path / file, edit)
+    with pytest.raises(CorruptedStoreError, match=message):
+        FeatureStore(path)
+
+
+@pytest.mark.parametrize("file,message", [
+    ("zarr.json", "its zarr.json cannot be parsed"),
+    ("grid_shapes/zarr.json", r"'grid_shapes' is damaged \(unreadable metadata: "),
+])
+@pytest.mark.parametrize("damage", ["nested", "truncated"])
+def test_unparsable_metadata_is_one_error_naming_the_file(tmp_path, file, message, damage):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    target = path / file
+    target.write_text(_nested(100_000) if damage == "nested" else target.read_text()[:50])
+    with pytest.raises((CorruptedStoreError, ValueError), match=message) as error:
+        FeatureStore(path)
+    assert str(target) in str(error.value) or "its zarr.json" in str(error.value)
+
+
+def test_debris_of_a_huge_recorded_shape_is_cut_without_enumerating_it(tmp_path):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    # As if an append had resized the array and died (with an absurd size).
+    _edit_json(path / "patches" / "zarr.json", lambda m: m.update(shape=[10**15, 8]))
+    store = FeatureStore(path)
+    store.extend([_record(3)])
+    store = FeatureStore(path)
+    assert store.patches_of(0, 4)[0].shape[0] == store.patches_of(0, 4)[1][-1]
+    for i in range(4):
+        _assert_same(store[i], _record(i))
+
+
+def test_links_in_a_store_are_refused_and_nothing_lands_outside(tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store, "_CHUNK_BYTES", 8 * 4 * 16)  # 16 rows a chunk
+    path, outside = tmp_path / "s", tmp_path / "outside"
+    outside.mkdir()
+    FeatureStore(path).extend(_record(i) for i in range(3))  # 24 rows: chunks 0 and 1
+    (path / "patches" / "c" / "3").symlink_to(outside)
+    with pytest.raises(CorruptedStoreError, match=r"patches/c/3 is a symbolic link"):
+        FeatureStore(path).extend(_record(i) for i in range(3, 10))
+    assert not list(outside.iterdir())
+    assert len(FeatureStore(path)) == 3
+    (path / "patches" / "c" / "3").unlink()
+    # A linked lock file: its target is neither made nor truncated.
+    (path / ".writer.lock").unlink(missing_ok=True)
+    (path / ".writer.lock").symlink_to(outside / "made")
+    with pytest.raises(CorruptedStoreError, match=r"\.writer\.lock is a symbolic link"):
+        FeatureStore(path).extend([_record(3)])
+    assert not (outside / "made").exists()
+    (path / ".writer.lock").unlink()
+    # A linked array folder is refused at opening.
+    (path / "cls").rename(outside / "cls")
+    (path / "cls").symlink_to(outside / "cls")
+    with pytest.raises(CorruptedStoreError, match=r"/s/cls is a symbolic link"):
+        FeatureStore(path, read_only=True)
+
+
 # -- bad input -------------------------------------------------------------------
 
 def test_what_is_not_a_store_is_refused(tmp_path):
