@@ -114,17 +114,31 @@ def read_record(output):
         record = json.loads(path.read_text())
         if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
             raise ValueError("unknown format")
-        if not isinstance(record.get("fit"), dict):
-            raise ValueError("no fit")
+        _check_fit(record.get("fit"))
         for table in ("outputs", "skipped"):
             entries = record.get(table)
             if not isinstance(entries, dict) or not all(
                     isinstance(entry, dict) for entry in entries.values()):
                 raise ValueError(f"no {table} table")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a skseg run record ({exc}); remove it, or use "
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise UserError(f"{path} is not a skseg run record ({reason}); remove it, or use "
                         "--force to rewrite every output.") from None
     return record
+
+
+def _check_fit(fit):
+    """A fit identity of the shape :func:`describe_fit` writes, or ValueError."""
+    if not isinstance(fit, dict) or not isinstance(fit.get("skseg"), str):
+        raise ValueError("no fit")
+    if "model" in fit:
+        if not isinstance(fit["model"], str):
+            raise ValueError("a fit whose model is not a digest")
+        return
+    training = fit.get("training")
+    if not isinstance(fit.get("parameters"), dict) or not isinstance(training, list) \
+            or not all(digest is None or isinstance(digest, str) for digest in training):
+        raise ValueError("a fit without its parameters and training images")
 
 
 @contextlib.contextmanager

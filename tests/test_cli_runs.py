@@ -414,8 +414,20 @@ def test_weights_of_another_architecture_are_one_line(weights_file, tmp_path, ca
     assert "vits16.safetensors" in err and "vit_tiny_patch16_224" in err
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"format": "skseg-run-v1", "fit": {}, '
-                                     '"outputs": [], "skipped": {}}', "[]"])
+def _record_text(fit):
+    return json.dumps({"format": "skseg-run-v1", "fit": fit, "outputs": {}, "skipped": {}})
+
+
+@pytest.mark.parametrize("content", [
+    "{not json", '{"format": "skseg-run-v1", "fit": {}, "outputs": [], "skipped": {}}', "[]",
+    _record_text({"parameters": 5, "training": [], "skseg": "0"}),
+    _record_text({"parameters": {}, "training": [[1]], "skseg": "0"}),
+    _record_text({"model": 5, "skseg": "0"}),
+    "[" * 100_000 + "]" * 100_000,
+    _record_text({"parameters": {}, "training": [], "skseg": "0"})[:-1]
+    + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}",
+], ids=["not json", "outputs a list", "a list", "parameters a number", "training of lists",
+        "model a number", "nested", "nested inside"])
 def test_a_damaged_record_is_one_line_and_force_recovers(content, tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 2)
