@@ -15,7 +15,14 @@ from ._backbone import WeightsUnavailableError
 from ._cache import config_digest
 from ._images import check_each_image, content_hash, load_rgb
 from ._inputs import UserError, find_inputs, one_line, overlay_name
-from ._io import contact_sheet, overlay, read_label_png, save_image, save_label_png
+from ._io import (
+    contact_sheet,
+    overlay,
+    read_label_png,
+    remove_stale_temporaries,
+    save_image,
+    save_label_png,
+)
 from ._run_record import (
     describe_fit,
     fit_differences,
@@ -284,6 +291,9 @@ def run_segment(args):
 
 def _run_segment(args, images):
     output = args.output
+    # This run holds OUTDIR: what an earlier, killed run was writing is debris.
+    for folder in {output} | {_inside(output, image.mask_name).parent for image in images}:
+        remove_stale_temporaries(folder)
     try:
         record = read_record(output)
     except UserError:

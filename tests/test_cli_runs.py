@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.pipeline import Pipeline
 
 import skseg._segment_run
-from skseg._cli import main
+from skseg._cli import build_parser, main
 from skseg._run_record import RECORD_NAME
 
 from ._cli_helpers import FAST, photo_folder, read_mask, save_scenes  # noqa: F401
@@ -224,6 +224,18 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path, c
     for name in expected:
         np.testing.assert_array_equal(written[name], expected[name])
     assert not [p.name for p in out.iterdir() if "holder" in p.name]
+
+
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next(photo_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["segment", str(photo_folder), "-o", str(out), "-r", *FAST]
+    assert main(argv) == 0
+    stale = [out / ".img0.png.0123456789ab.tmp", out / "holiday" / ".img1.png.ba9876543210.tmp",
+             out / f".{RECORD_NAME}.00112233aabb.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    assert main(argv) == 0  # nothing to do, but the debris goes
+    assert not [path for path in stale if path.exists()]
 
 
 def test_overlays_asked_on_a_rerun_are_drawn_from_the_masks(tmp_path, monkeypatch):
@@ -482,3 +494,17 @@ def test_a_cluster_without_dask_is_one_line(photo_folder, tmp_path, monkeypatch,
                  *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and 'pip install "skseg[dask]"' in err
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line_within_the_timeout(
+        photo_folder, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    argv = ["segment", str(photo_folder), "-o", str(tmp_path / "o"), *FAST,
+            "--scheduler", "tcp://127.0.0.1:9"]  # the discard port: nothing listens
+    assert build_parser().parse_args(argv).connect_timeout == 10
+    started = time.monotonic()
+    assert main([*argv, "--connect-timeout", "1"]) == 2
+    assert time.monotonic() - started < 8
+    err = capsys.readouterr().err.strip()
+    assert err == ("skseg: error: no Dask scheduler answered at tcp://127.0.0.1:9 within "
+                   "1 s.")
