@@ -250,6 +250,14 @@ class _Backing:
                     "restore it or extract its features again."
                 )
 
+    def refuse_if_gone(self):
+        """A store moved or deleted under an open handle is not a damaged one."""
+        if not os.path.isfile(os.path.join(self.path, "zarr.json")):
+            raise FileNotFoundError(
+                f"feature store {self.path!r} is no longer there: it was moved or deleted "
+                "while open. Open it again where it is now."
+            )
+
     def refuse_linked_chunks(self, name, start, stop):
         """Refuse a link among the chunk folders of rows [start, stop) of
         ``name`` before they are written or cut (files zarr replaces whole,
@@ -270,6 +278,7 @@ class _Backing:
         try:
             return self.arrays[name][selection]
         except Exception as exc:  # zarr raises codec-specific errors
+            self.refuse_if_gone()
             images = list(images)
             where = (f"image {images[0]}" if len(images) == 1 else
                      f"images {images[0]}..{images[-1]}" if images else "the store")
@@ -324,6 +333,7 @@ class _Backing:
         first = self.index["pixel_offsets" if name == "pixels" else "patch_offsets"][start]
         for k in range(len(bounds) - 1):
             if _crc(block[bounds[k]:bounds[k + 1]]) != expected[k]:
+                self.refuse_if_gone()  # missing chunks read as zeros
                 i = start + k
                 if name == "cls":
                     files = self.chunk_files(name, i, i + 1)

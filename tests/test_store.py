@@ -603,6 +603,15 @@ def test_links_in_a_store_are_refused_and_nothing_lands_outside(tmp_path, monkey
         FeatureStore(path, read_only=True)
 
 
+def test_a_store_moved_while_open_says_so(tmp_path):
+    FeatureStore(tmp_path / "s").extend(_record(i) for i in range(3))
+    store = FeatureStore(tmp_path / "s")
+    (tmp_path / "s").rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="is no longer there: it was moved or deleted"):
+        store.patches_of(0, 3)
+    _assert_same(FeatureStore(tmp_path / "moved")[2], _record(2))
+
+
 # -- bad input -------------------------------------------------------------------
 
 def test_what_is_not_a_store_is_refused(tmp_path):
