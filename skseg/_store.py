@@ -364,11 +364,10 @@ class FeatureStore(Sequence):
     size and the image. An image given as a file is kept as its absolute path
     (a view made by :meth:`select` with ``images`` points at the files given
     then); in a store that recorded its extraction, reading such a file
-    checks that it still holds the content the features came from. An
-    image given as an
-    array is kept as its pixels, byte for byte (a PIL image as its array, or,
-    for modes other than L, RGB and RGBA, as the float RGB array skseg reads
-    from it). A store also records the parameters of the extraction that made
+    checks that it still holds the content the features came from. An image
+    given as an array is kept as its pixels, byte for byte (a PIL image as its
+    array, or, for modes other than L, RGB and RGBA, as the float RGB array
+    skseg reads from it). A store also records the parameters of the extraction that made
     it, and one content key per image.
 
     A writer killed at any moment leaves a store that opens and holds every
