@@ -42,6 +42,16 @@ def _random_state(text):
     return value
 
 
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return value
+
+
 def _n_classes(text):
     if text == "auto":
         return text
@@ -102,7 +112,8 @@ def _on_cluster(command):
                 from ._dask import dask_backend
 
                 try:
-                    stack.enter_context(dask_backend(args.scheduler, args.workers))
+                    stack.enter_context(dask_backend(args.scheduler, args.workers,
+                                                     connect_timeout=args.connect_timeout))
                 except ImportError as exc:
                     raise UserError(one_line(exc)) from None
             return command(args)
@@ -145,6 +156,9 @@ def cmd_evaluate(args):
     if not y_true:
         raise UserError(f"none of the {len(truths)} ground-truth masks has a prediction "
                         f"in {pred_dir}.")
+    if all((mask == args.ignore_index).all() for mask in y_true):
+        raise UserError(f"every pixel of the ground truth in {truth_dir} is "
+                        f"--ignore-index {args.ignore_index}: there is nothing to score.")
     if missing:
         print(f"skseg: {len(missing)} of {len(truths)} predictions are missing (e.g. "
               f"{missing[0]}); scored the {len(y_true)} there are.", file=sys.stderr)
@@ -295,6 +309,8 @@ def _add_segment_parser(commands):
     cluster.add_argument("--workers", type=_positive_int, metavar="N",
                          help="run on a local Dask cluster of N worker processes "
                               "(needs skseg[dask])")
+    running.add_argument("--connect-timeout", type=_seconds, default=10, metavar="SECONDS",
+                         help="how long --scheduler may take to answer")
     running.add_argument("--cache", type=Path,
                          help="folder of feature stores, one per extraction "
                               "(default: OUTDIR/.skseg-features)")

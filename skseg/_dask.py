@@ -7,7 +7,7 @@ _INSTALL = 'Dask is not installed: pip install "skseg[dask]" (dask[distributed])
 
 
 @contextlib.contextmanager
-def dask_backend(scheduler=None, workers=None):
+def dask_backend(scheduler=None, workers=None, connect_timeout=10):
     """Run joblib's parallel work on a Dask cluster within the block.
 
     Connects a :class:`dask.distributed.Client` to a running scheduler, or
@@ -23,6 +23,9 @@ def dask_backend(scheduler=None, workers=None):
     workers : int, default=None
         Without ``scheduler``: start a local cluster of this many worker
         processes of one thread each (``None``: one per core).
+    connect_timeout : float, default=10
+        Seconds to wait for ``scheduler`` to answer (Dask's own default
+        waits 30 s, retrying an address where nothing listens).
 
     Yields
     ------
@@ -35,6 +38,8 @@ def dask_backend(scheduler=None, workers=None):
     ValueError
         If both ``scheduler`` and ``workers`` are given, or ``workers`` is
         not a positive int.
+    OSError
+        If no scheduler answers at ``scheduler`` within ``connect_timeout``.
     """
     if scheduler is not None and workers is not None:
         raise ValueError(
@@ -61,7 +66,11 @@ def dask_backend(scheduler=None, workers=None):
             )
             client = stack.enter_context(Client(cluster))
         else:
-            client = stack.enter_context(Client(scheduler))
+            try:
+                client = stack.enter_context(Client(scheduler, timeout=connect_timeout))
+            except OSError as error:  # distributed's timeout says "after 10 s", not where
+                raise OSError(f"no Dask scheduler answered at {scheduler} within "
+                              f"{connect_timeout:g} s.") from error
         # This client, not whichever is the process's default.
         stack.enter_context(joblib.parallel_config(backend="dask", client=client))
         yield client

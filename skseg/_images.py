@@ -20,6 +20,7 @@ pixels are never held as floats.
 """
 
 import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -202,14 +203,56 @@ def image_shape(image, where="image"):
     )
 
 
+class ExtractedImagePath(str):
+    """The path of an image file whose features were extracted from the
+    content with digest ``content_key`` (:func:`content_hash`).
+
+    Reading it checks that the file still holds that content, so pixels are
+    never taken from another image than the features (a file moved, renamed
+    or rewritten since the extraction).
+    """
+
+    def __new__(cls, path, content_key):
+        self = super().__new__(cls, os.fspath(path))
+        self.content_key = content_key
+        return self
+
+    def __reduce__(self):
+        return (ExtractedImagePath, (str(self), self.content_key))
+
+
+def _checked_source(path):
+    """What :func:`PIL.Image.open` reads for ``path``: its bytes, checked
+    against the content the features came from, if the path says which."""
+    expected = getattr(path, "content_key", None)
+    if expected is None:
+        return path
+    with open(path, "rb") as handle:
+        data = handle.read()
+    found = hashlib.sha1(data).hexdigest()
+    if found != expected:
+        raise ImageError(
+            f"{os.fspath(path)!r} is not the image its features were extracted from "
+            f"(its content is {found}, the features' image was {expected}): it was "
+            "moved, renamed or changed since; give it again so that its features are "
+            "extracted again."
+        )
+    return io.BytesIO(data)
+
+
 def _open_path(path, cover=None):
     """Open and decode a file, EXIF orientation applied.
 
     With ``cover`` ``(height, width)``, a JPEG decodes at the smallest DCT
-    scale (1/2, 1/4, 1/8) whose upright picture still covers it.
+    scale (1/2, 1/4, 1/8) whose upright picture still covers it. An
+    :class:`ExtractedImagePath` is decoded only if it holds its content.
     """
     try:
-        with Image.open(path) as img:  # closes the file; decoded pixels stay
+        source = _checked_source(path)
+    except OSError as exc:
+        raise ImageError(f"{os.fspath(path)!r} cannot be read as an image: {exc}") from exc
+    try:
+        with Image.open(source) as img:  # closes the file; decoded pixels stay
             if cover is not None:
                 height, width = cover
                 if _orientation(img) in _TURNED_ORIENTATIONS:  # stored on its side

@@ -3,6 +3,7 @@ legend, and contact sheets of images beside their masks."""
 
 import functools
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -29,12 +30,17 @@ def voc_palette():
     return palette
 
 
+# The temporary files of write_atomically: ".NAME.<12 hex digits>.tmp".
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
 def write_atomically(path, write):
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it.
 
     Never leaves half a file at ``path``. The temporary file is created with
     mode 0666 so that the process umask decides the permissions, as for any
-    ordinary file (``tempfile.mkstemp`` would force 0600).
+    ordinary file (``tempfile.mkstemp`` would force 0600). An error says
+    which file could not be written (a full disk's does not, by itself).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,9 +50,26 @@ def write_atomically(path, write):
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
         os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror or exc} (writing {path})") from exc
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files :func:`write_atomically` left in ``folder``
+    when its process was killed. Only for a folder no other process is
+    writing to (the caller holds its lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if _TEMPORARY.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
 
 
 def save_image(image, path, **kwargs):

@@ -10,14 +10,20 @@ Fitted pipelines are saved with :mod:`skops.io`, which builds only the types
 it is told to trust and never runs code from the file.
 """
 
+import contextlib
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 from ._io import write_atomically
 from ._inputs import UserError
 
 RECORD_NAME = ".skseg-run.json"
+# Held by the run writing in the folder; the other file says which run that is.
+_LOCK_NAME = ".skseg-run.lock"
+_HOLDER_NAME = ".skseg-run.holder.json"
 _RECORD_FORMAT = "skseg-run-v1"
 
 # Parameters that change how fast a run goes, never its masks.
@@ -108,17 +114,78 @@ def read_record(output):
         record = json.loads(path.read_text())
         if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
             raise ValueError("unknown format")
-        if not isinstance(record.get("fit"), dict):
-            raise ValueError("no fit")
+        _check_fit(record.get("fit"))
         for table in ("outputs", "skipped"):
             entries = record.get(table)
             if not isinstance(entries, dict) or not all(
                     isinstance(entry, dict) for entry in entries.values()):
                 raise ValueError(f"no {table} table")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a skseg run record ({exc}); remove it, or use "
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise UserError(f"{path} is not a skseg run record ({reason}); remove it, or use "
                         "--force to rewrite every output.") from None
     return record
+
+
+def _check_fit(fit):
+    """A fit identity of the shape :func:`describe_fit` writes, or ValueError."""
+    if not isinstance(fit, dict) or not isinstance(fit.get("skseg"), str):
+        raise ValueError("no fit")
+    if "model" in fit:
+        if not isinstance(fit["model"], str):
+            raise ValueError("a fit whose model is not a digest")
+        return
+    training = fit.get("training")
+    if not isinstance(fit.get("parameters"), dict) or not isinstance(training, list) \
+            or not all(digest is None or isinstance(digest, str) for digest in training):
+        raise ValueError("a fit without its parameters and training images")
+
+
+@contextlib.contextmanager
+def hold_output(output):
+    """Hold ``output`` for this run; refuse it while another run holds it.
+
+    Two runs writing masks of two fits into one folder would mix them, and
+    the second's record would not account for the first's masks. The lock
+    is released by the system when the process ends, killed or not.
+    """
+    from filelock import FileLock, Timeout
+
+    output = Path(output)
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(os.fspath(output / _LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{output} is being written by another skseg run "
+                        f"({_holder(output)}); wait for it to finish, or choose another "
+                        "-o.") from None
+    try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        text = json.dumps(holder).encode()
+        write_atomically(output / _HOLDER_NAME, lambda handle: handle.write(text))
+        yield
+    finally:
+        try:
+            (output / _HOLDER_NAME).unlink(missing_ok=True)
+            if created and os.listdir(output) == [_LOCK_NAME]:
+                # A run stopped before its first output leaves no folder behind.
+                (output / _LOCK_NAME).unlink()
+                output.rmdir()
+        finally:
+            lock.release()
+
+
+def _holder(output):
+    """Which run holds ``output``, as far as its holder file tells."""
+    try:
+        holder = json.loads((Path(output) / _HOLDER_NAME).read_text())
+        return (f"process {int(holder['pid'])} on {str(holder['host'])[:64]}, started "
+                f"{str(holder['started'])[:19]}")
+    except (OSError, ValueError, KeyError, TypeError):  # it is starting, or ending
+        return "its process is starting or ending"
 
 
 def new_record(fit):

@@ -15,10 +15,18 @@ from ._backbone import WeightsUnavailableError
 from ._cache import config_digest
 from ._images import check_each_image, content_hash, load_rgb
 from ._inputs import UserError, find_inputs, one_line, overlay_name
-from ._io import contact_sheet, overlay, read_label_png, save_image, save_label_png
+from ._io import (
+    contact_sheet,
+    overlay,
+    read_label_png,
+    remove_stale_temporaries,
+    save_image,
+    save_label_png,
+)
 from ._run_record import (
     describe_fit,
     fit_differences,
+    hold_output,
     load_model,
     new_record,
     read_record,
@@ -239,7 +247,7 @@ def _write_overlay(image, mask, legend, picture):
 
 
 def _remove_outputs(output, names, keep):
-    """Delete the masks (and overlays) of another fit that this run does not rewrite."""
+    """Delete the masks (and overlays) of another fit, but those named in ``keep``."""
     for name in names:
         if name in keep:
             continue
@@ -277,6 +285,15 @@ def run_segment(args):
     _check_writable_folder(f"-o {output}", output)
     images = find_inputs(args.input, output, recursive=args.recursive, exclude=args.exclude,
                          list_file=args.list_file)
+    with hold_output(output):
+        return _run_segment(args, images)
+
+
+def _run_segment(args, images):
+    output = args.output
+    # This run holds OUTDIR: what an earlier, killed run was writing is debris.
+    for folder in {output} | {_inside(output, image.mask_name).parent for image in images}:
+        remove_stale_temporaries(folder)
     try:
         record = read_record(output)
     except UserError:
@@ -326,6 +343,10 @@ def run_segment(args):
     for image, reason in skipped.items():
         new["skipped"][image.mask_name.as_posix()] = {
             "input": os.fspath(image.path), "sha1": digest_of[image], "reason": reason}
+    # The other fit's outputs go before the record stops listing them: an
+    # interrupted run leaves them listed (and removed again by the next
+    # --force), never on disk and forgotten.
+    _remove_outputs(output, stale, new["outputs"])
     write_record(output, new)  # before any mask, so that every mask is accounted for
     kept_set = set(kept_images)
     todo = [image for image in good if image not in kept_set]
@@ -342,7 +363,6 @@ def run_segment(args):
     _write_masks(args, todo, labels, new, previous_outputs, digest_of, legend_key, legend)
     if args.overlay:
         _complete_overlays(args, kept_images, new, legend, legend_key)
-    _remove_outputs(output, stale, new["outputs"])
     write_record(output, new)
     _say(args, f"Wrote {len(todo)} masks to {output}"
                + (f"; kept {len(kept)} made by this same fit" if kept else "") + ".")

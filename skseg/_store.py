@@ -29,6 +29,7 @@ debris of an interrupted append; the next writer cuts them off.
 
 import json
 import os
+import shutil
 import zlib
 from collections.abc import Sequence
 from numbers import Integral
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ._features import ImageFeatures
+from ._images import ExtractedImagePath
 
 FORMAT_NAME = "skseg-feature-store"
 FORMAT_VERSION = 1
@@ -58,6 +60,11 @@ _PER_IMAGE = ("grid_shapes", "image_shapes", "patch_sizes", "content_keys", "ima
               "pixel_shapes", "pixel_dtypes", "checksums")
 # PIL modes whose array np.asarray gives loads exactly as the PIL image does.
 _ARRAY_EXACT_PIL_MODES = ("L", "RGB", "RGBA")
+# Beside the arrays, the only file a store holds that zarr does not know.
+_LOCK_NAME = ".writer.lock"
+# Bounds on what a store's metadata may ask to allocate, far above any real store.
+_MAX_WIDTH = 1 << 16
+_MAX_CHUNK_BYTES = 1 << 28
 
 
 class CorruptedStoreError(OSError):
@@ -148,7 +155,7 @@ class _Backing:
         import zarr
 
         group = zarr.open_group(self.zarr_store, mode="r" if self.read_only else "r+")
-        meta = group.attrs[_ATTRS_KEY]
+        meta = _valid_meta(self.path, group.attrs.get(_ATTRS_KEY))
         if (meta["n_images"], meta.get("layout"), meta.get("extraction")) == (
                 self.n_images, self.layout, self.extraction):
             self.group = group
@@ -159,7 +166,7 @@ class _Backing:
         import zarr
 
         self.group = zarr.open_group(self.zarr_store, mode="r" if self.read_only else "r+")
-        meta = dict(self.meta)
+        meta = dict(_valid_meta(self.path, self.group.attrs.get(_ATTRS_KEY)))
         self.n_images = int(meta["n_images"])
         self.layout = meta.get("layout")
         self.extraction = meta.get("extraction")
@@ -171,9 +178,10 @@ class _Backing:
             return
         # Arrays are opened by name: listing the group would trip over the
         # lock file and the temporary files of interrupted writes.
-        for name in _array_names(self.layout):
-            self.arrays[name] = self._open_array(name)
+        for name, spec in _array_specs(self.layout).items():
+            self.arrays[name] = self._open_array(name, spec)
         n = self.n_images
+        self._check_committed_files(n)
         for name in _OFFSETS + _PER_IMAGE:
             length = n + 1 if name in _OFFSETS else n
             values = self._read(name, slice(0, length), range(n))
@@ -186,14 +194,77 @@ class _Backing:
                     "restore it or extract its features again."
                 )
             self.index[name] = values
+        for name, data in (("patches", "patch_offsets"), ("pixels", "pixel_offsets")):
+            offsets = self.index[data]
+            if offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
+                    or offsets[-1] > self.arrays[name].shape[0]:
+                raise self._damaged(data, f"its offsets do not fit {name}")
 
-    def _open_array(self, name):
+    def _damaged(self, name, what):
+        return CorruptedStoreError(
+            f"feature store {self.path!r}: its array {name!r} is damaged ({what}; "
+            f"{os.path.join(self.path, name, 'zarr.json')}); restore the store or "
+            "extract its features again."
+        )
+
+    def _open_array(self, name, spec):
+        """Array ``name``, refused unless it has the dtype, row shape and chunk
+        size of ``spec`` and lies inside the store: its metadata sizes what
+        is read, so it is checked before anything is allocated."""
+        folder = os.path.join(self.path, name)
+        for part in (folder, os.path.join(folder, "c")):
+            _refuse_link(self.path, part)
         try:
-            return self.group[name]
+            array = self.group[name]
         except KeyError as exc:
             raise CorruptedStoreError(
                 f"feature store {self.path!r}: its array {name!r} is missing."
             ) from exc
+        except Exception as exc:  # JSON, recursion, codec and value errors alike
+            raise self._damaged(name, f"unreadable metadata: {type(exc).__name__}") from exc
+        row, _, dtype = spec
+        itemsize = 8 if dtype is str else np.dtype(dtype).itemsize  # str: a reference
+        chunk_bytes = array.chunks[0] * int(np.prod(row)) * itemsize
+        if (array.shape[1:], array.chunks[1:]) != (row, row) \
+                or not 0 < chunk_bytes <= _MAX_CHUNK_BYTES:
+            raise self._damaged(name, f"shape {array.shape}, chunks {array.chunks}")
+        if (array.dtype.kind not in "OTU") if dtype is str else array.dtype != np.dtype(dtype):
+            raise self._damaged(name, f"dtype {array.dtype}")
+        return array
+
+    def _check_committed_files(self, n):
+        """Every committed image has its row in each per-image array, and its
+        checksums' chunk file exists (never all zeros, so always written):
+        a raised image count is refused before its rows are allocated."""
+        for name in _OFFSETS + _PER_IMAGE:
+            length = n + 1 if name in _OFFSETS else n
+            if self.arrays[name].shape[0] < length:
+                raise self._damaged(name, f"{self.arrays[name].shape[0]} rows for {n} images")
+        rows = self.arrays["checksums"].chunks[0]
+        for chunk in range(-(-n // rows)):
+            file = os.path.join(self.path, "checksums", "c", str(chunk), "0")
+            if not os.path.isfile(file):
+                raise CorruptedStoreError(
+                    f"feature store {self.path!r} says it holds {n} images, but the chunk "
+                    f"file {file} of their checksums is missing; the store is damaged, "
+                    "restore it or extract its features again."
+                )
+
+    def refuse_if_gone(self):
+        """A store moved or deleted under an open handle is not a damaged one."""
+        if not os.path.isfile(os.path.join(self.path, "zarr.json")):
+            raise FileNotFoundError(
+                f"feature store {self.path!r} is no longer there: it was moved or deleted "
+                "while open. Open it again where it is now."
+            )
+
+    def refuse_linked_chunks(self, name, start, stop):
+        """Refuse a link among the chunk folders of rows [start, stop) of
+        ``name`` before they are written or cut (files zarr replaces whole,
+        but it writes into whatever folder it finds)."""
+        if self.arrays[name].ndim == 2 and stop > start:
+            for file in self.chunk_files(name, start, stop):
+                _refuse_link(self.path, os.path.join(self.path, os.path.dirname(file)))
 
     def chunk_files(self, name, start, stop):
         """Chunk files that hold elements [start, stop) of array ``name``."""
@@ -207,6 +278,7 @@ class _Backing:
         try:
             return self.arrays[name][selection]
         except Exception as exc:  # zarr raises codec-specific errors
+            self.refuse_if_gone()
             images = list(images)
             where = (f"image {images[0]}" if len(images) == 1 else
                      f"images {images[0]}..{images[-1]}" if images else "the store")
@@ -261,6 +333,7 @@ class _Backing:
         first = self.index["pixel_offsets" if name == "pixels" else "patch_offsets"][start]
         for k in range(len(bounds) - 1):
             if _crc(block[bounds[k]:bounds[k + 1]]) != expected[k]:
+                self.refuse_if_gone()  # missing chunks read as zeros
                 i = start + k
                 if name == "cls":
                     files = self.chunk_files(name, i, i + 1)
@@ -289,15 +362,19 @@ class FeatureStore(Sequence):
     size (as one ``(n_patches, d)`` array with per-image offsets, float16 or
     float32), the CLS token, the CLS attention, the image shape, the patch
     size and the image. An image given as a file is kept as its absolute path
-    (the file must stay there for pixel refinement); an image given as an
-    array is kept as its pixels, byte for byte (a PIL image as its array, or,
-    for modes other than L, RGB and RGBA, as the float RGB array skseg reads
-    from it). A store also records the parameters of the extraction that made
+    (a view made by :meth:`select` with ``images`` points at the files given
+    then); in a store that recorded its extraction, reading such a file
+    checks that it still holds the content the features came from. An image
+    given as an array is kept as its pixels, byte for byte (a PIL image as its
+    array, or, for modes other than L, RGB and RGBA, as the float RGB array
+    skseg reads from it). A store also records the parameters of the extraction that made
     it, and one content key per image.
 
     A writer killed at any moment leaves a store that opens and holds every
     image committed before the kill; extending it again continues from there.
-    Writers in several processes take turns (an advisory lock, on POSIX).
+    Writers in several processes take turns: creating the store, recording
+    its extraction and every append happen under one lock (``filelock``), so
+    processes creating or extending the same store at once lose nothing.
     Every read is checked against per-image CRC-32 checksums, so a damaged
     chunk raises an ``OSError`` naming the image and the chunk file, never
     returns wrong numbers.
@@ -310,6 +387,9 @@ class FeatureStore(Sequence):
         The feature-changing parameters of the extraction that wrote (or will
         write) the store, as JSON-compatible values. An empty store records
         them; a store that recorded others is refused with both sets named.
+        A store that recorded an extraction is extended only through a handle
+        opened with the same one, so that no other records pass for its
+        features.
     read_only : bool, default=False
         Open without write access; :meth:`extend` is then refused.
 
@@ -343,16 +423,44 @@ class FeatureStore(Sequence):
     def __init__(self, path, *, extraction=None, read_only=False):
         self.path = os.path.abspath(os.fspath(path))
         self._positions = None  # None: every committed image, in order
+        self._images = None  # None, or per position: the file given now for that image
+        self._requested = None if extraction is None else _jsonable(dict(extraction))
         _prepare_location(self.path, read_only)
         self._backing = _Backing(self.path, read_only)
-        if extraction is not None:
-            self._check_extraction(_jsonable(dict(extraction)))
+        if self._requested is not None:
+            self._record_extraction()
 
     # -- opening -----------------------------------------------------------
 
-    def _check_extraction(self, requested):
+    def _record_extraction(self):
+        """Record the requested extraction in an empty store, or check it
+        against the recorded one."""
         backing = self._backing
-        recorded = backing.extraction
+        if backing.extraction is None and not backing.n_images and not backing.read_only:
+            with _writer_lock(self.path):
+                # Another process may have recorded its own extraction (and
+                # appended its features) since this one read the store.
+                backing.reload()
+                if backing.extraction is None and not backing.n_images:
+                    meta = dict(backing.meta)
+                    meta["extraction"] = self._requested
+                    backing.group.attrs[_ATTRS_KEY] = meta
+                    backing.reload()
+        self._check_extraction()
+
+    def _check_extraction(self):
+        """Refuse a store whose recorded extraction is not this handle's."""
+        backing = self._backing
+        recorded, requested = backing.extraction, self._requested
+        if requested is None:
+            if recorded is not None:
+                raise ValueError(
+                    f"feature store {self.path!r} holds the features of the extraction "
+                    f"{recorded}; records appended without it would pass for its "
+                    "features. Open it with FeatureStore(path, extraction=...) to "
+                    "append, or use another store path."
+                )
+            return
         if recorded is None:
             if backing.n_images:
                 raise ValueError(
@@ -360,13 +468,6 @@ class FeatureStore(Sequence):
                     "unrecorded extraction parameters; it cannot be used with "
                     f"extraction parameters {requested}."
                 )
-            if not backing.read_only:
-                with _WriterLock(self.path):
-                    backing.reload()
-                    meta = dict(backing.meta)
-                    meta["extraction"] = requested
-                    backing.group.attrs[_ATTRS_KEY] = meta
-                    backing.reload()
             return
         if recorded != requested:
             raise ValueError(
@@ -381,7 +482,7 @@ class FeatureStore(Sequence):
         return self._backing.extraction
 
     def __reduce__(self):
-        return (_reopen, (self.path, self._positions))
+        return (_reopen, (self.path, self._positions, self._images))
 
     def __repr__(self):
         if self._positions is None:
@@ -409,20 +510,34 @@ class FeatureStore(Sequence):
         view = object.__new__(FeatureStore)
         view.path = self.path
         view._backing = self._backing
+        view._requested = self._requested
         view._positions = np.asarray(self._stored(positions), dtype=np.int64)
+        view._images = None if self._images is None else \
+            tuple(self._images[p] for p in positions.tolist())
         return view
 
-    def _image(self, i):
+    def _image(self, i, given=None):
+        """Image ``i`` of the store; ``given``, a path, names where its file is now."""
         backing = self._backing
         index = backing.index
         if index["image_paths"][i]:
-            return str(index["image_paths"][i])
+            path = given or str(index["image_paths"][i])
+            if backing.extraction is None:  # hand-made records: keys of any kind
+                return path
+            # Every key of an extraction's store is its image's content_hash.
+            return ExtractedImagePath(path, str(index["content_keys"][i]))
         dtype = str(index["pixel_dtypes"][i])
         if not dtype:
             return None
         raw = backing.read_range("pixels", index["pixel_offsets"], i, i + 1)
         shape = tuple(int(s) for s in index["pixel_shapes"][i])
-        return raw.view(np.dtype(dtype)).reshape(shape if shape[2] else shape[:2])
+        try:
+            return raw.view(np.dtype(dtype)).reshape(shape if shape[2] else shape[:2])
+        except (TypeError, ValueError) as exc:  # checksummed, so written this way
+            raise CorruptedStoreError(
+                f"feature store {self.path!r}: the pixels of image {i} do not fit their "
+                f"recorded dtype {dtype!r} and shape {shape}; the store is damaged."
+            ) from exc
 
     # -- bulk reads --------------------------------------------------------------
 
@@ -499,6 +614,7 @@ class FeatureStore(Sequence):
         attention = self.attention_of(start, stop)[0] if layout["has_attention"] else None
         index = self._backing.index
         stored = self._stored(np.arange(start, stop, dtype=np.int64))
+        given = self._images[start:stop] if self._images is not None else [None] * len(stored)
         records = []
         for k, i in enumerate(stored.tolist()):
             h, w = (int(v) for v in index["grid_shapes"][i])
@@ -508,7 +624,8 @@ class FeatureStore(Sequence):
                 cls=None if cls is None else cls[k],
                 attention=None if attention is None else attention[rows].reshape(h, w),
                 image_shape=tuple(int(v) for v in index["image_shapes"][i]),
-                image=self._image(i), patch_size=int(index["patch_sizes"][i]) or None,
+                image=self._image(i, given[k]),
+                patch_size=int(index["patch_sizes"][i]) or None,
             ))
         return records
 
@@ -581,12 +698,17 @@ class FeatureStore(Sequence):
                 positions.append(position)
         return positions
 
-    def select(self, content_keys):
+    def select(self, content_keys, images=None):
         """A view of the stored images with these content keys, in this order.
 
         Parameters
         ----------
         content_keys : sequence of str
+        images : sequence, default=None
+            The images the keys were computed from, in step with them. A
+            record whose stored image is a file then points at the file given
+            here (where the input is now), not at the file the store first
+            took that content from.
 
         Returns
         -------
@@ -605,9 +727,15 @@ class FeatureStore(Sequence):
                 raise KeyError(f"feature store {self.path!r} holds no image with content "
                                f"key {key!r} (position {position}).")
             positions[position] = stored[key]
-        if self._positions is None and np.array_equal(positions, np.arange(len(self))):
+        if images is None and self._positions is None and \
+                np.array_equal(positions, np.arange(len(self))):
             return self
-        return FeatureStore.__getitem__(_whole(self), positions)
+        view = FeatureStore.__getitem__(_whole(self), positions)
+        if images is not None:
+            view._images = tuple(
+                os.path.abspath(os.fspath(image)) if isinstance(image, (str, os.PathLike))
+                else None for image in images)
+        return view
 
     # -- writing -------------------------------------------------------------
 
@@ -650,8 +778,9 @@ class FeatureStore(Sequence):
         if backing.read_only:
             raise PermissionError(f"feature store {self.path!r} is open read-only.")
         keys = iter(content_keys) if content_keys is not None else None
-        with _WriterLock(self.path):
+        with _writer_lock(self.path):
             backing.refresh()  # another process may have appended since we opened
+            self._check_extraction()
             stored = self._key_positions()
             writer = _Writer(backing)
             try:
@@ -684,76 +813,101 @@ def _whole(store):
         return store
     whole = object.__new__(FeatureStore)
     whole.path, whole._backing, whole._positions = store.path, store._backing, None
+    whole._images = None
+    whole._requested = store._requested
     return whole
 
 
-def _reopen(path, positions):
+def _reopen(path, positions, images):
     store = FeatureStore(path, read_only=True)
-    store._positions = positions
+    store._positions, store._images = positions, images
     return store
 
 
 def _prepare_location(path, read_only):
     """Create an empty store at ``path`` if absent; refuse what is not a store."""
     location = Path(path)
-    marker = location / "zarr.json"
     if location.is_file():
         raise ValueError(f"{path!r} is a file, not a feature store.")
-    if marker.is_file():
-        try:
-            meta = json.loads(marker.read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"{path!r} is not a readable feature store: its zarr.json cannot be "
-                f"parsed ({exc})."
-            ) from exc
-        info = meta.get("attributes", {}).get(_ATTRS_KEY) if isinstance(meta, dict) else None
-        if meta.get("zarr_format") != 3 or not isinstance(info, dict) \
-                or info.get("format") != FORMAT_NAME:
-            raise ValueError(
-                f"{path!r} is a zarr store but not a skseg feature store."
-            )
-        if info.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path!r} is a skseg feature store of format version "
-                f"{info.get('format_version')!r}; this skseg reads version "
-                f"{FORMAT_VERSION}. Extract the features again into a new store."
-            )
-        return
-    if location.is_dir() and any(location.iterdir()):
+    if not (location / "zarr.json").is_file():
+        if read_only:
+            raise FileNotFoundError(f"no feature store at {path!r}.")
+        _refuse_foreign_files(path)  # before the lock file is made there
+        location.mkdir(parents=True, exist_ok=True)
+        with _writer_lock(path):
+            # Checked again under the lock: another process may have created
+            # the store meanwhile, and creating it twice would wipe its images.
+            if not (location / "zarr.json").is_file():
+                _refuse_foreign_files(path)
+                _create_group(path)
+    _check_format(path)
+
+
+def _refuse_foreign_files(path):
+    location = Path(path)
+    if location.is_dir() and any(entry.name != _LOCK_NAME for entry in location.iterdir()):
         raise ValueError(
             f"{path!r} is not a feature store (it has no zarr.json) and is not "
             "empty; give a new path or an existing store."
         )
-    if read_only:
-        raise FileNotFoundError(f"no feature store at {path!r}.")
+
+
+def _create_group(path):
     import zarr
     from zarr.storage import LocalStore
 
-    location.mkdir(parents=True, exist_ok=True)
-    zarr.open_group(LocalStore(path), mode="w", attributes={_ATTRS_KEY: {
+    # Never open_group(mode="w"): it deletes the folder, lock file included.
+    zarr.create_group(LocalStore(path), overwrite=False, attributes={_ATTRS_KEY: {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_images": 0,
         "layout": None, "extraction": None,
     }})
 
 
-class _WriterLock:
-    """An exclusive advisory lock on the store, so writers take turns."""
+def _check_format(path):
+    marker = Path(path) / "zarr.json"
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValueError(
+            f"{path!r} is not a readable feature store: its zarr.json cannot be "
+            f"parsed ({exc})."
+        ) from exc
+    attributes = meta.get("attributes") if isinstance(meta, dict) else None
+    info = attributes.get(_ATTRS_KEY) if isinstance(attributes, dict) else None
+    if not isinstance(info, dict) or meta.get("zarr_format") != 3 \
+            or info.get("format") != FORMAT_NAME:
+        raise ValueError(
+            f"{path!r} is a zarr store but not a skseg feature store."
+        )
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} is a skseg feature store of format version "
+            f"{info.get('format_version')!r}; this skseg reads version "
+            f"{FORMAT_VERSION}. Extract the features again into a new store."
+        )
 
-    def __init__(self, path):
-        self.path = os.path.join(path, ".writer.lock")
 
-    def __enter__(self):
-        self.handle = open(self.path, "a+b")
-        try:
-            import fcntl
-        except ImportError:  # Windows: a single writer is the user's responsibility
-            return self
-        fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
-        return self
+def _writer_lock(path):
+    """An exclusive lock on the store at ``path``: its creation, the record of
+    its extraction and every append happen under it, so writers take turns."""
+    from filelock import FileLock
 
-    def __exit__(self, *exc):
-        self.handle.close()  # closing releases the lock
+    lock_file = os.path.join(path, _LOCK_NAME)
+    # filelock also opens it without following a link: a link planted in a
+    # store never creates or truncates its target.
+    _refuse_link(path, lock_file)
+    return FileLock(lock_file)
+
+
+def _refuse_link(store, path):
+    """Refuse a symbolic link inside a store: writes through it would land
+    outside the store."""
+    if os.path.islink(path):
+        raise CorruptedStoreError(
+            f"feature store {store!r}: {path} is a symbolic link; a store holds none "
+            "(writes through it would land outside the store). Remove it, or extract "
+            "the features into a new store."
+        )
 
 
 class _Writer:
@@ -778,11 +932,31 @@ class _Writer:
         cut = False
         for name, array in backing.arrays.items():
             if array.shape[0] != lengths[name]:
-                array.resize((lengths[name],) + array.shape[1:])
+                self._cut(name, array, int(lengths[name]))
                 cut = True
         if cut:
             for partial in Path(backing.path).rglob("*.partial"):
                 partial.unlink(missing_ok=True)
+
+    def _cut(self, name, array, length):
+        """Shrink ``array`` to ``length`` rows, deleting the chunk files wholly
+        past it. The files are found by listing the folder: zarr's own resize
+        enumerates every chunk of the old shape, which a damaged zarr.json
+        can make astronomically many."""
+        from zarr.core.sync import sync
+
+        folder = os.path.join(self.backing.path, name, "c")
+        first_past = -(-length // array.chunks[0])
+        for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+            if entry.isdigit() and int(entry) >= first_past:
+                chunk = os.path.join(folder, entry)
+                _refuse_link(self.backing.path, chunk)
+                if os.path.isdir(chunk):
+                    shutil.rmtree(chunk)
+                else:
+                    os.unlink(chunk)
+        sync(array.async_array.resize((length,) + array.shape[1:],
+                                      delete_outside_chunks=False))
 
     def _lengths(self, n, n_rows, n_bytes):
         lengths = {name: n for name in self.backing.arrays}
@@ -858,32 +1032,12 @@ class _Writer:
 
     def _create_arrays(self):
         backing = self.backing
-        layout = self.layout
-        d, dtype = layout["feature_dim"], layout["patch_dtype"]
-        rows = max(1, _CHUNK_BYTES // (d * np.dtype(dtype).itemsize))
-        specs = {
-            "patches": ((0, d), (rows, d), dtype),
-            "patch_offsets": ((1,), (_PER_IMAGE_CHUNK,), "int64"),
-            "grid_shapes": ((0, 2), (_PER_IMAGE_CHUNK, 2), "int32"),
-            "image_shapes": ((0, 2), (_PER_IMAGE_CHUNK, 2), "int64"),
-            "patch_sizes": ((0,), (_PER_IMAGE_CHUNK,), "int32"),
-            "content_keys": ((0,), (_PER_IMAGE_CHUNK,), str),
-            "image_paths": ((0,), (_PER_IMAGE_CHUNK,), str),
-            "pixels": ((0,), (_CHUNK_BYTES,), "uint8"),
-            "pixel_offsets": ((1,), (_PER_IMAGE_CHUNK,), "int64"),
-            "pixel_shapes": ((0, 3), (_PER_IMAGE_CHUNK, 3), "int64"),
-            "pixel_dtypes": ((0,), (_PER_IMAGE_CHUNK,), str),
-            "checksums": ((0, len(_FIELDS)), (_PER_IMAGE_CHUNK, len(_FIELDS)), "uint32"),
-        }
-        if layout["cls_dim"] is not None:
-            cls_rows = max(1, _CHUNK_BYTES // (layout["cls_dim"] * np.dtype(dtype).itemsize))
-            specs["cls"] = ((0, layout["cls_dim"]), (cls_rows, layout["cls_dim"]), dtype)
-        if layout["has_attention"]:
-            specs["attention"] = ((0,), (rows * d,), dtype)
-        for name, (shape, chunks, array_dtype) in specs.items():
+        for name, (row, chunk_rows, array_dtype) in _array_specs(self.layout).items():
+            length = 1 if name in _OFFSETS else 0
             # Features are close to incompressible; plain chunks read at disk speed.
             array = backing.group.create_array(
-                name, shape=shape, chunks=chunks, dtype=array_dtype, compressors=None,
+                name, shape=(length, *row), chunks=(chunk_rows, *row), dtype=array_dtype,
+                compressors=None,
                 fill_value="" if array_dtype is str else 0, overwrite=True,
             )
             if name.endswith("offsets"):
@@ -939,6 +1093,7 @@ class _Writer:
         ends = self._lengths(n1, int(patch_offsets[-1]), int(pixel_offsets[-1]))
         # Data first, in any order; readers ignore it until the count moves.
         for name, array in backing.arrays.items():
+            backing.refuse_linked_chunks(name, starts[name], ends[name])
             if array.shape[0] != ends[name]:
                 array.resize((ends[name],) + array.shape[1:])
             if name in data and ends[name] > starts[name]:
@@ -975,15 +1130,64 @@ class _Writer:
                 np.concatenate([previous, data[name]])
 
 
-def _array_names(layout):
-    names = ["patches", "patch_offsets", "grid_shapes", "image_shapes", "patch_sizes",
-             "content_keys", "image_paths", "pixels", "pixel_offsets", "pixel_shapes",
-             "pixel_dtypes", "checksums"]
+def _array_specs(layout):
+    """Each array of a store of this layout: ``(row shape, chunk rows, dtype)``."""
+    d, dtype = layout["feature_dim"], layout["patch_dtype"]
+    rows = max(1, _CHUNK_BYTES // (d * np.dtype(dtype).itemsize))
+    specs = {
+        "patches": ((d,), rows, dtype),
+        "patch_offsets": ((), _PER_IMAGE_CHUNK, "int64"),
+        "grid_shapes": ((2,), _PER_IMAGE_CHUNK, "int32"),
+        "image_shapes": ((2,), _PER_IMAGE_CHUNK, "int64"),
+        "patch_sizes": ((), _PER_IMAGE_CHUNK, "int32"),
+        "content_keys": ((), _PER_IMAGE_CHUNK, str),
+        "image_paths": ((), _PER_IMAGE_CHUNK, str),
+        "pixels": ((), _CHUNK_BYTES, "uint8"),
+        "pixel_offsets": ((), _PER_IMAGE_CHUNK, "int64"),
+        "pixel_shapes": ((3,), _PER_IMAGE_CHUNK, "int64"),
+        "pixel_dtypes": ((), _PER_IMAGE_CHUNK, str),
+        "checksums": ((len(_FIELDS),), _PER_IMAGE_CHUNK, "uint32"),
+    }
     if layout["cls_dim"] is not None:
-        names.append("cls")
+        cls_dim = layout["cls_dim"]
+        specs["cls"] = ((cls_dim,), max(1, _CHUNK_BYTES // (cls_dim * np.dtype(dtype).itemsize)),
+                        dtype)
     if layout["has_attention"]:
-        names.append("attention")
-    return names
+        specs["attention"] = ((), rows * d, dtype)
+    return specs
+
+
+def _valid_meta(path, meta):
+    """The group attributes, refused unless every value has its type and range:
+    they size what is read, so they are checked before anything is allocated."""
+    def damaged(what):
+        return CorruptedStoreError(
+            f"feature store {path!r}: its zarr.json is damaged ({what}); restore the "
+            "store or extract its features again."
+        )
+
+    if not isinstance(meta, dict):
+        raise damaged("no store attributes")
+    n = meta.get("n_images")
+    if type(n) is not int or n < 0:
+        raise damaged(f"n_images is {n!r}")
+    layout = meta.get("layout")
+    if layout is None:
+        if n:
+            raise damaged(f"{n} images but no layout")
+        return meta
+    if not isinstance(layout, dict) or type(layout.get("feature_dim")) is not int \
+            or not 0 < layout["feature_dim"] <= _MAX_WIDTH \
+            or layout.get("patch_dtype") not in ("float16", "float32") \
+            or not (layout.get("cls_dim") is None or type(layout["cls_dim"]) is int
+                    and 0 < layout["cls_dim"] <= _MAX_WIDTH) \
+            or type(layout.get("has_attention")) is not bool:
+        raise damaged(f"layout {str(layout)[:200]}")
+    crcs = meta.get("index_crc")
+    if not isinstance(crcs, dict) or any(type(crcs.get(name)) is not int
+                                         for name in _OFFSETS + _PER_IMAGE):
+        raise damaged("its index checksums are missing or not numbers")
+    return meta
 
 
 def _feature_digest(patches, grid):

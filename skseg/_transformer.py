@@ -346,8 +346,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                                    for _, indices in task for i in indices}, task,
                 ) for task in tasks
             )
-            # Reopened: the tasks appended through stores of their own.
-            return FeatureStore(self.store, extraction=config).select(keys)
+            # Reopened: the tasks appended through stores of their own. The
+            # records point at these inputs, not where the store first saw them.
+            return FeatureStore(self.store, extraction=config).select(keys, images=X)
         for indices, features in self._extract(X, batches):
             for i, record in zip(indices, features):
                 records[i] = record

@@ -264,6 +264,15 @@ def test_evaluate_reports_matched_miou(tmp_path, capsys):
     assert "mean IoU        100.00" in capsys.readouterr().out
 
 
+def test_evaluate_with_nothing_to_score_is_an_error(tmp_path, capsys):
+    truth, pred = _mask_folders(tmp_path)
+    for mask in truth.iterdir():
+        Image.fromarray(np.full((10, 12), 255, np.uint8)).save(mask)
+    assert main(["evaluate", str(pred), str(truth)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ignore-index 255: there is nothing to score" in err
+
+
 def test_evaluate_allow_missing_scores_what_is_there(tmp_path, capsys):
     truth, pred = _mask_folders(tmp_path)
     (pred / "2.png").unlink()

@@ -4,13 +4,19 @@ saved models and file permissions."""
 import json
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.pipeline import Pipeline
 
 import skseg._segment_run
-from skseg._cli import main
+from skseg._cli import build_parser, main
 from skseg._run_record import RECORD_NAME
 
 from ._cli_helpers import FAST, photo_folder, read_mask, save_scenes  # noqa: F401
@@ -136,6 +142,100 @@ def test_an_interrupted_run_resumes_and_never_leaves_a_mask_without_its_overlay(
     for name, mask in _masks(fresh).items():
         np.testing.assert_array_equal(read_mask(out / name), mask)
     assert len(list(out.glob("*_overlay.jpg"))) == 4
+
+
+def test_an_interrupted_forced_refit_leaves_only_masks_of_the_new_fit(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 6)
+    out = tmp_path / "out"
+    assert main(["segment", str(photos), "-o", str(out), "--overlay", *FAST]) == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "fit", interrupted)
+    subset = ["segment", str(photos), "-o", str(out), "--exclude", "img[345].png", *FAST]
+    assert main([*subset, "--force"]) == 130
+    # The new record says the old fit's outputs are gone: so they are.
+    assert not _masks(out) and not list(out.glob("*_overlay.jpg"))
+    monkeypatch.undo()
+    assert main(subset) == 0
+    fresh = tmp_path / "fresh"
+    # From the same stored features: a ViT batch of other images can move
+    # features by rounding, and a 2-class fit then swap its labels.
+    assert main([*subset[:3], str(fresh), *subset[4:], "--cache",
+                 str(out / ".skseg-features")]) == 0
+    resumed, expected = _masks(out), _masks(fresh)
+    assert resumed.keys() == expected.keys() == {"img0.png", "img1.png", "img2.png"}
+    for name in expected:
+        np.testing.assert_array_equal(resumed[name], expected[name])
+
+
+# A run that holds its output folder until the file argv[1] exists.
+_HELD_RUN = textwrap.dedent("""
+    import sys
+    import time
+    from pathlib import Path
+
+    import skseg._segment_run
+    from skseg._cli import main
+
+    real = skseg._segment_run._write_masks
+
+    def waiting(*args, **kwargs):
+        while not Path(sys.argv[1]).exists():
+            time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    skseg._segment_run._write_masks = waiting
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    out, go = tmp_path / "out", tmp_path / "go"
+    root = Path(__file__).resolve().parent.parent
+    first = subprocess.Popen(
+        [sys.executable, "-c", _HELD_RUN, str(go), "segment", str(photos), "-o", str(out),
+         *FAST], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        # Its record is written once it holds the folder, just before its masks.
+        while not (out / RECORD_NAME).exists() and first.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert main(["segment", str(photos), "-o", str(out), "--force", *FAST,
+                     "--n-classes", "3"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "being written by another skseg run" in err
+        assert f"process {first.pid} on " in err
+        assert not _masks(out)  # the second run wrote nothing
+    finally:
+        go.touch()
+        first_err = first.communicate(timeout=120)[1]
+    assert first.returncode == 0, first_err
+    fresh = tmp_path / "fresh"
+    assert main(["segment", str(photos), "-o", str(fresh), *FAST]) == 0
+    written, expected = _masks(out), _masks(fresh)
+    assert written.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(written[name], expected[name])
+    assert not [p.name for p in out.iterdir() if "holder" in p.name]
+
+
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next(photo_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["segment", str(photo_folder), "-o", str(out), "-r", *FAST]
+    assert main(argv) == 0
+    stale = [out / ".img0.png.0123456789ab.tmp", out / "holiday" / ".img1.png.ba9876543210.tmp",
+             out / f".{RECORD_NAME}.00112233aabb.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    assert main(argv) == 0  # nothing to do, but the debris goes
+    assert not [path for path in stale if path.exists()]
 
 
 def test_overlays_asked_on_a_rerun_are_drawn_from_the_masks(tmp_path, monkeypatch):
@@ -326,8 +426,20 @@ def test_weights_of_another_architecture_are_one_line(weights_file, tmp_path, ca
     assert "vits16.safetensors" in err and "vit_tiny_patch16_224" in err
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"format": "skseg-run-v1", "fit": {}, '
-                                     '"outputs": [], "skipped": {}}', "[]"])
+def _record_text(fit):
+    return json.dumps({"format": "skseg-run-v1", "fit": fit, "outputs": {}, "skipped": {}})
+
+
+@pytest.mark.parametrize("content", [
+    "{not json", '{"format": "skseg-run-v1", "fit": {}, "outputs": [], "skipped": {}}', "[]",
+    _record_text({"parameters": 5, "training": [], "skseg": "0"}),
+    _record_text({"parameters": {}, "training": [[1]], "skseg": "0"}),
+    _record_text({"model": 5, "skseg": "0"}),
+    "[" * 100_000 + "]" * 100_000,
+    _record_text({"parameters": {}, "training": [], "skseg": "0"})[:-1]
+    + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}",
+], ids=["not json", "outputs a list", "a list", "parameters a number", "training of lists",
+        "model a number", "nested", "nested inside"])
 def test_a_damaged_record_is_one_line_and_force_recovers(content, tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 2)
@@ -382,3 +494,17 @@ def test_a_cluster_without_dask_is_one_line(photo_folder, tmp_path, monkeypatch,
                  *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and 'pip install "skseg[dask]"' in err
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line_within_the_timeout(
+        photo_folder, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    argv = ["segment", str(photo_folder), "-o", str(tmp_path / "o"), *FAST,
+            "--scheduler", "tcp://127.0.0.1:9"]  # the discard port: nothing listens
+    assert build_parser().parse_args(argv).connect_timeout == 10
+    started = time.monotonic()
+    assert main([*argv, "--connect-timeout", "1"]) == 2
+    assert time.monotonic() - started < 8
+    err = capsys.readouterr().err.strip()
+    assert err == ("skseg: error: no Dask scheduler answered at tcp://127.0.0.1:9 within "
+                   "1 s.")

@@ -1,5 +1,6 @@
 """skseg._io: label PNGs, atomic writes, overlays with a legend, contact sheets."""
 
+import errno
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ from skseg._io import (
     contact_sheet,
     overlay,
     read_label_png,
+    remove_stale_temporaries,
     save_label_png,
     voc_palette,
     write_atomically,
@@ -106,3 +108,23 @@ def test_contact_sheet_grid(tmp_path):
     # Masks keep their exact label colours when resized.
     assert tuple(pixels[18 + 54 + 10, 54 + 10]) == tuple(voc_palette()[2])
     assert tuple(pixels[18 + 5, 54 + 5]) == tuple(voc_palette()[1])
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    def full(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"No space left on device \(writing .*/f\.bin\)") as error:
+        write_atomically(tmp_path / "f.bin", full)
+    assert error.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == []
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
+    stale = tmp_path / ".img0.png.0123456789ab.tmp"
+    stale.write_bytes(b"half a mask")
+    kept = [tmp_path / ".notes.tmp", tmp_path / "img0.png", tmp_path / ".img0.png.xyz.tmp"]
+    for path in kept:
+        path.write_bytes(b"x")
+    remove_stale_temporaries(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(path.name for path in kept)

@@ -1,6 +1,8 @@
 import json
+import multiprocessing
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -250,6 +252,105 @@ def test_concurrent_writers_take_turns(tmp_path, monkeypatch):
         _assert_same(stored, _record(int(key.split("-")[1])))
 
 
+# -- processes racing ---------------------------------------------------------------
+
+def _delay_zarr_opening(seed):
+    """Sleep a little before each group is opened or created, so that what one
+    process read is stale when it acts on it unless a lock holds the other off."""
+    rng = random.Random(seed)
+    for name in ("open_group", "create_group"):
+        real = getattr(zarr, name)
+
+        def delayed(*args, _real=real, **kwargs):
+            time.sleep(rng.uniform(0, 0.03))
+            return _real(*args, **kwargs)
+
+        setattr(zarr, name, delayed)
+
+
+def _create_and_append(root, n_stores, worker, barrier):
+    _delay_zarr_opening(worker)
+    for k in range(n_stores):
+        barrier.wait(timeout=60)
+        FeatureStore(Path(root) / f"s{k}").extend([_record(worker)], content_keys=[f"w{worker}"])
+
+
+def _record_extraction_and_append(root, n_stores, layer, results, barrier):
+    _delay_zarr_opening(layer)
+    for k in range(n_stores):
+        barrier.wait(timeout=60)
+        try:
+            store = FeatureStore(Path(root) / f"s{k}", extraction={"layer": layer})
+            store.extend([_record(layer)], content_keys=[f"layer{layer}"])
+            results.put((k, layer, "ok"))
+        except ValueError as exc:
+            results.put((k, layer, str(exc)))
+
+
+def _fork_context():
+    # Forked children have skseg imported already: they race from the first
+    # second instead of after seconds of importing torch.
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs the fork start method")
+    return multiprocessing.get_context("fork")
+
+
+def _race(target, arguments):
+    """Run ``target(*arguments[i], barrier)`` in one new process per worker;
+    return their exit codes."""
+    context = _fork_context()
+    barrier = context.Barrier(len(arguments))
+    processes = [context.Process(target=target, args=(*args, barrier)) for args in arguments]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    return [process.exitcode for process in processes]
+
+
+def test_processes_creating_a_store_at_once_lose_nothing(tmp_path):
+    n_stores = 6
+    assert _race(_create_and_append, [(tmp_path, n_stores, w) for w in (0, 1)]) == [0, 0]
+    for k in range(n_stores):
+        store = FeatureStore(tmp_path / f"s{k}")
+        assert sorted(store.content_keys) == ["w0", "w1"]
+        for key, stored in zip(store.content_keys, store):
+            _assert_same(stored, _record(int(key[1])))
+
+
+def test_two_extractions_recorded_at_once_one_is_refused(tmp_path):
+    n_stores = 3
+    for k in range(n_stores):
+        FeatureStore(tmp_path / f"s{k}")  # created empty: both see no extraction
+    results = _fork_context().Queue()
+    assert _race(_record_extraction_and_append,
+                 [(tmp_path, n_stores, layer, results) for layer in (1, 2)]) == [0, 0]
+    outcomes = [results.get(timeout=10) for _ in range(2 * n_stores)]
+    for k in range(n_stores):
+        (winner,) = [layer for store, layer, outcome in outcomes
+                     if store == k and outcome == "ok"]
+        (refusal,) = [outcome for store, layer, outcome in outcomes
+                      if store == k and layer != winner]
+        assert f"layer: store {winner}, requested {3 - winner}" in refusal
+        store = FeatureStore(tmp_path / f"s{k}", extraction={"layer": winner})
+        assert list(store.content_keys) == [f"layer{winner}"]
+
+
+def test_records_appended_without_the_extraction_of_the_store_are_refused(tmp_path):
+    path = tmp_path / "s"
+    FeatureStore(path, extraction={"layer": 1}).extend([_record(0)])
+    with pytest.raises(ValueError, match=r"holds the features of the extraction "
+                                         r"\{'layer': 1\}.*extraction=\.\.\."):
+        FeatureStore(path).extend([_record(1)])
+    # A handle opened before the extraction was recorded is refused too.
+    other = tmp_path / "t"
+    early = FeatureStore(other)
+    FeatureStore(other, extraction={"layer": 1})
+    with pytest.raises(ValueError, match="holds the features of the extraction"):
+        early.extend([_record(1)])
+    assert len(FeatureStore(path)) == 1 and len(FeatureStore(other)) == 0
+
+
 # -- crash safety ---------------------------------------------------------------
 
 _WRITER = textwrap.dedent("""
@@ -399,6 +500,118 @@ def test_a_damaged_index_array_is_an_error_at_opening(tmp_path, name, byte):
         FeatureStore(path)
 
 
+def _edit_json(file, edit):
+    meta = json.loads(file.read_text())
+    edit(meta)
+    file.write_text(json.dumps(meta))
+
+
+def _nested(depth):
+    return "[" * depth + "]" * depth
+
+
+_HOSTILE_METADATA = {
+    "n_images raised past the arrays": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].update(n_images=4),
+        r"'patch_offsets' is damaged \(4 rows for 4 images; .*patch_offsets/zarr.json"),
+    "a huge n_images": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].update(n_images=10**15),
+        r"'patch_offsets' is damaged \(4 rows for 1000000000000000 images"),
+    "n_images not a number": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].update(n_images="3"),
+        r"/s': its zarr.json is damaged \(n_images is '3'\)"),
+    "no index checksums": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].pop("index_crc"),
+        r"its zarr.json is damaged \(its index checksums are missing"),
+    "a layout of another type": (
+        "zarr.json", lambda m: m["attributes"]["skseg_feature_store"].update(layout=[1]),
+        r"its zarr.json is damaged \(layout \[1\]\)"),
+    "a string dtype": (
+        "patches/zarr.json", lambda m: m.update(
+            data_type="string", fill_value="", codecs=[{"name": "vlen-utf8"}]),
+        r"'patches' is damaged \(dtype StringDType\(\); .*patches/zarr.json"),
+    "huge chunks": (
+        "patches/zarr.json", lambda m: m["chunk_grid"]["configuration"].update(
+            chunk_shape=[10**12, 8]),
+        r"'patches' is damaged \(shape \(\d+, 8\), chunks \(1000000000000, 8\)"),
+    "another row width": (
+        "grid_shapes/zarr.json", lambda m: m.update(shape=[3, 5]),
+        r"'grid_shapes' is damaged \(shape \(3, 5\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HOSTILE_METADATA))
+def test_hostile_metadata_is_refused_before_anything_is_allocated(tmp_path, case):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    file, edit, message = _HOSTILE_METADATA[case]
+    _edit_json(path / file, edit)
+    with pytest.raises(CorruptedStoreError, match=message):
+        FeatureStore(path)
+
+
+@pytest.mark.parametrize("file,message", [
+    ("zarr.json", "its zarr.json cannot be parsed"),
+    ("grid_shapes/zarr.json", r"'grid_shapes' is damaged \(unreadable metadata: "),
+])
+@pytest.mark.parametrize("damage", ["nested", "truncated"])
+def test_unparsable_metadata_is_one_error_naming_the_file(tmp_path, file, message, damage):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    target = path / file
+    target.write_text(_nested(100_000) if damage == "nested" else target.read_text()[:50])
+    with pytest.raises((CorruptedStoreError, ValueError), match=message) as error:
+        FeatureStore(path)
+    assert str(target) in str(error.value) or "its zarr.json" in str(error.value)
+
+
+def test_debris_of_a_huge_recorded_shape_is_cut_without_enumerating_it(tmp_path):
+    path = tmp_path / "s"
+    FeatureStore(path).extend(_record(i) for i in range(3))
+    # As if an append had resized the array and died (with an absurd size).
+    _edit_json(path / "patches" / "zarr.json", lambda m: m.update(shape=[10**15, 8]))
+    store = FeatureStore(path)
+    store.extend([_record(3)])
+    store = FeatureStore(path)
+    assert store.patches_of(0, 4)[0].shape[0] == store.patches_of(0, 4)[1][-1]
+    for i in range(4):
+        _assert_same(store[i], _record(i))
+
+
+def test_links_in_a_store_are_refused_and_nothing_lands_outside(tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store, "_CHUNK_BYTES", 8 * 4 * 16)  # 16 rows a chunk
+    path, outside = tmp_path / "s", tmp_path / "outside"
+    outside.mkdir()
+    FeatureStore(path).extend(_record(i) for i in range(3))  # 24 rows: chunks 0 and 1
+    (path / "patches" / "c" / "3").symlink_to(outside)
+    with pytest.raises(CorruptedStoreError, match=r"patches/c/3 is a symbolic link"):
+        FeatureStore(path).extend(_record(i) for i in range(3, 10))
+    assert not list(outside.iterdir())
+    assert len(FeatureStore(path)) == 3
+    (path / "patches" / "c" / "3").unlink()
+    # A linked lock file: its target is neither made nor truncated.
+    (path / ".writer.lock").unlink(missing_ok=True)
+    (path / ".writer.lock").symlink_to(outside / "made")
+    with pytest.raises(CorruptedStoreError, match=r"\.writer\.lock is a symbolic link"):
+        FeatureStore(path).extend([_record(3)])
+    assert not (outside / "made").exists()
+    (path / ".writer.lock").unlink()
+    # A linked array folder is refused at opening.
+    (path / "cls").rename(outside / "cls")
+    (path / "cls").symlink_to(outside / "cls")
+    with pytest.raises(CorruptedStoreError, match=r"/s/cls is a symbolic link"):
+        FeatureStore(path, read_only=True)
+
+
+def test_a_store_moved_while_open_says_so(tmp_path):
+    FeatureStore(tmp_path / "s").extend(_record(i) for i in range(3))
+    store = FeatureStore(tmp_path / "s")
+    (tmp_path / "s").rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="is no longer there: it was moved or deleted"):
+        store.patches_of(0, 3)
+    _assert_same(FeatureStore(tmp_path / "moved")[2], _record(2))
+
+
 # -- bad input -------------------------------------------------------------------
 
 def test_what_is_not_a_store_is_refused(tmp_path):
@@ -508,6 +721,39 @@ def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, v
     with pytest.raises(ValueError, match="either memory= .* or store="):
         _vit(store=tmp_path / "s", memory=tmp_path / "m").fit()
     assert n_images_through_vit(vit_forwards) == 1
+
+
+def test_records_point_at_the_inputs_given_and_never_read_another_file(
+        tmp_path, rgb_images, vit_forwards):
+    from skseg._images import ImageError, load_rgb
+    from skseg._refine import working_pixels
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(rgb_images[0]).save(a)
+    Image.fromarray(rgb_images[1]).save(b)
+    _vit(store=tmp_path / "s").fit().transform([a, b])
+    # The two files swap names: the store holds both contents already.
+    a.rename(tmp_path / "c.png")
+    b.rename(a)
+    (tmp_path / "c.png").rename(b)
+    features = _vit(store=tmp_path / "s").fit().transform([a, b])
+    assert n_images_through_vit(vit_forwards) == 2
+    assert [os.fspath(f.image) for f in features] == [str(a), str(b)]
+    np.testing.assert_array_equal(load_rgb(features[0].image), load_rgb(rgb_images[1]))
+    # The same through a view, and through a pickled view (as joblib workers get it).
+    view = pickle.loads(pickle.dumps(features[[1, 0]]))
+    assert [os.fspath(f.image) for f in view] == [str(b), str(a)]
+    # A file changed since: its pixels are refused, naming it and both contents.
+    Image.fromarray(rgb_images[2]).save(a)
+    for read in (load_rgb, lambda image: working_pixels(image, (8, 8))):
+        with pytest.raises(ImageError, match=f"{a}.* is not the image its features were "
+                                             "extracted from .*its content is [0-9a-f]{40}, "
+                                             "the features' image was [0-9a-f]{40}"):
+            read(features[0].image)
+    np.testing.assert_array_equal(load_rgb(features[1].image), load_rgb(rgb_images[0]))
+    # The store's own paths are checked too.
+    with pytest.raises(ImageError, match="not the image its features were extracted from"):
+        load_rgb(FeatureStore(tmp_path / "s", read_only=True)[1].image)
 
 
 def test_segmenter_fits_and_cross_validates_on_a_store(tmp_path, rgb_images):
