@@ -11,22 +11,25 @@ of 513 x 513, and ``voc2012-mini``, 3 photos of about 375 x 500) and every
 patch size (a ViT at 224 x 224, skseg's default ``image_size``, has a grid of
 224 / patch size), the start is
 
-* ``soft``: the fraction of each patch the objects cover (a soft score, as
-  the consensus of the three levels gives one);
+* ``soft``: the fraction of each patch the objects cover (a soft score finer
+  than any the clustering gives: its consensus is a vote of three levels);
+* ``grid``: the grid mask, coverage > 0.5, as 0/1 scores (what three levels
+  that agree hand over);
 * ``eroded`` / ``dilated``: the grid mask (coverage > 0.5) eroded or dilated
   by one patch (3 x 3), as 0/1 scores;
 * ``flipped``: the grid mask with 10 % of its patches flipped (drawn with a
   seed fixed per photo and patch size).
 
 Each start goes through ``foreground_masks`` with no refinement (bilinear
-upsampling alone), with PAMR at its default working resolution
-(``refine_max_side=128``) and at others, and with the dense CRF. Printed per
+upsampling alone), and with the dense CRF and PAMR at skseg's working
+resolution (``refine_max_side=128``) and at others. Printed per
 start: foreground IoU (void pixels ignored), boundary F-score (predicted and
 true boundary pixels matched within 2 px), each as the mean over photos and
 patch sizes and the worst photo; how often the method beats bilinear
 upsampling on IoU; and milliseconds per photo (decoding the working pixels
-included, as in the segmenter), also as a ratio to a ViT-S/16 forward at
-224 px (random weights, batches of 16) timed in the same run.
+included, as in the segmenter, but one photo per call where the segmenter
+refines batches), also as a ratio to a ViT-S/16 forward at 224 px (random
+weights, batches of 16) timed in the same run.
 
 The truth's void pixels (VOC's 5-pixel band along object outlines, and
 objects too hard to label) take the label of their nearest labelled pixel to
@@ -61,13 +64,13 @@ FLIPPED = 0.10
 # Name, refine callable (None: bilinear upsampling alone), working resolution.
 METHODS = [
     ("bilinear", None, None),
-    ("pamr 128 (default)", pamr, 128),
+    ("pamr 128", pamr, 128),
     ("pamr 64", pamr, 64),
     ("pamr 192", pamr, 192),
     ("pamr 256", pamr, 256),
     ("crf 64", dense_crf, 64),
     ("crf 96", dense_crf, 96),
-    ("crf 128", dense_crf, 128),
+    ("crf 128 (default)", dense_crf, 128),
     ("crf 192", dense_crf, 192),
 ]
 

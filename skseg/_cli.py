@@ -265,9 +265,8 @@ def _add_segment_parser(commands):
                     "extracts the ViT's CLS attention)")
     fit_option("--consensus", choices=["vote", "intersection", "image"],
                default="vote", help="how the three levels' masks combine")
-    fit_option("--refine", choices=["pamr", "crf", "none"], default="pamr",
-               help="mask refinement from the image's colours: PAMR, or a dense CRF "
-                    "(its kernels as MultilevelSegmenter's crf_* defaults)")
+    fit_option("--refine", choices=["crf", "pamr", "none"], default="crf",
+               help="mask refinement from the image's colours: a dense CRF, or PAMR")
     fit_option("--refine-iter", type=_at_least(0), default=10,
                help="PAMR steps or CRF mean-field steps")
     fit_option("--refine-dilations", type=_dilations, default=(1, 2, 4, 8, 12, 24),

@@ -1,10 +1,15 @@
 """The pixel stage: upsampling soft patch masks to the image and refining
-them with pixel-adaptive mask refinement (PAMR), in plain torch.
+them with the image's colours, in plain torch.
 
-Araslanov and Roth, "Single-Stage Semantic Segmentation from Image Labels",
-CVPR 2020: a mask is repeatedly replaced by a local average of itself whose
-weights come from colour affinities of the image at several dilations, so that
-mask edges move onto image edges.
+Two refinements, both moving mask edges onto image edges:
+
+* a dense CRF (Kraehenbuehl and Koltun, NeurIPS 2011) whose pairwise kernels
+  are truncated to a window around each pixel, as in ConvCRF (Teichmann and
+  Cipolla, BMVC 2019), solved by mean-field inference;
+* pixel-adaptive mask refinement (PAMR; Araslanov and Roth, "Single-Stage
+  Semantic Segmentation from Image Labels", CVPR 2020): a mask is repeatedly
+  replaced by a local average of itself whose weights come from colour
+  affinities of the image at several dilations.
 
 Refinement runs at a small working resolution, so its cost is bounded
 whatever the photo size: the soft scores go there in one separable linear map,
@@ -249,7 +254,7 @@ def _resize_matrix(n_in, steps, device):
     return basis[:, 0, 0, :].T
 
 
-def foreground_masks(soft, image_shape, images=None, *, refine=pamr, max_side=128,
+def foreground_masks(soft, image_shape, images=None, *, refine=dense_crf, max_side=128,
                      device="cpu", reduced_decode=True):
     """Full-size binary foreground masks from soft patch scores.
 
@@ -269,10 +274,10 @@ def foreground_masks(soft, image_shape, images=None, *, refine=pamr, max_side=12
     images : list of image references, default=None
         The images' pixels (anything :func:`load_rgb` reads); ``None`` skips
         refinement.
-    refine : callable, default=pamr
+    refine : callable, default=dense_crf
         ``refine(pixels, scores)``, both tensors of shape (B, C, h, w) at the
-        working resolution, returns the refined scores: :func:`pamr` or
-        :func:`dense_crf`, their parameters bound (``functools.partial``).
+        working resolution, returns the refined scores: :func:`dense_crf` or
+        :func:`pamr`, their parameters bound (``functools.partial``).
     max_side : int, default=128
         Longer side of the working resolution of the refinement.
     device : torch.device or str, default="cpu"
