@@ -71,6 +71,7 @@ METHODS = [
     ("crf 64", dense_crf, 64),
     ("crf 96", dense_crf, 96),
     ("crf 128 (default)", dense_crf, 128),
+    ("crf 128 stride 2", partial(dense_crf, stride=2), 128),
     ("crf 192", dense_crf, 192),
 ]
 

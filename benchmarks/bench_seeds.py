@@ -39,7 +39,7 @@ def benchmarks():
     features = ViTPatchTransformer("vit_small_patch16_224.dino", pretrained=False,
                                    device="cpu").fit_transform(images)
     yield ("scenes, random-weight ViT-S/16, PAMR, 24 images, 3 classes", features, truths,
-           MultilevelSegmenter(n_classes=3, device="cpu"))
+           MultilevelSegmenter(n_classes=3, refine="pamr", device="cpu"))
 
 
 def main(argv=None):

@@ -275,7 +275,7 @@ def _add_segment_parser(commands):
                help="refinement working resolution (longer side, pixels)")
     fit_option("--crf-radius", type=_positive_int, default=6,
                help="CRF window half-side (working pixels)")
-    fit_option("--crf-stride", type=_positive_int, default=2,
+    fit_option("--crf-stride", type=_positive_int, default=3,
                help="CRF bilateral kernel: window offsets that are multiples of this")
     fit_option("--crf-bilateral-weight", type=_non_negative(False), default=5.0,
                help="CRF bilateral (appearance) kernel weight")

@@ -103,7 +103,7 @@ def pamr(image, mask, *, n_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
     return mask
 
 
-def dense_crf(image, mask, *, n_iter=10, radius=6, stride=2, bilateral_weight=5.0,
+def dense_crf(image, mask, *, n_iter=10, radius=6, stride=3, bilateral_weight=5.0,
               bilateral_xy=5.0, bilateral_rgb=0.05, gaussian_weight=1.0, gaussian_xy=1.0,
               eps=0.05):
     """Refine soft foreground masks by mean-field inference in a dense CRF.
@@ -126,7 +126,7 @@ def dense_crf(image, mask, *, n_iter=10, radius=6, stride=2, bilateral_weight=5.
         Mean-field steps.
     radius : int, default=6
         The window: neighbours up to ``radius`` pixels away along each axis.
-    stride : int, default=2
+    stride : int, default=3
         The bilateral kernel visits the window's offsets that are multiples
         of ``stride`` (its cost is one weighted sum per offset); the Gaussian
         kernel, a convolution, visits them all.

@@ -149,7 +149,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     crf_radius : int, default=6
         CRF window: neighbours up to this many pixels (of the working
         resolution) away along each axis.
-    crf_stride : int, default=2
+    crf_stride : int, default=3
         The CRF's bilateral kernel visits the window's offsets that are
         multiples of this (its cost grows with their number); the Gaussian
         kernel, a convolution, visits every offset.
@@ -308,7 +308,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         refine_dilations=(1, 2, 4, 8, 12, 24),
         refine_max_side=128,
         crf_radius=6,
-        crf_stride=2,
+        crf_stride=3,
         crf_bilateral_weight=5.0,
         crf_bilateral_xy=5.0,
         crf_bilateral_rgb=0.05,
