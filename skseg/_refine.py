@@ -180,12 +180,13 @@ def dense_crf(image, mask, *, n_iter=10, radius=6, stride=3, bilateral_weight=5.
         torch.sum(colour.square_(), 1, out=logits[:, k])
     squared = image.new_tensor([dy * dy + dx * dx for dy, dx in shifts]).view(1, -1, 1, 1)
     logits.mul_(-0.5 / bilateral_rgb ** 2).sub_(squared, alpha=0.5 / bilateral_xy ** 2)
-    # A neighbour outside the image gets a logit so low that it takes no
-    # weight; a pixel with no neighbour inside (a 1-pixel image) spreads its
-    # weight over zeros, which the padded signed mask holds there.
+    # A neighbour outside the image gets the lowest logit, so that it takes
+    # no weight; a pixel with no neighbour inside (a 1-pixel image) spreads
+    # its weight over zeros, which the padded signed mask holds there.
     inside = F.pad(image.new_ones((1, 1, height, width)), (radius,) * 4)
-    outside = torch.cat([shifted(inside, dy, dx) for dy, dx in shifts], 1).sub_(1)
-    affinity = logits.add_(outside, alpha=1e4).softmax(1).mul_(bilateral_weight)
+    outside = torch.cat([shifted(inside, dy, dx) for dy, dx in shifts], 1) == 0
+    logits.masked_fill_(outside, torch.finfo(image.dtype).min)
+    affinity = logits.softmax(1).mul_(bilateral_weight)
     del padded, colour, logits
     # The Gaussian kernel is separable: a convolution by rows, then by
     # columns, less the pixel itself (weight 1 there).

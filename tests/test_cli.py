@@ -139,6 +139,15 @@ def test_the_class_count_is_chosen_without_labels_by_default():
     assert args.n_classes == 7 and args.n_categories == "auto"
 
 
+def test_refinement_options_default_to_the_estimators_defaults():
+    # The CRF refines by default, with the same kernels from either entry point.
+    args = vars(build_parser().parse_args(["segment", "x", "-o", "y"]))
+    defaults = MultilevelSegmenter().get_params()
+    keys = [key for key in defaults if key.startswith(("refine", "crf_"))]
+    assert len(keys) == 11 and defaults["refine"] == args["refine"] == "crf"
+    assert {key: args[key] for key in keys} == {key: defaults[key] for key in keys}
+
+
 @pytest.mark.parametrize("case", ["image size", "output is a file", "output under a file",
                                   "model under a file", "model exists", "model is an input",
                                   "preview exists"])
