@@ -7,7 +7,7 @@ and refine it as :class:`skseg.MultilevelSegmenter` does, and compare the
 result with the full-resolution truth.
 
 For every photo of the shared VOC samples (``voc2012-val-crops``, 14 photos
-of 513 x 513, and ``voc2012-mini``, 3 photos of about 375 x 500) and every
+of 513 x 513, and ``voc2012-mini``, 3 uncropped photos of up to 500 px) and every
 patch size (a ViT at 224 x 224, skseg's default ``image_size``, has a grid of
 224 / patch size), the start is
 
@@ -36,7 +36,7 @@ objects too hard to label) take the label of their nearest labelled pixel to
 place the outline in the middle of the band; they are still left out of the
 IoU.
 
-    python benchmarks/bench_refine_voc.py [--data ../shared/data] [--threads 1]
+    python benchmarks/bench_refine_voc.py [--data ../shared/data] [--threads 1] [--device cpu]
 """
 
 import argparse
@@ -140,12 +140,15 @@ def iou(predicted, truth, valid):
     return 1.0 if union == 0 else ((predicted & truth) & valid).sum() / union
 
 
-def refined(score, shape, path, refine, max_side):
+def refined(score, shape, path, refine, max_side, device):
     """The full-size mask and the wall-clock seconds it took."""
     images = None if refine is None else [path]
     kwargs = {} if refine is None else dict(refine=refine, max_side=max_side)
     wall = time.perf_counter()
-    mask = foreground_masks(score[None].astype(np.float32), shape, images, **kwargs)[0]
+    mask = foreground_masks(score[None].astype(np.float32), shape, images, device=device,
+                            **kwargs)[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return mask, time.perf_counter() - wall
 
 
@@ -156,10 +159,11 @@ def main():
     parser.add_argument("--patch-sizes", type=int, nargs="+", default=[8, 14, 16])
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="where refinement and the ViT run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device("cpu")
+    device = resolve_device(args.device)
     photos = load_photos(args.data)
     vit = vit_seconds_per_image(device)[0]
     print(f"{len(photos)} photos, patch sizes {args.patch_sizes}, threads "
@@ -167,7 +171,7 @@ def main():
     # One call per method first: the first call of a process pays one-off costs.
     _, path, labels = photos[0]
     for _, refine, max_side in METHODS:
-        refined(np.full((14, 14), 0.5), labels.shape, path, refine, max_side)
+        refined(np.full((14, 14), 0.5), labels.shape, path, refine, max_side, device)
     results = {}  # (start, method) -> list of (iou, boundary F, seconds, bilinear IoU)
     for photo_id, path, labels in photos:
         truth, valid = truth_of(labels)
@@ -178,7 +182,7 @@ def main():
                 plain = None
                 for name, refine, max_side in METHODS:
                     mask, seconds = refined(np.asarray(score, np.float32), labels.shape,
-                                            path, refine, max_side)
+                                            path, refine, max_side, device)
                     score_iou = iou(mask, truth, valid)
                     plain = score_iou if plain is None else plain
                     results.setdefault((start, name), []).append(
