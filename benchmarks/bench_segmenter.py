@@ -4,9 +4,10 @@ Users feed photographs, so this writes VOC-size JPEG files (375 x 500, a
 textured background, a few objects of other colours, sensor noise) to a
 temporary folder, pairs each with ViT-S/16 patch features on its 14 x 14 grid
 at 224 px (objects planted where the picture has them, plus noise), and times
-``fit_predict`` per image, every full-size mask made, without refinement and
-with PAMR, after one warm-up fit on 32 images. It also times the pixel stage
-alone (``foreground_masks`` on batches of 16 files). With several ``--sizes``
+``fit_predict`` per image, every full-size mask made, without refinement,
+with the dense CRF (the default) and with PAMR, after one warm-up fit on 32
+images. It also times the pixel stage
+alone (``foreground_masks`` on batches of 16 files, with either refinement). With several ``--sizes``
 it prints the marginal cost of one more image too (from the smallest to the
 largest size), which leaves out what does not grow with the number of images
 (the K-means fits on bounded samples).
@@ -14,7 +15,7 @@ largest size), which leaves out what does not grow with the number of images
 Every time is divided by the time per image of a ViT-S/16 forward at 224 px
 (random weights, batches of 16) measured in the same run, both in wall-clock
 and in process CPU time (the latter is what a shared machine distorts least).
-Targets: <= 0.05 without refinement, <= 0.25 with PAMR.
+Targets: <= 0.05 without refinement, <= 0.25 with either refinement.
 
     python benchmarks/bench_segmenter.py [--sizes 300 2000] [--device cpu] [--threads 1]
 """
@@ -30,12 +31,13 @@ from PIL import Image
 
 from skseg import ImageFeatures, MultilevelSegmenter
 from skseg._backbone import get_model, resolve_device
-from skseg._refine import foreground_masks
+from skseg._refine import dense_crf, foreground_masks, pamr
 from skseg._regions import pixel_to_patch
 
 VOC_SHAPE = (375, 500)
 MODEL = "vit_small_patch16_224.dino"
 GRID = 14
+REFINEMENTS = (None, "crf", "pamr")
 
 
 def timed(fn):
@@ -103,11 +105,12 @@ def _patch_fraction(truth):
     return (covered / _PIXELS_PER_PATCH).reshape(GRID, GRID)
 
 
-def pixel_stage_seconds_per_image(X, coverage, device, batch=16):
+def pixel_stage_seconds_per_image(X, coverage, device, refine, batch=16):
     # Soft scores as the consensus gives them: the objects' patch coverage.
     paths = [f.image for f in X[:batch]]
     soft = np.stack(coverage[:batch]).astype(np.float32)
-    return np.min([timed(lambda: foreground_masks(soft, VOC_SHAPE, paths, device=device))
+    return np.min([timed(lambda: foreground_masks(soft, VOC_SHAPE, paths, refine=refine,
+                                                  device=device))
                    for _ in range(3)], axis=0) / batch
 
 
@@ -143,14 +146,16 @@ def main():
           f"{'x CPU':>7s}   (per image; x = ratio to the ViT forward)")
     with tempfile.TemporaryDirectory() as folder:
         X, coverage = photo_features(folder, max(args.sizes), rng)
-        row("foreground_masks", 16, pixel_stage_seconds_per_image(X, coverage, device), vit)
+        for name, refine in (("crf", dense_crf), ("pamr", pamr)):
+            row(f"masks, {name}", 16,
+                pixel_stage_seconds_per_image(X, coverage, device, refine), vit)
         # Once on a few images first: the first fit of a process also pays
         # one-off costs (imports, thread pools) that do not grow with images.
-        MultilevelSegmenter(n_classes=8, refine="pamr", device=args.device,
+        MultilevelSegmenter(n_classes=8, device=args.device,
                             random_state=0).fit_predict(X[:32])
         totals = {}
         for n_images in args.sizes:
-            for refine in (None, "pamr"):
+            for refine in REFINEMENTS:
                 seg = MultilevelSegmenter(n_classes=8, refine=refine, device=args.device,
                                           random_state=0)
                 totals[refine, n_images] = timed(lambda: segment(seg, X[:n_images]))
@@ -158,7 +163,7 @@ def main():
         if len(args.sizes) > 1:  # the cost of one more image, without fixed costs
             low, high = min(args.sizes), max(args.sizes)
             print(f"marginal, from {low} to {high} images:")
-            for refine in (None, "pamr"):
+            for refine in REFINEMENTS:
                 row(f"refine={refine}", high - low,
                     (totals[refine, high] - totals[refine, low]) / (high - low), vit)
     vit_after = vit_seconds_per_image(device)

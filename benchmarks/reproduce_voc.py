@@ -55,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--n-dataset-clusters", type=int, default=2)
     parser.add_argument("--foreground", default="border", choices=["border", "attention"])
     parser.add_argument("--consensus", default="vote", choices=["vote", "intersection", "image"])
-    parser.add_argument("--refine", default="pamr", choices=["pamr", "none"])
+    parser.add_argument("--refine", default="crf", choices=["crf", "pamr", "none"])
     parser.add_argument("--region", default="pooled", choices=["pooled", "crop"])
     parser.add_argument("--min-region-size", type=float, default=0.01)
     parser.add_argument("--random-state", type=int, default=0)

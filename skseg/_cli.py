@@ -77,6 +77,22 @@ def _min_region_size(text):
     return value
 
 
+def _non_negative(positive):
+    """An argparse type: a number above zero, or from zero with ``positive=False``."""
+
+    def number(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value > 0 if positive else value >= 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"{text} must be {'above' if positive else 'at least'} 0 and finite")
+        return value
+
+    return number
+
+
 def _dilations(text):
     try:
         values = tuple(int(part) for part in text.split(","))
@@ -264,13 +280,28 @@ def _add_segment_parser(commands):
                     "extracts the ViT's CLS attention)")
     fit_option("--consensus", choices=["vote", "intersection", "image"],
                default="vote", help="how the three levels' masks combine")
-    fit_option("--refine", choices=["pamr", "none"], default="pamr",
-               help="mask refinement from the image's colours")
-    fit_option("--refine-iter", type=_at_least(0), default=10, help="PAMR steps")
+    fit_option("--refine", choices=["crf", "pamr", "none"], default="crf",
+               help="mask refinement from the image's colours: a dense CRF, or PAMR")
+    fit_option("--refine-iter", type=_at_least(0), default=10,
+               help="PAMR steps or CRF mean-field steps")
     fit_option("--refine-dilations", type=_dilations, default=(1, 2, 4, 8, 12, 24),
                help="PAMR neighbourhood dilations, comma-separated")
     fit_option("--refine-max-side", type=_positive_int, default=128,
-               help="PAMR working resolution (longer side, pixels)")
+               help="refinement working resolution (longer side, pixels)")
+    fit_option("--crf-radius", type=_positive_int, default=6,
+               help="CRF window half-side (working pixels)")
+    fit_option("--crf-stride", type=_positive_int, default=3,
+               help="CRF bilateral kernel: window offsets that are multiples of this")
+    fit_option("--crf-bilateral-weight", type=_non_negative(False), default=5.0,
+               help="CRF bilateral (appearance) kernel weight")
+    fit_option("--crf-bilateral-xy", type=_non_negative(True), default=5.0,
+               help="CRF bilateral kernel spatial standard deviation (working pixels)")
+    fit_option("--crf-bilateral-rgb", type=_non_negative(True), default=0.05,
+               help="CRF bilateral kernel colour standard deviation (colours in [0, 1])")
+    fit_option("--crf-gaussian-weight", type=_non_negative(False), default=1.0,
+               help="CRF Gaussian (smoothness) kernel weight")
+    fit_option("--crf-gaussian-xy", type=_non_negative(True), default=1.0,
+               help="CRF Gaussian kernel standard deviation (working pixels)")
     fit_option("--region", choices=["pooled", "crop"], default="pooled",
                help="region descriptor: pooled patch features, or the CLS token "
                     "of the region's crop (slower)")

@@ -1,10 +1,15 @@
 """The pixel stage: upsampling soft patch masks to the image and refining
-them with pixel-adaptive mask refinement (PAMR), in plain torch.
+them with the image's colours, in plain torch.
 
-Araslanov and Roth, "Single-Stage Semantic Segmentation from Image Labels",
-CVPR 2020: a mask is repeatedly replaced by a local average of itself whose
-weights come from colour affinities of the image at several dilations, so that
-mask edges move onto image edges.
+Two refinements, both moving mask edges onto image edges:
+
+* a dense CRF (Kraehenbuehl and Koltun, NeurIPS 2011) whose pairwise kernels
+  are truncated to a window around each pixel, as in ConvCRF (Teichmann and
+  Cipolla, BMVC 2019), solved by mean-field inference;
+* pixel-adaptive mask refinement (PAMR; Araslanov and Roth, "Single-Stage
+  Semantic Segmentation from Image Labels", CVPR 2020): a mask is repeatedly
+  replaced by a local average of itself whose weights come from colour
+  affinities of the image at several dilations.
 
 Refinement runs at a small working resolution, so its cost is bounded
 whatever the photo size: the soft scores go there in one separable linear map,
@@ -98,6 +103,115 @@ def pamr(image, mask, *, n_iter=10, dilations=(1, 2, 4, 8, 12, 24)):
     return mask
 
 
+def dense_crf(image, mask, *, n_iter=10, radius=6, stride=3, bilateral_weight=5.0,
+              bilateral_xy=5.0, bilateral_rgb=0.05, gaussian_weight=1.0, gaussian_xy=1.0,
+              eps=0.05):
+    """Refine soft foreground masks by mean-field inference in a dense CRF.
+
+    A binary (background/foreground) conditional random field with the
+    pairwise potentials of Kraehenbuehl and Koltun (NeurIPS 2011): a Potts
+    penalty weighted by a bilateral appearance kernel and a spatial Gaussian
+    kernel, truncated to a square window around every pixel as in ConvCRF
+    (Teichmann and Cipolla, BMVC 2019). Inference is a few weighted sums of
+    shifted masks and a convolution: no permutohedral lattice, no compiled
+    code, the same on CPU and GPU.
+
+    Parameters
+    ----------
+    image : Tensor of shape (B, 3, H, W)
+        Pixel values in [0, 1] (``bilateral_rgb`` is in these units).
+    mask : Tensor of shape (B, 1, H, W)
+        Soft foreground probabilities, the source of the unaries.
+    n_iter : int, default=10
+        Mean-field steps.
+    radius : int, default=6
+        The window: neighbours up to ``radius`` pixels away along each axis.
+    stride : int, default=3
+        The bilateral kernel visits the window's offsets that are multiples
+        of ``stride`` (its cost is one weighted sum per offset); the Gaussian
+        kernel, a convolution, visits them all.
+    bilateral_weight : float, default=5.0
+        Weight of the bilateral (appearance) kernel.
+    bilateral_xy : float, default=5.0
+        Spatial standard deviation of the bilateral kernel, in pixels.
+    bilateral_rgb : float, default=0.05
+        Colour standard deviation of the bilateral kernel (about 13 of 255,
+        pydensecrf's usual setting).
+    gaussian_weight : float, default=1.0
+        Weight of the spatial Gaussian (smoothness) kernel.
+    gaussian_xy : float, default=1.0
+        Standard deviation of the Gaussian kernel, in pixels.
+    eps : float, default=0.05
+        Scores are clipped to ``[eps, 1 - eps]`` before their logit becomes
+        the unary, so that the pairwise terms can overturn confident pixels.
+
+    Returns
+    -------
+    refined : Tensor of shape (B, 1, H, W)
+        Foreground marginals.
+
+    Notes
+    -----
+    With ``p`` the foreground score, the unary favours foreground by
+    ``u = logit(clip(p, eps, 1 - eps))``. Each kernel is normalised to sum to
+    one over the neighbours of each pixel (neighbours outside the image do
+    not count, the pixel itself is no neighbour), as PAMR's affinities are;
+    pydensecrf normalises symmetrically instead. With two labels and a Potts
+    penalty, a mean-field step is ``q(i) <- sigmoid(u(i) + sum_j a(i, j)
+    (2 q(j) - 1))``, ``a`` the weighted sum of the two normalised kernels,
+    started from ``q = sigmoid(u)``. ``tests/test_refine.py`` checks this
+    definition against a loop over pixels.
+    """
+    image, mask = image.contiguous(), mask.contiguous()
+    height, width = image.shape[-2:]
+    steps = range(-(radius // stride) * stride, radius + 1, stride)
+    shifts = [(dy, dx) for dy in steps for dx in steps if (dy, dx) != (0, 0)]
+
+    def shifted(padded, dy, dx):
+        return padded[..., radius + dy:radius + dy + height, radius + dx:radius + dx + width]
+
+    # Logits of the bilateral kernel: colour distances one shift at a time
+    # (memory stays a few images), the rest for all shifts at once.
+    padded = F.pad(image, (radius,) * 4)
+    logits = image.new_empty((image.shape[0], len(shifts), height, width))
+    colour = torch.empty_like(image)
+    for k, (dy, dx) in enumerate(shifts):
+        torch.sub(shifted(padded, dy, dx), image, out=colour)
+        torch.sum(colour.square_(), 1, out=logits[:, k])
+    squared = image.new_tensor([dy * dy + dx * dx for dy, dx in shifts]).view(1, -1, 1, 1)
+    logits.mul_(-0.5 / bilateral_rgb ** 2).sub_(squared, alpha=0.5 / bilateral_xy ** 2)
+    # A neighbour outside the image gets the lowest logit, so that it takes
+    # no weight; a pixel with no neighbour inside (a 1-pixel image) spreads
+    # its weight over zeros, which the padded signed mask holds there.
+    inside = F.pad(image.new_ones((1, 1, height, width)), (radius,) * 4)
+    outside = torch.cat([shifted(inside, dy, dx) for dy, dx in shifts], 1) == 0
+    logits.masked_fill_(outside, torch.finfo(image.dtype).min)
+    affinity = logits.softmax(1).mul_(bilateral_weight)
+    del padded, colour, logits
+    # The Gaussian kernel is separable: a convolution by rows, then by
+    # columns, less the pixel itself (weight 1 there).
+    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    profile = offsets.square_().mul_(-0.5 / gaussian_xy ** 2).exp_()
+
+    def gaussian(padded):
+        rows = F.conv2d(padded, profile.view(1, 1, -1, 1))
+        return F.conv2d(rows, profile.view(1, 1, 1, -1)).sub_(shifted(padded, 0, 0))
+
+    # Normalised by each pixel's total weight over its neighbours inside the
+    # image (none in a 1-pixel image, whose message is then zero).
+    gaussian_scale = gaussian(inside).clamp_min_(torch.finfo(image.dtype).tiny)
+    gaussian_scale = gaussian_scale.reciprocal_().mul_(gaussian_weight)
+    unary = mask.clamp(eps, 1 - eps).logit()
+    marginal = unary.sigmoid()
+    for _ in range(n_iter):
+        signed = F.pad(2 * marginal - 1, (radius,) * 4)
+        message = gaussian(signed).mul_(gaussian_scale).add_(unary)
+        for k, (dy, dx) in enumerate(shifts):
+            message.addcmul_(shifted(signed, dy, dx), affinity[:, k:k + 1])
+        marginal = message.sigmoid_()
+    return marginal
+
+
 def working_pixels(image, shape, *, reduced_decode=True):
     """The image's pixels resized to ``shape`` ``(h, w)``: a contiguous
     float32 tensor of shape (3, h, w) in [0, 1].
@@ -141,15 +255,16 @@ def _resize_matrix(n_in, steps, device):
     return basis[:, 0, 0, :].T
 
 
-def foreground_masks(soft, image_shape, images=None, *, n_iter=10,
-                     dilations=(1, 2, 4, 8, 12, 24), max_side=128, device="cpu",
-                     reduced_decode=True):
+def foreground_masks(soft, image_shape, images=None, *, refine=dense_crf, max_side=128,
+                     device="cpu", reduced_decode=True):
     """Full-size binary foreground masks from soft patch scores.
 
     The scores are upsampled bilinearly to the image and, when ``images`` are
-    given, refined with PAMR at a working resolution (as its authors apply it
-    to coarse masks) and upsampled back. Only the foreground probability is
-    propagated: affinities sum to one, so the background stays its complement.
+    given, refined at a working resolution (as PAMR's authors apply it to
+    coarse masks) and upsampled back. Only the foreground probability is
+    refined: PAMR's affinities sum to one, so the background stays its
+    complement, and the CRF's two labels are one probability and its
+    complement.
 
     Parameters
     ----------
@@ -160,7 +275,10 @@ def foreground_masks(soft, image_shape, images=None, *, n_iter=10,
     images : list of image references, default=None
         The images' pixels (anything :func:`load_rgb` reads); ``None`` skips
         refinement.
-    n_iter, dilations : see :func:`pamr`
+    refine : callable, default=dense_crf
+        ``refine(pixels, scores)``, both tensors of shape (B, C, h, w) at the
+        working resolution, returns the refined scores: :func:`dense_crf` or
+        :func:`pamr`, their parameters bound (``functools.partial``).
     max_side : int, default=128
         Longer side of the working resolution of the refinement.
     device : torch.device or str, default="cpu"
@@ -177,7 +295,7 @@ def foreground_masks(soft, image_shape, images=None, *, n_iter=10,
     height, width = image_shape
     scores = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))[:, None]
     scores = scores.to(device)
-    if images is None or n_iter == 0:
+    if images is None:
         scores = F.interpolate(scores, size=(height, width), mode="bilinear",
                                align_corners=False)
         return scores[:, 0].cpu().numpy() > 0.5
@@ -194,7 +312,7 @@ def foreground_masks(soft, image_shape, images=None, *, n_iter=10,
     scores = rows @ scores @ cols.T
     pixels = torch.stack([working_pixels(image, work, reduced_decode=reduced_decode)
                           for image in images]).to(device)
-    refined = pamr(pixels, scores, n_iter=n_iter, dilations=tuple(dilations))
+    refined = refine(pixels, scores)
     if down:
         refined = F.interpolate(refined, size=(height, width), mode="bilinear",
                                 align_corners=False)

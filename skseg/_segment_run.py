@@ -114,7 +114,11 @@ def _build_pipeline(args):
         n_dataset_clusters=args.n_dataset_clusters, foreground=args.foreground,
         consensus=args.consensus, refine=None if args.refine == "none" else args.refine,
         refine_iter=args.refine_iter, refine_dilations=args.refine_dilations,
-        refine_max_side=args.refine_max_side, region=args.region,
+        refine_max_side=args.refine_max_side, crf_radius=args.crf_radius,
+        crf_stride=args.crf_stride, crf_bilateral_weight=args.crf_bilateral_weight,
+        crf_bilateral_xy=args.crf_bilateral_xy, crf_bilateral_rgb=args.crf_bilateral_rgb,
+        crf_gaussian_weight=args.crf_gaussian_weight, crf_gaussian_xy=args.crf_gaussian_xy,
+        region=args.region,
         region_encoder=ViTPatchTransformer(args.model, **vit_parameters)
         if args.region == "crop" else None,
         min_region_size=args.min_region_size, max_samples=args.max_samples,

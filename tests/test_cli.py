@@ -118,6 +118,12 @@ def test_user_errors_are_one_line_without_traceback(argv, message, photo_folder,
     (["--n-dataset-clusters", "1"], "at least 2"),
     (["--max-samples", "1"], "at least 2"),
     (["--refine-iter", "-1"], "at least 0"),
+    (["--refine", "densecrf"], "invalid choice"),
+    (["--crf-radius", "0"], "at least 1"),
+    (["--crf-bilateral-rgb", "0"], "must be above 0"),
+    (["--crf-gaussian-weight", "-1"], "must be at least 0"),
+    (["--crf-bilateral-xy", "inf"], "must be above 0 and finite"),
+    (["--crf-gaussian-xy", "x"], "is not a number"),
 ])
 def test_bad_option_values_stop_the_parser(options, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -131,6 +137,15 @@ def test_the_class_count_is_chosen_without_labels_by_default():
     args = build_parser().parse_args(["segment", "x", "-o", "y", "--n-classes", "7",
                                       "--n-categories", "auto"])
     assert args.n_classes == 7 and args.n_categories == "auto"
+
+
+def test_refinement_options_default_to_the_estimators_defaults():
+    # The CRF refines by default, with the same kernels from either entry point.
+    args = vars(build_parser().parse_args(["segment", "x", "-o", "y"]))
+    defaults = MultilevelSegmenter().get_params()
+    keys = [key for key in defaults if key.startswith(("refine", "crf_"))]
+    assert len(keys) == 11 and defaults["refine"] == args["refine"] == "crf"
+    assert {key: args[key] for key in keys} == {key: defaults[key] for key in keys}
 
 
 @pytest.mark.parametrize("case", ["image size", "output is a file", "output under a file",
@@ -202,8 +217,11 @@ def test_options_reach_the_estimators(tmp_path):
         "segment", "x", "-o", str(tmp_path), "--model", TINY_MODEL, "--random-weights",
         "--facet", "value", "--layer", "-2", "--image-size", "32x48", "--dtype", "float16",
         "--n-classes", "3", "--n-categories", "4", "--n-dataset-clusters", "3",
-        "--foreground", "attention", "--consensus", "intersection", "--refine", "none",
+        "--foreground", "attention", "--consensus", "intersection", "--refine", "crf",
         "--refine-iter", "3", "--refine-dilations", "1,2", "--refine-max-side", "64",
+        "--crf-radius", "4", "--crf-stride", "1", "--crf-bilateral-weight", "2.5",
+        "--crf-bilateral-xy", "3", "--crf-bilateral-rgb", "0.1", "--crf-gaussian-weight", "0",
+        "--crf-gaussian-xy", "2",
         "--region", "crop", "--min-region-size", "50", "--max-samples", "500",
         "--max-iter", "7", "--n-init", "2", "--metric", "euclidean", "--random-state", "5",
         "--n-jobs", "2", "--no-cache"])
@@ -216,8 +234,10 @@ def test_options_reach_the_estimators(tmp_path):
     encoder = params.pop("region_encoder")
     expected = dict(
         n_classes=3, n_categories=4, n_dataset_clusters=3, foreground="attention",
-        consensus="intersection", refine=None, refine_iter=3, refine_dilations=(1, 2),
-        refine_max_side=64, region="crop", min_region_size=50, max_samples=500,
+        consensus="intersection", refine="crf", refine_iter=3, refine_dilations=(1, 2),
+        refine_max_side=64, crf_radius=4, crf_stride=1, crf_bilateral_weight=2.5,
+        crf_bilateral_xy=3.0, crf_bilateral_rgb=0.1, crf_gaussian_weight=0.0,
+        crf_gaussian_xy=2.0, region="crop", min_region_size=50, max_samples=500,
         max_iter=7, n_init=2, metric="euclidean", batch_size=16, device="auto",
         random_state=5, n_jobs=2)
     assert {key: params[key] for key in expected} == expected

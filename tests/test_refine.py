@@ -1,5 +1,7 @@
 """The pixel stage: PAMR's definition, the masks it gives, and their cost-cutting."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from skseg._images import _open_path, load_rgb
-from skseg._refine import _resize_matrix, foreground_masks, pamr, working_pixels
+from skseg._refine import _resize_matrix, dense_crf, foreground_masks, pamr, working_pixels
 from skseg._regions import object_regions
 
 from .conftest import square_scene
@@ -82,6 +84,89 @@ def test_pamr_moves_mask_edges_onto_image_edges():
     after = ((refined[0, 1] > refined[0, 0]).numpy() == truth).mean()
     assert after > before + 0.02 and after > 0.97
     assert torch.equal(pamr(torch.zeros(1, 3, 48, 48), probs, n_iter=0), probs)
+
+
+def _loop_crf(image, mask, *, n_iter, radius, stride, bilateral_weight, bilateral_xy,
+              bilateral_rgb, gaussian_weight, gaussian_xy, eps):
+    """The binary dense CRF of Kraehenbuehl and Koltun on a window, one pixel at a time.
+
+    Unary u(i) = logit(clip(p(i), eps, 1 - eps)). Neighbours j of i: inside
+    the image, j != i, |dy|, |dx| <= radius; the bilateral kernel only at
+    offsets that are multiples of ``stride``. Kernels normalised per pixel:
+    b(i, j) ~ exp(-|dp|^2 / (2 bilateral_xy^2) - |I(j) - I(i)|^2 / (2 bilateral_rgb^2)),
+    g(i, j) ~ exp(-|dp|^2 / (2 gaussian_xy^2)); mean field on the Potts
+    model: q(i) <- sigmoid(u(i) + sum_j (wb b + wg g)(i, j) (2 q(j) - 1)).
+    """
+    _, height, width = image.shape
+    p = np.clip(mask[0], eps, 1 - eps)
+    unary = np.log(p / (1 - p))
+    pairs = np.zeros((height, width, height, width))
+    for y in range(height):
+        for x in range(width):
+            bilateral, gaussian = np.zeros((height, width)), np.zeros((height, width))
+            for v in range(max(0, y - radius), min(height, y + radius + 1)):
+                for w in range(max(0, x - radius), min(width, x + radius + 1)):
+                    if (v, w) == (y, x):
+                        continue
+                    squared = (v - y) ** 2 + (w - x) ** 2
+                    gaussian[v, w] = np.exp(-squared / (2 * gaussian_xy ** 2))
+                    if (v - y) % stride == 0 and (w - x) % stride == 0:
+                        colour = np.sum((image[:, v, w] - image[:, y, x]) ** 2)
+                        bilateral[v, w] = np.exp(-squared / (2 * bilateral_xy ** 2)
+                                                 - colour / (2 * bilateral_rgb ** 2))
+            pairs[y, x] = (bilateral_weight * bilateral / bilateral.sum()
+                           + gaussian_weight * gaussian / gaussian.sum())
+    q = 1 / (1 + np.exp(-unary))
+    for _ in range(n_iter):
+        message = unary + np.einsum("yxvw,vw->yx", pairs, 2 * q - 1)
+        q = 1 / (1 + np.exp(-message))
+    return q[None]
+
+
+@pytest.mark.parametrize("radius, stride", [(3, 2), (2, 1), (5, 3)])
+def test_dense_crf_follows_its_definition(radius, stride):
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 7, 9)) * 0.2
+    image[:, :, :4] += 0.5  # an edge, so that the bilateral kernel differs across it
+    mask = rng.random((1, 7, 9))
+    mask[0, 0, 0], mask[0, 1, 1] = 0.0, 1.0  # clipped to eps, 1 - eps
+    params = dict(n_iter=3, radius=radius, stride=stride, bilateral_weight=4.0,
+                  bilateral_xy=2.5, bilateral_rgb=0.1, gaussian_weight=1.5, gaussian_xy=1.2,
+                  eps=0.05)
+    expected = _loop_crf(image, mask, **params)
+    got = dense_crf(torch.from_numpy(image)[None], torch.from_numpy(mask)[None], **params)
+    np.testing.assert_allclose(got[0].numpy(), expected, rtol=1e-9, atol=1e-12)
+    # Batched: each image refined as if alone.
+    pair = dense_crf(torch.from_numpy(np.stack([image, image[:, ::-1].copy()])),
+                     torch.from_numpy(np.stack([mask, mask[:, ::-1].copy()])), **params)
+    np.testing.assert_allclose(pair[0].numpy(), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pair[1].numpy(), expected[:, ::-1], rtol=1e-9, atol=1e-12)
+
+
+def test_dense_crf_without_neighbours_keeps_its_unary():
+    # A 1-pixel image has no neighbour: the message is zero, q = sigmoid(u).
+    got = dense_crf(torch.full((1, 3, 1, 1), 0.5), torch.tensor([[[[0.8]]]]))
+    torch.testing.assert_close(got, torch.tensor([[[[0.8]]]]))
+    # Clipped at eps before the logit.
+    got = dense_crf(torch.full((1, 3, 1, 1), 0.5), torch.tensor([[[[1.0]]]]), eps=0.1)
+    torch.testing.assert_close(got, torch.tensor([[[[0.9]]]]))
+
+
+def test_dense_crf_snaps_a_blurry_mask_to_a_colour_edge():
+    # Left of column 20 dark, right of it bright; the mask's ramp is centred
+    # on column 15 and 8 columns wide, as a bilinearly upsampled patch mask.
+    height, width = 24, 40
+    image = torch.full((1, 3, height, width), 0.2)
+    image[..., 20:] = torch.tensor([0.8, 0.6, 0.3]).view(1, 3, 1, 1)
+    image += 0.01 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
+    columns = torch.arange(width, dtype=torch.float32)
+    blurry = torch.sigmoid((columns - 15) / 2).expand(1, 1, height, width)
+    assert ((blurry > 0.5).sum(-1) == width - 16).all()  # the edge at column 15.5
+    refined = dense_crf(image, blurry)
+    # Every row's foreground starts exactly at the colour edge.
+    assert ((refined > 0.5).sum(-1) == width - 20).all()
+    # Far from the edge the unaries hold.
+    assert (refined[..., :10] < 0.1).all() and (refined[..., 30:] > 0.9).all()
 
 
 # --------------------------------------------- today's masks, kept to compare
@@ -190,12 +275,29 @@ def jpeg_batch(tmp_path):
     return paths, np.stack(soft).astype(np.float32), arrays
 
 
+def test_dense_crf_refines_planted_photos(tmp_path):
+    # Blocky masks (patch grid of 8 x 10, thresholded) of JPEG photos: the
+    # CRF moves their edges onto the objects' outlines.
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        rgb, truth = _photo(rng, (120, 160))
+        path = tmp_path / f"photo{i}.jpg"
+        Image.fromarray(rgb).save(path, quality=90)
+        grid = (_coverage(truth, (8, 10)) > 0.5)[None].astype(np.float32)
+        plain = foreground_masks(grid, (120, 160))[0]
+        refined = foreground_masks(grid, (120, 160), [path], refine=dense_crf)[0]
+        plain_iou = (plain & truth).sum() / (plain | truth).sum()
+        refined_iou = (refined & truth).sum() / (refined | truth).sum()
+        assert plain_iou < 0.82 and refined_iou > 0.92
+
+
 @pytest.mark.parametrize("max_side", [64, 200])
 def test_masks_agree_with_the_previous_implementation(jpeg_batch, max_side):
     paths, soft, arrays = jpeg_batch
-    kwargs = dict(n_iter=5, dilations=(1, 2, 4, 8), max_side=max_side)
-    before = _previous_foreground_masks(soft, (120, 160), paths, **kwargs)
+    before = _previous_foreground_masks(soft, (120, 160), paths, n_iter=5,
+                                        dilations=(1, 2, 4, 8), max_side=max_side)
     assert before.any() and not before.all()
+    kwargs = dict(refine=partial(pamr, n_iter=5, dilations=(1, 2, 4, 8)), max_side=max_side)
     exact = foreground_masks(soft, (120, 160), paths, reduced_decode=False, **kwargs)
     # Only the order of float operations changed: at most a pixel sitting on 0.5.
     assert (exact != before).mean() <= 1e-4
@@ -210,14 +312,13 @@ def test_masks_without_refinement_are_unchanged(jpeg_batch):
     _, soft, _ = jpeg_batch
     np.testing.assert_array_equal(foreground_masks(soft, (120, 160)),
                                   _previous_foreground_masks(soft, (120, 160)))
-    np.testing.assert_array_equal(foreground_masks(soft, (120, 160), [None] * 4, n_iter=0),
-                                  _previous_foreground_masks(soft, (120, 160)))
 
 
 def test_refinement_leaves_its_inputs_alone(jpeg_batch):
     _, soft, arrays = jpeg_batch
     soft_before, arrays_before = soft.copy(), [a.copy() for a in arrays]
-    foreground_masks(soft, (120, 160), arrays, n_iter=2, max_side=64)
+    for refine in (partial(pamr, n_iter=2), partial(dense_crf, n_iter=2)):
+        foreground_masks(soft, (120, 160), arrays, refine=refine, max_side=64)
     np.testing.assert_array_equal(soft, soft_before)
     for array, before in zip(arrays, arrays_before):
         np.testing.assert_array_equal(array, before)

@@ -151,7 +151,8 @@ def test_masks_come_back_at_image_resolution(planted):
     assert mean_iou(masks, small) > 0.85
 
 
-def test_refinement_uses_pixels_and_warns_without_them(planted):
+@pytest.mark.parametrize("refine", ["pamr", "crf"])
+def test_refinement_uses_pixels_and_warns_without_them(planted, refine):
     rng = np.random.default_rng(0)
     features, truths = [], []
     for _ in range(12):
@@ -163,11 +164,11 @@ def test_refinement_uses_pixels_and_warns_without_them(planted):
         features.append(ImageFeatures(patches=patches, image=image, image_shape=(48, 48)))
         truths.append(truth.astype(int))
     plain = _seg(n_classes=1).fit_predict(features)
-    refined = _seg(n_classes=1, refine="pamr").fit_predict(features)
-    assert mean_iou(truths, refined) > mean_iou(truths, plain)
+    refined = _seg(n_classes=1, refine=refine).fit_predict(features)
+    assert mean_iou(truths, refined) > mean_iou(truths, plain) + 0.05
     X, _ = planted
     with pytest.warns(UserWarning, match="refinement is skipped"):
-        _seg(refine="pamr").fit(X)
+        _seg(refine=refine).fit(X)
 
 
 def test_crop_region_descriptors_re_encode_with_a_vit():
@@ -221,10 +222,14 @@ def test_bad_input_is_refused_before_clustering(planted, monkeypatch):
     with pytest.raises(ValueError, match="no attention map"):
         _seg(foreground="attention").fit([X[0], ImageFeatures(patches=X[1].patches, cls=X[1].cls)])
     for params in ({"n_classes": 0}, {"n_dataset_clusters": 1}, {"consensus": "all"},
-                   {"refine": "crf"}, {"min_region_size": 1.5}, {"refine_dilations": (0,)},
+                   {"refine": "densecrf"}, {"min_region_size": 1.5}, {"refine_dilations": (0,)},
+                   {"crf_radius": 0}, {"crf_bilateral_rgb": 0.0}, {"crf_gaussian_xy": -1.0},
+                   {"crf_bilateral_weight": -1.0}, {"refine": "crf", "crf_stride": 7},
                    {"device": "tpu"}):
         with pytest.raises(ValueError):
             _seg(**params).fit(X)
+    with pytest.raises(ValueError, match="crf_stride=7 exceeds crf_radius=6"):
+        _seg(refine="crf", crf_stride=7).fit(X)
 
 
 def test_predict_checks_the_feature_dimension(planted):
