@@ -2,9 +2,12 @@
 their consensus.
 
 Each level splits patches into foreground and background. The dataset
-level's clusters are labelled by a foreground rule (border or attention);
-the category and image levels are each 2-means whose foreground cluster is
-the one that agrees best (intersection over union) with the level above.
+level's clusters, more than two, are sorted by a foreground rule (border or
+attention, split at Otsu's threshold); the category and image levels are
+each 2-means whose foreground cluster is the one that agrees best
+(intersection over union) with the level above. An image level that
+inherits a foreground covering half its border or more is redone from the
+border prior.
 """
 
 import numpy as np

@@ -6,13 +6,16 @@ images:
 
 1. survey: check every image, key it by content, describe it (CLS token),
    draw the dataset-level sample;
-2. dataset level: fit its K-means, count its clusters on the border (or under
-   the CLS attention) to decide which are foreground; group images into
-   categories and draw each category's sample;
+2. dataset level: fit its K-means (more clusters than foreground and
+   background), count its clusters on the border (or under the CLS
+   attention) and split them into foreground and background by Otsu's
+   threshold; group images into categories and draw each category's sample;
 3. category level: each category's 2-means, started from and oriented by the
    dataset level;
-4. the per-image path that ``predict`` runs too: image level, consensus,
-   upsampling and refinement, object regions and their descriptors;
+4. the per-image path that ``predict`` runs too: image level (redone from
+   the border prior where it inherited a border-filling mask), consensus,
+   upsampling and refinement, object regions and their descriptors; with
+   counts of how the levels agree, which ``fit`` records and warns on;
 5. classes: K-means of the region descriptors.
 """
 
