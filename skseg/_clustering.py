@@ -2,9 +2,10 @@
 K-means fits, chunked nearest-centroid assignment, and a 2-means batched over
 many images.
 
-Every random choice is derived from a seed and the *content* of an image,
-never from its position in a list, so the same set of images in any order,
-split into any chunks, on any number of workers, gives the same result.
+Every random choice is derived from a seed and the *content* of an image
+(the digest of the image it came from, else its features' bytes), never from
+its position in a list, so the same set of images in any order, split into
+any chunks, on any number of workers, gives the same result.
 """
 
 import zlib

@@ -32,6 +32,12 @@ class ImageFeatures:
         for pixel-level refinement and for re-encoding region crops.
     patch_size : int, default=None
         Side of one patch in pixels of the resized image.
+    content_key : str, default=None
+        A digest of the image these features came from
+        (:class:`ViTPatchTransformer` sets it). The segmenter seeds the
+        image's random draws from it; without one, from the bytes of the
+        features, which the ViT reproduces only up to float rounding (see
+        :class:`ViTPatchTransformer`).
 
     Examples
     --------
@@ -48,6 +54,7 @@ class ImageFeatures:
     image_shape: tuple = None
     image: object = field(default=None, repr=False)
     patch_size: int = None
+    content_key: str = None
 
     def __post_init__(self):
         self.patches = np.asarray(self.patches)
@@ -69,6 +76,10 @@ class ImageFeatures:
                     f"ImageFeatures.attention has shape {self.attention.shape}, but "
                     f"the patch grid is {self.grid_shape}."
                 )
+        if self.content_key is not None and not isinstance(self.content_key, str):
+            raise TypeError(
+                f"ImageFeatures.content_key must be a str, got {type(self.content_key).__name__}."
+            )
         if self.image_shape is None:
             scale = self.patch_size or 1
             self.image_shape = (self.grid_shape[0] * scale, self.grid_shape[1] * scale)

@@ -164,9 +164,18 @@ class Chunk:
 
     @functools.cached_property
     def keys(self):
-        """One content key per image; only the passes of fit need them."""
-        return np.array([content_key(f.patches, f.cls) for f in self.records],
-                        dtype=np.uint64)
+        """One content key per image; only the passes of fit need them.
+
+        From the image's own digest where the record has one: the ViT's
+        features of one image differ in their last bits with the batch it ran
+        in and the number of threads, and a key of their bytes would then
+        re-seed every draw of the image.
+        """
+        return np.array([
+            content_key(f.patches, f.cls) if f.content_key is None
+            else content_key(np.frombuffer(f.content_key.encode(), np.uint8))
+            for f in self.records
+        ], dtype=np.uint64)
 
     def __len__(self):
         return len(self.records)

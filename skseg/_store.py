@@ -626,6 +626,7 @@ class FeatureStore(Sequence):
                 image_shape=tuple(int(v) for v in index["image_shapes"][i]),
                 image=self._image(i, given[k]),
                 patch_size=int(index["patch_sizes"][i]) or None,
+                content_key=_record_key(str(index["content_keys"][i])),
             ))
         return records
 
@@ -759,8 +760,8 @@ class FeatureStore(Sequence):
             passes a digest of each image's content). A record whose given key
             the store already holds, or that an earlier record of this call
             had, is skipped: so two writers racing on the same images store
-            each once. Without keys every record is appended, under a digest
-            of its patch features.
+            each once. Without keys every record is appended, under its own
+            ``content_key`` or else a digest of its patch features.
 
         Returns
         -------
@@ -1017,7 +1018,8 @@ class _Writer:
         attention = None if record.attention is None else \
             np.ascontiguousarray(record.attention.reshape(-1), dtype=dtype)
         if key is None:
-            key = "features-sha1:" + _feature_digest(patches, record.grid_shape)
+            key = record.content_key or \
+                _FEATURE_KEY + _feature_digest(patches, record.grid_shape)
         self.keys.add(key)
         self.n_accepted += 1
         self.layout = layout
@@ -1188,6 +1190,17 @@ def _valid_meta(path, meta):
                                          for name in _OFFSETS + _PER_IMAGE):
         raise damaged("its index checksums are missing or not numbers")
     return meta
+
+
+# Prefix of the content keys the store makes from a record's features.
+_FEATURE_KEY = "features-sha1:"
+
+
+def _record_key(stored_key):
+    """A stored key as the ``content_key`` of the record read back: None for
+    a key made from the features, so such a record is keyed by its features
+    as it was before it was stored."""
+    return None if stored_key.startswith(_FEATURE_KEY) else stored_key
 
 
 def _feature_digest(patches, grid):

@@ -127,6 +127,16 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     stays at least twice the size it is resized to, so a 10000 x 10000 photo
     is never held as floats at full resolution.
 
+    Features of one image are reproducible only up to float rounding: the
+    BLAS library picks the order in which the forward pass's matrix products
+    sum from the number of rows (images in the batch times tokens) and of
+    threads. With torch 2.14 on 2 threads, ViT-S/16 features of a 64-pixel
+    image differ by up to 1.4e-6 between a batch of 3 images and one of 6,
+    and by as much between 1 and 8 threads for one image alone. Each record
+    therefore carries its image's digest as ``content_key``, and
+    :class:`MultilevelSegmenter` seeds its draws from it, never from the
+    features' bytes.
+
     Examples
     --------
     >>> import numpy as np
@@ -289,7 +299,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         """Extract patch features for every image.
 
         Safe to call from several threads at once (e.g. a grid search with
-        the threading backend); features do not depend on what else runs.
+        the threading backend); features do not depend on what else runs,
+        up to float rounding (see Notes).
 
         Parameters
         ----------
@@ -316,10 +327,11 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         config = self._cache_config()
         cache = FeatureCache(self.memory, config)
         store = None if self.store is None else FeatureStore(self.store, extraction=config)
-        keyed = cache.enabled or store is not None
-        keys = [content_hash(image) for image in X] if keyed else [None] * len(X)
+        # Every record carries its image's digest, not only cached ones: the
+        # segmenter seeds its draws from it (see ImageFeatures.content_key).
+        keys = [content_hash(image) for image in X]
 
-        records = [cache.get(key) if cache.enabled else None for key in keys]
+        records = [cache.get(key) for key in keys]
         todo = [i for i, record in enumerate(records) if record is None]
         if store is not None:
             todo = store.missing(keys)
@@ -354,7 +366,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                 records[i] = record
                 cache.put(keys[i], record)
         return FeatureSequence(
-            self._record(record, shapes[i], X[i]) for i, record in enumerate(records)
+            self._record(record, shapes[i], X[i], keys[i]) for i, record in enumerate(records)
         )
 
     def _extract(self, images, batches):
@@ -393,7 +405,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                 ]
                 progress.update(len(indices))
 
-    def _record(self, record, image_shape, image):
+    def _record(self, record, image_shape, image, content_key):
         return ImageFeatures(
             patches=record["patches"],
             cls=record["cls"],
@@ -401,6 +413,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             image_shape=image_shape,
             image=image,
             patch_size=self.patch_size_,
+            content_key=content_key,
         )
 
 
@@ -415,7 +428,7 @@ def _extract_into_store(transformer, config, items, batches):
     images = {i: image for i, (image, _, _) in items.items()}
     for indices, records in transformer._extract(images, batches):
         store.extend(
-            (transformer._record(record, items[i][1], items[i][0])
+            (transformer._record(record, items[i][1], items[i][0], items[i][2])
              for i, record in zip(indices, records)),
             content_keys=[items[i][2] for i in indices],
         )

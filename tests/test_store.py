@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -230,6 +231,10 @@ def test_content_keys_find_stored_images(tmp_path):
     assert store.extend([_record(0), _record(0)]) == 2
     assert list(FeatureStore(tmp_path / "s").content_keys)[4] == "n"
     assert len(store) == 7
+    # Records read back carry their key; a record's own key is stored as given.
+    assert [record.content_key for record in store[:3]] == ["a", "b", None]
+    store.extend([dataclasses.replace(_record(8), content_key="own")])
+    assert FeatureStore(tmp_path / "s")[7].content_key == "own"
 
 
 def test_concurrent_writers_take_turns(tmp_path, monkeypatch):
