@@ -62,6 +62,10 @@ def _n_classes(text):
     return value
 
 
+def _n_init(text):
+    return text if text == "auto" else _positive_int(text)
+
+
 def _min_region_size(text):
     """Pixels as a whole number, a fraction of the image as a decimal."""
     try:
@@ -312,9 +316,9 @@ def _add_segment_parser(commands):
                     "(at least 2)")
     fit_option("--max-iter", type=_positive_int, default=20,
                help="most iterations of every K-means and 2-means")
-    fit_option("--n-init", type=_positive_int, default=10,
-               help="k-means++ starts of the dataset-level, category and class "
-                    "K-means (and of 'auto')")
+    fit_option("--n-init", type=_n_init, default="auto",
+               help="k-means++ starts of every K-means, or 'auto' (10 for "
+                    "categories and classes, 3 for the dataset level)")
     fit_option("--metric", choices=["cosine", "euclidean"], default="cosine",
                help="clustering metric")
     fit_option("--random-state", type=_random_state, default=0,

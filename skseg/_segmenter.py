@@ -202,13 +202,15 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         Most iterations of every K-means: the dataset level, categories,
         classes, the ``"auto"`` searches, and the category- and image-level
         2-means.
-    n_init : "auto" or int, default=10
-        k-means++ starts of the K-means fits of the dataset level, image
-        categories and region classes (and of the ``"auto"`` searches); the
-        one with the lowest inertia is kept. Restarts keep a fit out of poor
-        local minima, which with one start merged two classes in one seed of
-        ten on planted data. The category- and image-level 2-means start from
-        the split of the level above instead.
+    n_init : "auto" or int, default="auto"
+        k-means++ starts of every K-means fit: the dataset level, image
+        categories, region classes and the ``"auto"`` searches; the start
+        with the lowest inertia is kept. ``"auto"`` gives 10 starts to the
+        fits over descriptors (categories, classes; one start merged two
+        planted classes in 2 seeds of 10) and 3 to the dataset level, whose
+        fit over ``max_samples`` patches costs most and whose over-clustering
+        its start moves least. The category- and image-level 2-means start
+        from the split of the level above instead.
     metric : {"cosine", "euclidean"}, default="cosine"
         ``"cosine"`` normalises patch features and descriptors to unit length
         before clustering.
@@ -350,7 +352,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         min_region_size=0.01,
         max_samples=20_000,
         max_iter=20,
-        n_init=10,
+        n_init="auto",
         metric="cosine",
         batch_size=16,
         chunk_size=None,
@@ -445,7 +447,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
         # 2. Dataset level, and the images' pseudo-categories.
         self.dataset_centroids_ = fit_kmeans(
-            patch_sample.result(), self.n_dataset_clusters, n_init=self.n_init,
+            patch_sample.result(), self.n_dataset_clusters, n_init=self._starts("dataset"),
             max_iter=self.max_iter, seed=seeds["dataset"]
         )
         self._fit_categories(descriptors, keys, seeds["categories"])
@@ -493,6 +495,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         if self.region == "crop" and self.region_encoder is None:
             raise ValueError("region='crop' needs a region_encoder, e.g. a ViTPatchTransformer.")
         resolve_device(self.device)  # an unavailable device fails now, not mid-run
+
+    def _starts(self, level="descriptors"):
+        """K-means starts of a fit (see ``n_init``)."""
+        if self.n_init != "auto":
+            return self.n_init
+        return 3 if level == "dataset" else 10
 
     def _expected(self, X, fitted=False):
         """What every image must have: like image 0 in fit, like fit in predict."""
@@ -559,7 +567,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         if requested == "auto":
             requested, self.n_categories_scores_ = choose_n_clusters(
                 sample, self.max_classes, random_state=seed, max_samples=self.max_samples,
-                n_init=self.n_init, max_iter=self.max_iter, rows_name="images",
+                n_init=self._starts(), max_iter=self.max_iter, rows_name="images",
                 parameter="n_categories",
             )
         self.n_categories_ = min(requested, len(descriptors))
@@ -569,7 +577,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 f"{self.n_categories_}.", UserWarning,
             )
         self.category_centers_ = fit_kmeans(
-            sample, self.n_categories_, n_init=self.n_init, max_iter=self.max_iter, seed=seed
+            sample, self.n_categories_, n_init=self._starts(), max_iter=self.max_iter, seed=seed
         )
         self.categories_ = nearest_centroid(descriptors, self.category_centers_)
 
@@ -621,7 +629,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         if self.n_classes == "auto":
             self.n_classes_, self.n_classes_scores_ = choose_n_clusters(
                 sample, self.max_classes, random_state=seed, max_samples=self.max_samples,
-                n_init=self.n_init, max_iter=self.max_iter, rows_name="object regions",
+                n_init=self._starts(), max_iter=self.max_iter, rows_name="object regions",
                 parameter="n_classes",
             )
         else:
@@ -633,7 +641,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                     UserWarning,
                 )
         self.class_centroids_ = fit_kmeans(
-            sample, self.n_classes_, n_init=self.n_init, max_iter=self.max_iter, seed=seed
+            sample, self.n_classes_, n_init=self._starts(), max_iter=self.max_iter, seed=seed
         )
 
     # ------------------------------------------------- the per-image path

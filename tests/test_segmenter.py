@@ -354,6 +354,26 @@ def test_max_samples_bounds_every_kmeans_fit(planted, monkeypatch):
     assert sizes[0] == 60 * 14 * 14 and sizes[1] == 60  # fewer than max_samples: all
 
 
+@pytest.mark.parametrize("n_classes", [4, "auto"])
+def test_n_init_and_max_iter_reach_every_kmeans_fit(planted, monkeypatch, n_classes):
+    X, _ = planted
+    fits = []
+    real_fit = skseg._segmenter.fit_kmeans
+    monkeypatch.setattr(skseg._segmenter, "fit_kmeans", lambda rows, k, **kw:
+                        fits.append((kw["n_init"], kw["max_iter"])) or real_fit(rows, k, **kw))
+    real_kmeans = skseg._n_classes.KMeans.fit_predict
+    monkeypatch.setattr(skseg._n_classes.KMeans, "fit_predict", lambda self, Z:
+                        fits.append((self.n_init, self.max_iter)) or real_kmeans(self, Z))
+    _seg(n_classes=n_classes, max_classes=3, n_init=2, max_iter=7).fit(X)
+    # dataset level, categories, classes (and the searches of "auto").
+    assert len(fits) == (3 if n_classes == 4 else 3 + 2 * 2)
+    assert set(fits) == {(2, 7)}
+    fits.clear()
+    _seg(n_classes=n_classes, max_classes=3).fit(X)
+    # "auto": 3 starts for the dataset level, 10 for every fit over descriptors.
+    assert fits[0] == (3, 20) and set(fits[1:]) == {(10, 20)}
+
+
 def test_cosine_metric_ignores_the_length_of_patch_features(planted):
     X, masks = planted
     rng = np.random.default_rng(0)
