@@ -52,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--cache", help="feature cache folder")
     parser.add_argument("--n-classes", type=int, default=20)
     parser.add_argument("--n-categories", type=int)
-    parser.add_argument("--n-dataset-clusters", type=int, default=2)
+    parser.add_argument("--n-dataset-clusters", type=int, default=8)
     parser.add_argument("--foreground", default="border", choices=["border", "attention"])
     parser.add_argument("--consensus", default="vote", choices=["vote", "intersection", "image"])
     parser.add_argument("--refine", default="crf", choices=["crf", "pamr", "none"])
