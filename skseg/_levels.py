@@ -162,10 +162,11 @@ def image_foreground(patches, category_mask, category_foreground_centroids, bord
 
     An image whose foreground so found covers half of its border or more has
     most likely inherited a wrong mask from above (an object seldom fills
-    most of the border of its picture): its 2-means is run again from the border prior
-    (border patches background, the others foreground), the cluster with the
-    smaller share of border patches is foreground, and that split replaces
-    the inherited one if its foreground covers less of the border.
+    most of the border of its picture): its 2-means is run again from the
+    border prior (border patches background, the others foreground), the
+    cluster with the smaller share of border patches is foreground, and that
+    split replaces the inherited one if its foreground covers less of the
+    border.
 
     Parameters
     ----------
