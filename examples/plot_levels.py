@@ -8,9 +8,11 @@ within each image. Each level picks its foreground cluster by agreement with
 the level above, and ``consensus="vote"`` keeps a patch where at least two
 levels agree. :meth:`~skseg.MultilevelSegmenter.predict_levels` shows them.
 
-With random ViT weights the levels disagree a lot. With DINO features we
-expect them to agree more, the dataset level alone to find most objects and
-the image level to sharpen each image's split; none of this is measured yet.
+The fitted segmenter also records how the decision went: the share of the
+patches (and of the border patches) in the foreground at each level, and how
+much the levels agree; a :class:`~skseg.ForegroundWarning` says when these
+look wrong. With DINO features we expect the levels to agree more than with
+the random weights used here; that is not measured yet.
 """
 
 import sys
@@ -24,6 +26,9 @@ images, _ = make_scenes(n_images=24, n_classes=3, image_size=(160, 160), random_
 features = ViTPatchTransformer("vit_small_patch16_224.dino", pretrained=False).fit_transform(images)
 segmenter = MultilevelSegmenter(n_classes=3, random_state=0).fit(features)
 levels = segmenter.predict_levels(features[:4])
+print("foreground share:", {k: round(v, 2) for k, v in segmenter.foreground_share_.items()})
+print("on the border:", {k: round(v, 2) for k, v in segmenter.border_foreground_share_.items()})
+print("agreement (IoU):", {k: round(v, 2) for k, v in segmenter.level_agreement_.items()})
 
 names = ["dataset", "category", "image", "consensus"]
 fig, axes = plt.subplots(4, 5, figsize=(10, 8))

@@ -416,9 +416,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         """
         self._check_params()
         X = as_features(X)
-        for name in ("labels_",  # never shipped to the passes' workers
-                     "n_classes_scores_", "n_categories_scores_"):  # from an "auto" fit
-            self.__dict__.pop(name, None)
+        # A refit starts unfitted: one stopped midway must not leave new
+        # dataset centroids beside old classes for predict to mix.
+        for name in [name for name in vars(self) if name.endswith("_")]:
+            del self.__dict__[name]
         expected = self._expected(X)
         master = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         seeds = dict(zip(_SEEDS, np.random.SeedSequence(master).generate_state(len(_SEEDS))))

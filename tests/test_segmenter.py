@@ -8,6 +8,7 @@ import torch
 from scipy import ndimage
 from sklearn.base import clone
 from sklearn.cluster import KMeans
+from sklearn.exceptions import NotFittedError
 
 import skseg._segmenter
 from skseg import ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
@@ -554,3 +555,17 @@ def test_levels_that_disagree_warn(planted, monkeypatch):
         seg = _seg().fit(X)
     assert seg.level_agreement_["category/image"] == 0.0
     assert seg.border_foreground_share_["consensus"] < 0.5
+
+
+def test_a_refit_stopped_midway_leaves_the_estimator_unfitted(planted, monkeypatch):
+    X, _ = planted
+    seg = _seg().fit(X)
+    monkeypatch.setattr(seg, "_fit_classes", lambda *args: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        seg.fit(X)
+    # The levels before the stop were refitted; nothing of the old fit is left.
+    assert hasattr(seg, "dataset_centroids_")
+    assert not hasattr(seg, "class_centroids_") and not hasattr(seg, "labels_")
+    with pytest.raises(NotFittedError):
+        seg.predict(X[:2])
