@@ -12,6 +12,7 @@ from skseg._levels import (
     border_patches,
     border_ratios,
     border_share,
+    level_counts,
     category_foreground,
     category_pair,
     combine_levels,
@@ -345,3 +346,37 @@ def test_border_share_counts_border_patches_in_the_foreground():
     mask[0, :3] = True  # the top row: 3 of the 8 border patches
     mask[1, 4] = True  # the centre: none
     np.testing.assert_allclose(border_share(mask, border), [3 / 8, 0])
+
+
+def test_border_rule_keeps_a_background_that_leans_off_the_border_with_the_background():
+    # Shares of patches and border ratios of 8 clusters: three objects (0.11
+    # to 0.32) and backgrounds from 0.71 up. The logarithm spreads the low
+    # ratios apart from the background's; with a large offset it is nearly
+    # linear in the ratio and the 0.71 background joins the objects.
+    ratios = np.array([0.32, 0.19, 0.11, 0.71, 1.43, 1.52, 1.25, 1.36])
+    counts = np.array([400, 600, 500, 800, 2700, 900, 2400, 1200])
+    border = ratios * counts
+    expected = [True, True, True, False, False, False, False, False]
+    np.testing.assert_array_equal(border_foreground(counts, border), expected)
+    scale = counts.sum() / border.sum()  # border_ratios normalises the shares
+    np.testing.assert_array_equal(
+        split_by_score(-np.log(ratios * scale + 1.1), counts), [True] * 4 + [False] * 4
+    )
+
+
+def test_level_counts_sum_what_the_diagnostics_need():
+    levels = {
+        "dataset": _mask("110100"),
+        "category": _mask("110000"),
+        "image": _mask("011000"),
+        "consensus": np.array([0.7, 1.0, 0.6, 0.5, 0.0, 0.0], np.float32),
+    }
+    on_border = _mask("100011")
+    counts = level_counts(levels, on_border)
+    assert counts["patches"].tolist() == [6] and counts["border"].tolist() == [3]
+    # dataset, category, image, consensus (above 0.5: 0.5 itself is not).
+    assert counts["foreground"].tolist() == [3, 2, 2, 3]
+    assert counts["border_foreground"].tolist() == [1, 1, 0, 1]
+    # dataset/category, category/image, dataset/image.
+    assert counts["intersection"].tolist() == [2, 1, 1]
+    assert counts["union"].tolist() == [3, 3, 4]
