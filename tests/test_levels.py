@@ -380,3 +380,19 @@ def test_level_counts_sum_what_the_diagnostics_need():
     # dataset/category, category/image, dataset/image.
     assert counts["intersection"].tolist() == [2, 1, 1]
     assert counts["union"].tolist() == [3, 3, 4]
+
+
+def test_a_redone_image_level_takes_the_side_off_the_border_as_foreground():
+    # A 4 x 4 grid of background (e0) with an object (e1) on three patches
+    # of its top edge. Started from the border prior, the 2-means ends with
+    # the side started from the interior on the background (13 patches, 9
+    # of the 12 on the border): the side that touches the border less, the
+    # object, is foreground.
+    grid = (4, 4)
+    border = border_patches(grid)
+    obj = np.zeros(16, bool)
+    obj[[1, 2, 3]] = True
+    X = torch.from_numpy(np.where(obj[:, None], [0.0, 1.0], [1.0, 0.0]).astype(np.float32)[None])
+    inherited = torch.from_numpy(~obj[None])  # the category took the background
+    foreground = image_foreground(X, inherited, torch.zeros(1, 2), border, max_iter=10)
+    np.testing.assert_array_equal(foreground[0], obj)
