@@ -522,6 +522,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         n_images = len(X)
         per_chunk = self.chunk_size
         if per_chunk is None:
+            check_type(0, X[0])  # predict's first look at X: a path gets a clear error
             per_chunk = max(1, CHUNK_FLOATS // X[0].patches.size)
             per_chunk = min(per_chunk, math.ceil(
                 n_images / (_CHUNKS_PER_JOB * effective_n_jobs(self.n_jobs))

@@ -569,3 +569,12 @@ def test_a_refit_stopped_midway_leaves_the_estimator_unfitted(planted, monkeypat
     assert not hasattr(seg, "class_centroids_") and not hasattr(seg, "labels_")
     with pytest.raises(NotFittedError):
         seg.predict(X[:2])
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_levels"])
+def test_predict_on_image_paths_says_to_extract_features_first(planted, method, tmp_path):
+    X, _ = planted
+    seg = _seg().fit(X)
+    with pytest.raises(TypeError, match=r"X\[0\] is a PosixPath, not ImageFeatures; pass "
+                       "images through ViTPatchTransformer first"):
+        getattr(seg, method)([tmp_path / "photo.jpg"])
