@@ -313,7 +313,7 @@ def _add_segment_parser(commands):
                help="smallest object region: pixels (50) or image fraction (0.01)")
     fit_option("--max-samples", type=_at_least(2), default=20_000,
                help="rows (patches, images, regions) sampled to fit each K-means "
-                    "(at least 2)")
+                    "(at least 2 and --n-dataset-clusters)")
     fit_option("--max-iter", type=_positive_int, default=20,
                help="most iterations of every K-means and 2-means")
     fit_option("--n-init", type=_n_init, default="auto",

@@ -8,11 +8,13 @@ its position in a list, so the same set of images in any order, split into
 any chunks, on any number of workers, gives the same result.
 """
 
+import warnings
 import zlib
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import normalize
 
 # Rows per matrix product when assigning rows to centroids: bounds the
@@ -147,7 +149,11 @@ def fit_kmeans(X, n_clusters, *, n_init, max_iter, seed):
     the best of ``n_init`` k-means++ starts by inertia, each run for at most
     ``max_iter`` iterations."""
     kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=seed)
-    return kmeans.fit(X).cluster_centers_.astype(np.float32)
+    with warnings.catch_warnings():
+        # Fewer distinct rows than clusters leaves duplicate centroids, which
+        # the levels handle (an empty dataset cluster is background).
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return kmeans.fit(X).cluster_centers_.astype(np.float32)
 
 
 def nearest_centroid(X, centroids):

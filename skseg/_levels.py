@@ -6,7 +6,7 @@ level's clusters, more than two, are sorted by a foreground rule (border or
 attention, split at Otsu's threshold); the category and image levels are
 each 2-means whose foreground cluster is the one that agrees best
 (intersection over union) with the level above. An image level that
-inherits a foreground covering half its border or more is redone from the
+inherits a foreground covering nearly all of its border is redone from the
 border prior.
 """
 
@@ -34,15 +34,21 @@ def split_by_score(scores, weights):
     adapts to the data: many background clusters and few foreground ones (an
     over-clustered dataset level) are split at the widest gap between the two
     groups, not at a fixed value that background clusters leaning slightly
-    off the border would cross. Both sides always keep at least one cluster;
-    on tied splits the one with fewer foreground clusters wins.
+    off the border would cross.
+
+    Both sides always keep at least one cluster. Clusters with equal scores
+    are never split apart; of splits equally good (to rounding), the one with
+    fewer foreground clusters wins, and with every score equal the first
+    cluster alone is foreground. A cluster without patches has no evidence
+    either way and is background, unless no cluster with patches is
+    foreground.
 
     Parameters
     ----------
     scores : ndarray of shape (n_clusters,)
         Higher means more foreground-like.
     weights : ndarray of shape (n_clusters,)
-        Patches of each cluster; clusters without patches weigh nothing.
+        Patches of each cluster.
 
     Returns
     -------
@@ -60,9 +66,16 @@ def split_by_score(scores, weights):
     left_mean = left_sum / np.maximum(left_weight, 1e-300)
     right_mean = right_sum / np.maximum(right_weight, 1e-300)
     between = left_weight * right_weight * (left_mean - right_mean) ** 2
-    n_foreground = 1 + int(np.argmax(between))  # the first maximum: fewest foreground
+    between[s[:-1] == s[1:]] = -np.inf  # no cut between equal scores
+    if np.isfinite(between).any():
+        # The first split within rounding of the best: fewest foreground.
+        n_foreground = 1 + int(np.argmax(between >= between.max() * (1 - 1e-9)))
+    else:
+        n_foreground = 1
     foreground = np.zeros(len(scores), dtype=bool)
     foreground[order[:n_foreground]] = True
+    if (foreground & (weights > 0)).any():
+        foreground &= weights > 0
     return foreground
 
 
@@ -160,13 +173,15 @@ def image_foreground(patches, category_mask, category_foreground_centroids, bord
     compare), the cluster nearer the category's foreground centroid is
     foreground.
 
-    An image whose foreground so found covers half of its border or more has
-    most likely inherited a wrong mask from above (an object seldom fills
-    most of the border of its picture): its 2-means is run again from the
-    border prior (border patches background, the others foreground), the
-    cluster with the smaller share of border patches is foreground, and that
-    split replaces the inherited one if its foreground covers less of the
-    border.
+    An image whose foreground so found covers 90% of its border or more has
+    most likely inherited a background from above: its 2-means is run again
+    from the border prior (border patches background, the others
+    foreground), the cluster with the smaller share of border patches is
+    foreground, and that split replaces the inherited one if its foreground
+    covers less of the border. A close-up, whose object fills much of the
+    border but leaves more than a tenth of it to the background, keeps the
+    orientation of the levels above (by the border alone it would be
+    inverted).
 
     Parameters
     ----------
@@ -191,7 +206,7 @@ def image_foreground(patches, category_mask, category_foreground_centroids, bord
     flip = np.where(tie, nearer == 0, flip)
     keep = np.where(tie, nearer == 1, keep)
     foreground = np.where((flip > keep)[:, None], ~split, split)
-    wrong = border_share(foreground, border) >= 0.5
+    wrong = border_share(foreground, border) >= 0.9
     if wrong.any():
         prior = np.tile(~border, (int(wrong.sum()), 1))
         recovered, _ = batched_two_means(

@@ -239,7 +239,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         Dimension of the patch features seen in :meth:`fit`.
     dataset_centroids_ : ndarray of shape (n_dataset_clusters, d)
     dataset_foreground_ : ndarray of shape (n_dataset_clusters,), bool
-        Which dataset-level clusters are foreground.
+        Which dataset-level clusters are foreground: those above Otsu's
+        threshold on the ``foreground`` rule's score (``-log(ratio + 0.1)``
+        of a cluster's border ratio, or its mean attention), weighted by the
+        clusters' patch counts; a cluster without patches is background.
     category_centers_ : ndarray of shape (n_categories, d_cls)
         Centres of the image pseudo-categories.
     category_centroids_ : ndarray of shape (n_categories, 2, d)
@@ -493,6 +496,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 f"crf_stride={self.crf_stride} exceeds crf_radius={self.crf_radius}: the "
                 "CRF's bilateral kernel would have no neighbour in its window."
             )
+        if self.max_samples < self.n_dataset_clusters:
+            raise ValueError(
+                f"max_samples={self.max_samples} is below n_dataset_clusters="
+                f"{self.n_dataset_clusters}: the dataset level's K-means needs at least one "
+                "sampled patch per cluster."
+            )
         if self.region == "crop" and self.region_encoder is None:
             raise ValueError("region='crop' needs a region_encoder, e.g. a ViTPatchTransformer.")
         resolve_device(self.device)  # an unavailable device fails now, not mid-run
@@ -680,7 +689,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         """
         share = counts["foreground"] / max(int(counts["patches"][0]), 1)
         border = counts["border_foreground"] / max(int(counts["border"][0]), 1)
-        agreement = counts["intersection"] / np.maximum(counts["union"], 1)
+        # Two levels that both find no foreground agree.
+        agreement = np.where(counts["union"] > 0,
+                             counts["intersection"] / np.maximum(counts["union"], 1), 1.0)
         self.foreground_share_ = dict(zip(LEVELS, share.tolist()))
         self.border_foreground_share_ = dict(zip(LEVELS, border.tolist()))
         self.level_agreement_ = {f"{a}/{b}": value
@@ -695,7 +706,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         if self.level_agreement_[worst] < 0.4:
             problems.append(
                 f"the {worst.replace('/', ' and ')} levels disagree (foreground IoU "
-                f"{self.level_agreement_[worst]:.2f})"
+                f"{self.level_agreement_[worst]:.3f})"
             )
         if problems:
             shares = ", ".join(f"{name} {value:.0%}"

@@ -535,7 +535,7 @@ def test_a_two_way_dataset_split_collapses_and_says_so():
     agreement = seg.level_agreement_["category/image"]
     assert agreement < 0.4
     assert "covers 50% of the image border patches" in message
-    assert f"category and image levels disagree (foreground IoU {agreement:.2f})" in message
+    assert f"category and image levels disagree (foreground IoU {agreement:.3f})" in message
     assert "n_dataset_clusters (now 2)" in message and "foreground='attention'" in message
     # The image level alone found the objects: 14% of the patches, as planted.
     truth = np.mean([m > 0 for m in masks])
@@ -551,7 +551,7 @@ def test_levels_that_disagree_warn(planted, monkeypatch):
                         lambda *args, **kwargs: np.zeros_like(real(*args, **kwargs)))
     X, _ = planted
     with pytest.warns(skseg.ForegroundWarning, match=r"the category and image levels "
-                      r"disagree \(foreground IoU 0.00\)"):
+                      r"disagree \(foreground IoU 0.000\)"):
         seg = _seg().fit(X)
     assert seg.level_agreement_["category/image"] == 0.0
     assert seg.border_foreground_share_["consensus"] < 0.5
@@ -578,3 +578,10 @@ def test_predict_on_image_paths_says_to_extract_features_first(planted, method, 
     with pytest.raises(TypeError, match=r"X\[0\] is a PosixPath, not ImageFeatures; pass "
                        "images through ViTPatchTransformer first"):
         getattr(seg, method)([tmp_path / "photo.jpg"])
+
+
+def test_max_samples_below_the_dataset_clusters_is_refused_naming_both(planted):
+    X, _ = planted
+    with pytest.raises(ValueError, match="max_samples=5 is below n_dataset_clusters=8"):
+        _seg(max_samples=5).fit(X)
+    _seg(max_samples=5, n_dataset_clusters=5).fit(X)
