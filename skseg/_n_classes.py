@@ -100,7 +100,8 @@ def choose_n_clusters(descriptors, max_clusters, *, random_state=None, max_sampl
     if n_rows > max_samples:
         descriptors = descriptors[np.sort(rng.choice(n_rows, size=max_samples, replace=False))]
     sample = descriptors.astype(np.float64)
-    largest = min(int(max_clusters), len(sample) - 1)
+    # The silhouette needs fewer clusters than the rows it is computed on.
+    largest = min(int(max_clusters), len(sample) - 1, SILHOUETTE_ROWS - 1)
     n_components = min(int(max_clusters), *sample.shape)
     projected = PCA(n_components, random_state=_seed(rng)).fit_transform(sample)
     scored = (np.sort(rng.choice(len(sample), size=SILHOUETTE_ROWS, replace=False))
