@@ -8,6 +8,7 @@ its position in a list, so the same set of images in any order, split into
 any chunks, on any number of workers, gives the same result.
 """
 
+import math
 import warnings
 import zlib
 
@@ -73,6 +74,24 @@ def image_priorities(seed, keys):
     return _splitmix64(base ^ np.asarray(keys, dtype=np.uint64))
 
 
+def priority_bound(size, n_rows, margin=1):
+    """A priority under which the ``size`` smallest of ``n_rows`` priorities
+    lie, but for a chance far below 1e-9; None when it would keep every row.
+
+    Priorities are uniform 64-bit hashes, so the count under a fraction
+    ``q`` of their range is binomial with mean ``n_rows * q``: the bound
+    expects ``margin * size`` rows plus eight standard deviations. A pass's
+    tasks then send back about that many rows in all, however many images
+    they read, and the sample is the same as without the bound. A caller
+    whose ``n_rows`` is an estimate gives a larger ``margin``, checks that
+    the merged sample filled up, and runs again without the bound if not.
+    """
+    expected = margin * size + 8 * math.sqrt(size)
+    if n_rows <= expected:
+        return None
+    return np.uint64(int(expected / n_rows * 2.0**64))
+
+
 class BoundedSample:
     """The ``size`` rows of smallest priority among all rows offered to it.
 
@@ -80,13 +99,21 @@ class BoundedSample:
     whatever their total, and once the sample is full only rows that beat its
     largest priority are kept at all. The result is sorted by priority, so it
     does not depend on the order in which rows were offered.
+
+    Rows at or above ``below`` (a :func:`priority_bound`) are never kept,
+    and a sample travels (pickles) with at most ``size`` rows.
     """
 
-    def __init__(self, size):
+    def __init__(self, size, below=None):
         self.size = size
         self._parts = []
         self._pending = 0
-        self._threshold = None
+        self._threshold = below
+
+    def __getstate__(self):
+        if self._pending > self.size:
+            self._compact()
+        return self.__dict__
 
     def offer(self, priorities, rows):
         if self._threshold is not None:

@@ -202,17 +202,20 @@ class Chunk:
 
 # ---------------------------------------------------------------- passes
 
-def survey(X, start, stop, expected, seed, max_samples):
-    """Pass 1: checks, keys, descriptors, patch counts, the dataset sample."""
+def survey(X, start, stop, expected, seed, max_samples, below=None):
+    """Pass 1: checks, keys, descriptors, patch counts, the dataset sample
+    (of the patches whose priority is under ``below``)."""
     chunk = Chunk(X, start, stop, expected)
-    sample = BoundedSample(max_samples)
+    sample = BoundedSample(max_samples, below)
     sample.offer(chunk.priorities(seed), chunk.patches)
     return chunk.keys, chunk.descriptors, np.diff(chunk.offsets), sample
 
 
-def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples):
+def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples,
+                       below=None):
     """Pass 2: per dataset cluster, patch counts (all, on the border) and
-    CLS attention; each category's sample."""
+    CLS attention; each category's sample (of the patches under
+    ``below[category]``, as in :func:`survey`)."""
     chunk = Chunk(X, start, stop, expected, keys[start:stop])
     n_clusters = len(model.dataset_centroids_)
     assignment = nearest_centroid(chunk.patches, model.dataset_centroids_)
@@ -231,7 +234,7 @@ def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples)
     samples = {}
     for category in np.unique(patch_category):
         rows = patch_category == category
-        samples[category] = BoundedSample(max_samples)
+        samples[category] = BoundedSample(max_samples, None if below is None else below[category])
         samples[category].offer(priorities[rows], chunk.patches[rows])
     return statistics, samples
 

@@ -40,6 +40,7 @@ from ._clustering import (
     image_priorities,
     nearest_centroid,
     patch_priorities,
+    priority_bound,
     unit_rows,
 )
 from ._levels import (
@@ -430,17 +431,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
         # 1. Survey: every image checked, keyed and described; a bounded,
         # content-keyed sample of patches for the dataset level.
-        keys, descriptors, sizes = [], [], []
-        patch_sample = BoundedSample(self.max_samples)
-        for chunk_keys, chunk_descriptors, chunk_sizes, chunk_sample in self._map(
-            survey, X, chunks, expected, seeds["dataset"], self.max_samples
-        ):
-            keys.append(chunk_keys)
-            descriptors.append(chunk_descriptors)
-            sizes.append(chunk_sizes)
-            patch_sample.merge(chunk_sample)
-        keys, descriptors = np.concatenate(keys), np.concatenate(descriptors)
-        n_patches = int(np.concatenate(sizes).sum())
+        keys, descriptors, sizes, patch_sample = self._survey(X, chunks, expected,
+                                                              seeds["dataset"])
+        n_patches = int(sizes.sum())
         if n_patches < self.n_dataset_clusters:
             raise ValueError(
                 f"X has {n_patches} patches in all, fewer than "
@@ -456,7 +449,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         )
         self._fit_categories(descriptors, keys, seeds["categories"])
         statistics, category_samples = self._dataset_statistics(
-            X, chunks, expected, keys, seeds["category_pairs"]
+            X, chunks, expected, keys, sizes, seeds["category_pairs"]
         )
         if self.foreground == "border":
             self.dataset_foreground_ = border_foreground(
@@ -592,16 +585,45 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         )
         self.categories_ = nearest_centroid(descriptors, self.category_centers_)
 
-    def _dataset_statistics(self, X, chunks, expected, keys, seed):
-        statistics, samples = {}, {}
-        for chunk_statistics, chunk_samples in self._map(
-            dataset_statistics, X, chunks, expected, PerImage(keys), self._light(), seed,
-            self.max_samples,
-        ):
-            for name, values in chunk_statistics.items():
-                statistics[name] = statistics.get(name, 0) + values
-            for category, sample in chunk_samples.items():
-                samples.setdefault(category, BoundedSample(self.max_samples)).merge(sample)
+    def _survey(self, X, chunks, expected, seed):
+        """Pass 1, whose tasks send back only the patches under a priority
+        bound, from the patch count that image 0 suggests (twice the sample
+        expected, in case the images are smaller); again without it in the
+        rare case they were much smaller and the sample did not fill up."""
+        estimate = len(X) * int(np.prod(X[0].grid_shape))
+        for below in (priority_bound(self.max_samples, estimate, margin=2), None):
+            keys, descriptors, sizes = [], [], []
+            sample = BoundedSample(self.max_samples)
+            for chunk_keys, chunk_descriptors, chunk_sizes, chunk_sample in self._map(
+                survey, X, chunks, expected, seed, self.max_samples, below
+            ):
+                keys.append(chunk_keys)
+                descriptors.append(chunk_descriptors)
+                sizes.append(chunk_sizes)
+                sample.merge(chunk_sample)
+            sizes = np.concatenate(sizes)
+            if len(sample) == min(self.max_samples, sizes.sum()):
+                break
+        return np.concatenate(keys), np.concatenate(descriptors), sizes, sample
+
+    def _dataset_statistics(self, X, chunks, expected, keys, sizes, seed):
+        """Pass 2; each category's patch count is known from the survey, so
+        its sample is bounded as in :meth:`_survey`, without the margin."""
+        per_category = np.bincount(self.categories_, weights=sizes,
+                                   minlength=self.n_categories_)
+        for below in ([priority_bound(self.max_samples, n) for n in per_category], None):
+            statistics, samples = {}, {}
+            for chunk_statistics, chunk_samples in self._map(
+                dataset_statistics, X, chunks, expected, PerImage(keys), self._light(),
+                seed, self.max_samples, below,
+            ):
+                for name, values in chunk_statistics.items():
+                    statistics[name] = statistics.get(name, 0) + values
+                for category, sample in chunk_samples.items():
+                    samples.setdefault(category, BoundedSample(self.max_samples)).merge(sample)
+            if all(len(samples.get(c, ())) == min(self.max_samples, n)
+                   for c, n in enumerate(per_category) if n):
+                break
         return statistics, samples
 
     def _fit_category_pairs(self, samples, statistics):

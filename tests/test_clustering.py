@@ -11,6 +11,7 @@ from skseg._clustering import (
     image_priorities,
     nearest_centroid,
     patch_priorities,
+    priority_bound,
     second_is_nearer,
     unit_rows,
 )
@@ -192,3 +193,28 @@ def test_bounded_sample_keeps_the_values_of_rows_of_different_types():
         single.offer(np.arange(start, start + 2, dtype=np.uint64),
                      np.ones((2, 3), np.float32))
     assert single.result().dtype == np.float32
+
+
+def test_a_sample_travels_with_at_most_its_size_and_keeps_only_rows_under_its_bound():
+    import pickle
+
+    priorities = np.arange(100, dtype=np.uint64)[::-1].copy()
+    rows = np.arange(100)[:, None]
+    sample = BoundedSample(30)
+    sample.offer(priorities[:55], rows[:55])  # under twice its size: not yet compacted
+    travelled = pickle.loads(pickle.dumps(sample))
+    assert sum(len(p) for p, _ in travelled._parts) == 30
+    np.testing.assert_array_equal(travelled.result(), sample.result())
+    below = BoundedSample(30, below=np.uint64(10))
+    below.offer(priorities, rows)
+    np.testing.assert_array_equal(below.result()[:, 0], np.arange(99, 89, -1))
+
+
+def test_the_priority_bound_keeps_margin_times_the_sample_and_never_too_few():
+    assert priority_bound(100, 180) is None  # it would keep every row
+    for margin in (1, 2):
+        for n_rows in (1_000, 100_000):
+            bound = priority_bound(100, n_rows, margin)
+            counts = [(patch_priorities(seed, 7, n_rows) < bound).sum() for seed in range(20)]
+            assert 100 < min(counts) and max(counts) < margin * 100 + 8 * 10 + 40
+            assert abs(np.median(counts) - (margin * 100 + 80)) < 20

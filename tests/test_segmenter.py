@@ -585,3 +585,54 @@ def test_max_samples_below_the_dataset_clusters_is_refused_naming_both(planted):
     with pytest.raises(ValueError, match="max_samples=5 is below n_dataset_clusters=8"):
         _seg(max_samples=5).fit(X)
     _seg(max_samples=5, n_dataset_clusters=5).fit(X)
+
+
+def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
+        planted, monkeypatch):
+    # The process that calls fit receives from each task at most max_samples
+    # rows per sample, and in all about twice max_samples per sample: only
+    # the patches under a priority bound, which changes nothing in the fit;
+    # where the bound was too tight (images smaller than image 0), the pass
+    # runs again without it.
+    X, _ = planted
+    returned = {"survey": [], "dataset_statistics": []}
+
+    def counted(name):
+        real = getattr(skseg._segmenter, name)
+
+        def run(*args):
+            result = real(*args)
+            samples = [result[3]] if name == "survey" else result[1].values()
+            returned[name].append([len(pickle.loads(pickle.dumps(s))._parts[0][1])
+                                   for s in samples if s._parts])
+            return result
+
+        monkeypatch.setattr(skseg._segmenter, name, run)
+
+    def fit(bound):
+        monkeypatch.setattr(skseg._segmenter, "priority_bound", bound)
+        for per_task in returned.values():
+            per_task.clear()
+        seg = _seg(max_samples=200, chunk_size=2).fit(X)
+        return seg, {name: [sum(rows) for rows in per_task]
+                     for name, per_task in returned.items()}
+
+    counted("survey"), counted("dataset_statistics")
+    seg, rows = fit(skseg._clustering.priority_bound)
+    unbounded, rows_without = fit(lambda size, n_rows, margin=1: None)
+    too_tight, rows_too_tight = fit(lambda size, n_rows, margin=1: np.uint64(1 << 50))
+    n_categories = 4
+    for name in returned:
+        assert len(rows[name]) == len(rows_without[name]) == 30
+        assert max(rows[name]) <= 200 * (1 if name == "survey" else n_categories)
+        # Twice the sample where the patch count is estimated, once where
+        # known, plus eight standard deviations.
+        margin, n_samples = (2, 1) if name == "survey" else (1, n_categories)
+        assert sum(rows[name]) < 1.2 * n_samples * (margin * 200 + 8 * 200 ** 0.5)
+        assert sum(rows_without[name]) > 4 * sum(rows[name])
+        assert len(rows_too_tight[name]) == 60
+    for other in (unbounded, too_tight):
+        for name in ("dataset_centroids_", "category_centers_", "class_centroids_"):
+            np.testing.assert_array_equal(getattr(seg, name), getattr(other, name))
+        for a, b in zip(seg.labels_, other.labels_):
+            np.testing.assert_array_equal(a, b)
