@@ -212,6 +212,7 @@ def test_a_sample_travels_with_at_most_its_size_and_keeps_only_rows_under_its_bo
 
 def test_the_priority_bound_keeps_margin_times_the_sample_and_never_too_few():
     assert priority_bound(100, 180) is None  # it would keep every row
+    assert priority_bound(100, 10**5) == priority_bound(100, 10**5, margin=1)  # exact counts
     for margin in (1, 2):
         for n_rows in (1_000, 100_000):
             bound = priority_bound(100, n_rows, margin)

@@ -1,0 +1,202 @@
+"""The fitting process at a million images: what it holds and receives.
+
+The real :meth:`MultilevelSegmenter.fit` runs on a sequence of ``N`` images
+that pickles as its length (as a store pickles as its location), with its
+passes replaced by stand-ins that return results of the real types and
+sizes for ViT-S/16 features (14 x 14 patches of 384 floats a 224-pixel
+image, two object regions of a VOC-size photo each) without reading
+anything, on 100 joblib threads, so that everything around the passes is
+measured as it runs: the merging of the samples, the K-means fits, the
+per-image results kept for the labels.
+
+Printed per size: peak anonymous memory of the process during ``fit``
+(``RssAnon``, sampled in a thread) above what it held before, that per
+image, the megabytes of pickled task results entering the process per pass
+(survey, statistics, per-image path), and the largest pickled task argument.
+
+Targets (issue 19): at most 4 GiB at 1M images and flat within 10% from
+100k to 1M, at most 100 MB entering per pass at 1M, task arguments at most
+10 KB.
+
+    python benchmarks/bench_million.py [--sizes 10000 100000 1000000]
+"""
+
+import argparse
+import functools
+import pickle
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+import skseg._segmenter
+from skseg import ImageFeatures, MultilevelSegmenter
+from skseg._clustering import BoundedSample, nearest_centroid, unit_rows
+from skseg._regions import Regions
+
+GRID, N_FEATURES, PHOTO = (14, 14), 384, (375, 500)
+N_PATCHES = GRID[0] * GRID[1]
+
+
+class Images(Sequence):
+    """``n`` images, each of them the same small record; pickles as ``n``."""
+
+    def __init__(self, n):
+        self.n = n
+        rng = np.random.default_rng(0)
+        self.record = ImageFeatures(
+            patches=rng.standard_normal((*GRID, N_FEATURES)).astype(np.float16),
+            cls=rng.standard_normal(N_FEATURES).astype(np.float32),
+        )
+
+    def __reduce__(self):
+        return Images, (self.n,)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return self.record
+
+
+def descriptors(start, stop):
+    """The same unit CLS descriptors of images start..stop in every pass:
+    a few planted categories plus noise."""
+    rng = np.random.default_rng(start)
+    centres = np.random.default_rng(0).standard_normal((6, N_FEATURES)).astype(np.float32)
+    picked = centres[rng.integers(0, 6, stop - start)]
+    return unit_rows(picked + 0.3 * rng.standard_normal(picked.shape, dtype=np.float32))
+
+
+def uniform_priorities(rng, n):
+    return rng.integers(0, np.iinfo(np.uint64).max, n, dtype=np.uint64, endpoint=True)
+
+
+def survey(X, start, stop, expected, seed, max_samples, below=None):
+    n = stop - start
+    rng = np.random.default_rng(start + 1)
+    sample = BoundedSample(max_samples, below)
+    priorities = uniform_priorities(rng, n * N_PATCHES)
+    kept = priorities < below if below is not None else slice(None)
+    priorities = priorities[kept]
+    sample.offer(priorities, rng.standard_normal((len(priorities), N_FEATURES),
+                                                 dtype=np.float32))
+    keys = np.arange(start, stop, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return keys, descriptors(start, stop), np.full(n, N_PATCHES), sample
+
+
+def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples, below=None):
+    n = stop - start
+    rng = np.random.default_rng(start + 2)
+    n_clusters = len(model.dataset_centroids_)
+    statistics = {"counts": np.bincount(rng.integers(0, n_clusters, n * N_PATCHES),
+                                        minlength=n_clusters)}
+    statistics["border"] = statistics["counts"] // 4
+    category = np.repeat(nearest_centroid(descriptors(start, stop), model.category_centers_),
+                         N_PATCHES)
+    priorities = uniform_priorities(rng, n * N_PATCHES)
+    samples = {}
+    for c in np.unique(category):
+        mine = priorities[category == c]
+        if below is not None and below[c] is not None:
+            mine = mine[mine < below[c]]
+        samples[c] = BoundedSample(max_samples, None if below is None else below[c])
+        samples[c].offer(mine, rng.standard_normal((len(mine), N_FEATURES), dtype=np.float32))
+    return statistics, samples
+
+
+def photo_regions(rng):
+    """Two blobs of a VOC-size photo as runs: about a hundred rows each."""
+    rows, starts, stops, ids = [], [], [], []
+    for region, top in ((1, 40), (2, 200)):
+        height = int(rng.integers(80, 120))
+        left = int(rng.integers(10, 200))
+        widths = rng.integers(100, 180, height)
+        rows.append(np.arange(top, top + height))
+        starts.append(np.full(height, left))
+        stops.append(left + widths)
+        ids.append(np.full(height, region))
+    return Regions(PHOTO, *map(np.concatenate, (rows, starts, stops, ids)), 2)
+
+
+def segment(X, start, stop, expected, model, keys=None):
+    rng = np.random.default_rng(start + 3)
+    n = stop - start
+    regions = [photo_regions(rng) for _ in range(n)]
+    described = list(unit_rows(rng.standard_normal((n, 2, N_FEATURES), dtype=np.float32)
+                               .reshape(-1, N_FEATURES)).reshape(n, 2, N_FEATURES))
+    counts = {"patches": np.array([n * N_PATCHES]), "border": np.array([n * 52]),
+              "foreground": np.full(4, n * 40), "border_foreground": np.full(4, n * 2),
+              "intersection": np.full(3, n * 35), "union": np.full(3, n * 45)}
+    return regions, described, 0, counts
+
+
+def rss_anon():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+
+
+def measure(n_images):
+    received = {name: [] for name in ("survey", "dataset_statistics", "segment")}
+    arguments = []
+    real_delayed = skseg._segmenter.delayed
+
+    def counted(function):
+        @functools.wraps(function)
+        def run(*args):
+            result = function(*args)
+            received[function.__name__].append(len(pickle.dumps(result, protocol=5)))
+            return result
+        return run
+
+    def measured_delayed(task):
+        arguments.append(max(len(pickle.dumps(arg, protocol=5)) for arg in task.args))
+        return real_delayed(task)
+
+    for function in (survey, dataset_statistics, segment):
+        setattr(skseg._segmenter, function.__name__, counted(function))
+    skseg._segmenter.delayed = measured_delayed
+    peak, stop = [0], threading.Event()
+
+    def sample_memory():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_anon())
+            time.sleep(0.05)
+
+    X = Images(n_images)
+    before = rss_anon()
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    segmenter = MultilevelSegmenter(n_classes=8, refine=None, random_state=0, n_jobs=100)
+    segmenter.fit(X)
+    seconds = time.perf_counter() - start
+    held_after = rss_anon() - before
+    stop.set()
+    sampler.join()
+    del segmenter
+    return dict(peak=peak[0] - before, after=held_after, seconds=seconds,
+                received={name: sum(sizes) for name, sizes in received.items()},
+                argument=max(arguments))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    args = parser.parse_args()
+    print(f"{'images':>9} {'peak MiB':>9} {'B/img':>6} {'kept MiB':>9} {'survey MB':>10}"
+          f" {'stats MB':>9} {'per-image MB':>13} {'max arg KB':>11} {'fit s':>6}")
+    for n_images in args.sizes:
+        m = measure(n_images)
+        print(f"{n_images:>9,} {m['peak'] / 2**20:>9.0f} {m['peak'] / n_images:>6.0f}"
+              f" {m['after'] / 2**20:>9.0f} {m['received']['survey'] / 1e6:>10.1f}"
+              f" {m['received']['dataset_statistics'] / 1e6:>9.1f}"
+              f" {m['received']['segment'] / 1e6:>13.1f} {m['argument'] / 1e3:>11.1f}"
+              f" {m['seconds']:>6.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
