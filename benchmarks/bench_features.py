@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from skseg import ViTPatchTransformer
-from skseg._backbone import get_model, resolve_device
+from skseg._backbone import resolve_device
+from skseg._weights import get_model
 
 
 def timed(fn):

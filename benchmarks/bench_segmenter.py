@@ -30,9 +30,10 @@ import torch
 from PIL import Image
 
 from skseg import ImageFeatures, MultilevelSegmenter
-from skseg._backbone import get_model, resolve_device
+from skseg._backbone import resolve_device
 from skseg._refine import dense_crf, foreground_masks, pamr
 from skseg._regions import pixel_to_patch
+from skseg._weights import get_model
 
 VOC_SHAPE = (375, 500)
 MODEL = "vit_small_patch16_224.dino"

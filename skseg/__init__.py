@@ -3,12 +3,12 @@
 The public API is re-exported here; implementations live in private modules.
 """
 
-from ._backbone import WeightsUnavailableError
 from ._features import FeatureSequence, ImageFeatures
 from ._regions import LabelMasks
 from ._segmenter import ForegroundWarning, MultilevelSegmenter
 from ._store import FeatureStore
 from ._transformer import ViTPatchTransformer
+from ._weights import WeightsUnavailableError
 
 __version__ = "0.1.0.dev0"
 

@@ -33,7 +33,7 @@ _RUNTIME_PARAMETERS = {"batch_size", "device", "memory", "verbose", "n_jobs"}
 def _parameters(estimator):
     """An estimator's parameters that can change its results, as JSON values;
     a weight file by its identity (path, size and mtime)."""
-    from ._backbone import weights_identity
+    from ._weights import weights_identity
 
     parameters = {}
     for key, value in estimator.get_params(deep=False).items():

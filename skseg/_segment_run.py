@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path, PurePosixPath
 
-from ._backbone import WeightsUnavailableError
+from ._weights import WeightsUnavailableError
 from ._cache import config_digest
 from ._images import check_each_image, content_hash, load_rgb
 from ._inputs import UserError, find_inputs, one_line, overlay_name

@@ -10,20 +10,13 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from ._backbone import (
-    FACETS,
-    check_facet_support,
-    check_model_name,
-    forward_facets,
-    get_model,
-    resolve_device,
-    weights_identity,
-)
+from ._backbone import FACETS, check_facet_support, forward_facets, resolve_device
 from ._cache import FeatureCache
 from ._features import FeatureSequence, ImageFeatures
 from ._images import as_image_list, check_images, content_hash, load_rgb
 from ._store import FeatureStore
 from ._validation import HasMethods, Interval, StrOptions
+from ._weights import check_model_name, get_model, weights_identity
 
 
 def _round_to_patch(side, patch):

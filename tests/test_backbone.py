@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import skseg
-import skseg._backbone
+import skseg._weights
 from skseg import ViTPatchTransformer, WeightsUnavailableError
-from skseg._backbone import get_model
+from skseg._weights import get_model
 
 from .conftest import TINY_MODEL
 
@@ -179,7 +179,7 @@ def online_hub(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(skseg._backbone, "_MODELS", {})  # no model built elsewhere
+    monkeypatch.setattr(skseg._weights, "_MODELS", {})  # no model built elsewhere
     return constants
 
 
@@ -196,7 +196,7 @@ def test_a_hub_that_never_answers_fails_within_seconds(online_hub, monkeypatch):
 
 
 def test_hf_hub_offline_fails_at_once(monkeypatch):
-    monkeypatch.setattr(skseg._backbone, "_MODELS", {})
+    monkeypatch.setattr(skseg._weights, "_MODELS", {})
     start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE is set") as info:
         ViTPatchTransformer(TINY_MODEL, device="cpu").fit()

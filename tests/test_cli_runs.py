@@ -391,7 +391,7 @@ def weights_file(tmp_path_factory):
     """The tiny model's random weights as a timm safetensors file."""
     from safetensors.torch import save_file
 
-    from skseg._backbone import get_model
+    from skseg._weights import get_model
 
     model = get_model(TINY_MODEL, pretrained=False, weights=None, device="cpu")
     path = tmp_path_factory.mktemp("weights") / "vits16.safetensors"

@@ -10,9 +10,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 
 import skseg._transformer
-from skseg import FeatureSequence, ImageFeatures, ViTPatchTransformer, WeightsUnavailableError
-from skseg._backbone import forward_facets, get_model
+from skseg import (
+    FeatureSequence,
+    ImageFeatures,
+    ViTPatchTransformer,
+    WeightsUnavailableError,
+)
+from skseg._backbone import forward_facets
 from skseg._images import content_hash
+from skseg._weights import get_model
 
 from .conftest import TINY_MODEL, n_images_through_vit
 
