@@ -73,17 +73,19 @@ def uniform_priorities(rng, n):
     return rng.integers(0, np.iinfo(np.uint64).max, n, dtype=np.uint64, endpoint=True)
 
 
-def survey(X, start, stop, expected, seed, max_samples, below=None):
+def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
     n = stop - start
     rng = np.random.default_rng(start + 1)
-    sample = BoundedSample(max_samples, below)
+    sample = BoundedSample(max_samples, below[0])
     priorities = uniform_priorities(rng, n * N_PATCHES)
-    kept = priorities < below if below is not None else slice(None)
+    kept = priorities < below[0] if below[0] is not None else slice(None)
     priorities = priorities[kept]
     sample.offer(priorities, rng.standard_normal((len(priorities), N_FEATURES),
                                                  dtype=np.float32))
     keys = np.arange(start, stop, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return keys, descriptors(start, stop), np.full(n, N_PATCHES), sample
+    described = BoundedSample(max_samples, below[1])
+    described.offer(uniform_priorities(rng, n), descriptors(start, stop))
+    return keys, n * N_PATCHES, sample, described
 
 
 def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples, below=None):
@@ -93,8 +95,10 @@ def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples,
     statistics = {"counts": np.bincount(rng.integers(0, n_clusters, n * N_PATCHES),
                                         minlength=n_clusters)}
     statistics["border"] = statistics["counts"] // 4
-    category = np.repeat(nearest_centroid(descriptors(start, stop), model.category_centers_),
-                         N_PATCHES)
+    categories = nearest_centroid(descriptors(start, stop), model.category_centers_)
+    category = np.repeat(categories, N_PATCHES)
+    statistics["category_patches"] = np.bincount(category,
+                                                 minlength=len(model.category_centers_))
     priorities = uniform_priorities(rng, n * N_PATCHES)
     samples = {}
     for c in np.unique(category):
@@ -103,7 +107,7 @@ def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples,
             mine = mine[mine < below[c]]
         samples[c] = BoundedSample(max_samples, None if below is None else below[c])
         samples[c].offer(mine, rng.standard_normal((len(mine), N_FEATURES), dtype=np.float32))
-    return statistics, samples
+    return categories, statistics, samples
 
 
 def photo_regions(rng):

@@ -5,14 +5,13 @@ Each task of the survey and statistics passes returns a content-keyed sample
 of patches. Without a bound, a task's sample holds every patch of its chunk
 that could be among the ``max_samples`` of smallest priority (up to
 ``max_samples`` rows a task); with the priority bound the tasks send back
-about twice ``max_samples`` rows for the dataset sample and once
-``max_samples`` for each category's, whatever the number of images, and the
-fit is the same.
+about twice ``max_samples`` rows for the dataset sample and for each
+category's, whatever the number of images, and the fit is the same.
 
 Planted features at the ViT-S/16 grid (14 x 14 x 384, float16), the default
 chunking (about 111 images a task), two threads. Prints, per pass and size,
-the bytes of pickled task results (samples, and the survey's per-image keys
-and descriptors) without and with the bound, their
+the bytes of pickled task results (samples, per-image keys and categories)
+without and with the bound, their
 ratio, and whether the fitted centroids are identical.
 
     python benchmarks/bench_traffic.py [--sizes 1000 4000]

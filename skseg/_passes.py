@@ -16,6 +16,7 @@ from scipy import sparse
 from ._clustering import (
     BoundedSample,
     content_key,
+    image_priorities,
     nearest_centroid,
     patch_priorities,
     unit_rows,
@@ -202,20 +203,23 @@ class Chunk:
 
 # ---------------------------------------------------------------- passes
 
-def survey(X, start, stop, expected, seed, max_samples, below=None):
-    """Pass 1: checks, keys, descriptors, patch counts, the dataset sample
-    (of the patches whose priority is under ``below``)."""
+def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
+    """Pass 1: checks, keys, the patch count, the dataset sample of patches
+    and a sample of the images' descriptors; ``seeds`` draw the two samples,
+    of the rows whose priority is under ``below``."""
     chunk = Chunk(X, start, stop, expected)
-    sample = BoundedSample(max_samples, below)
-    sample.offer(chunk.priorities(seed), chunk.patches)
-    return chunk.keys, chunk.descriptors, np.diff(chunk.offsets), sample
+    patches = BoundedSample(max_samples, below[0])
+    patches.offer(chunk.priorities(seeds[0]), chunk.patches)
+    descriptors = BoundedSample(max_samples, below[1])
+    descriptors.offer(image_priorities(seeds[1], chunk.keys), chunk.descriptors)
+    return chunk.keys, int(chunk.offsets[-1]), patches, descriptors
 
 
 def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples,
                        below=None):
-    """Pass 2: per dataset cluster, patch counts (all, on the border) and
-    CLS attention; each category's sample (of the patches under
-    ``below[category]``, as in :func:`survey`)."""
+    """Pass 2: each image's category; per dataset cluster, patch counts (all,
+    on the border) and CLS attention; per category, its patch count and its
+    sample (of the patches under ``below[category]``, as in :func:`survey`)."""
     chunk = Chunk(X, start, stop, expected, keys[start:stop])
     n_clusters = len(model.dataset_centroids_)
     assignment = nearest_centroid(chunk.patches, model.dataset_centroids_)
@@ -227,16 +231,18 @@ def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples,
         statistics["attention"] = np.bincount(
             assignment, weights=chunk.attention(), minlength=n_clusters
         )
-    patch_category = nearest_centroid(chunk.descriptors, model.category_centers_)[
-        chunk.image_of_patch
-    ]
+    categories = nearest_centroid(chunk.descriptors, model.category_centers_)
+    patch_category = categories[chunk.image_of_patch]
+    statistics["category_patches"] = np.bincount(
+        patch_category, minlength=len(model.category_centers_)
+    )
     priorities = chunk.priorities(seed)
     samples = {}
     for category in np.unique(patch_category):
         rows = patch_category == category
         samples[category] = BoundedSample(max_samples, None if below is None else below[category])
         samples[category].offer(priorities[rows], chunk.patches[rows])
-    return statistics, samples
+    return categories, statistics, samples
 
 
 def segment(X, start, stop, expected, model, keys=None):

@@ -37,7 +37,6 @@ from ._backbone import resolve_device
 from ._clustering import (
     BoundedSample,
     fit_kmeans,
-    image_priorities,
     nearest_centroid,
     patch_priorities,
     priority_bound,
@@ -429,11 +428,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         seeds = dict(zip(_SEEDS, np.random.SeedSequence(master).generate_state(len(_SEEDS))))
         chunks = self._chunks(X)
 
-        # 1. Survey: every image checked, keyed and described; a bounded,
-        # content-keyed sample of patches for the dataset level.
-        keys, descriptors, sizes, patch_sample = self._survey(X, chunks, expected,
-                                                              seeds["dataset"])
-        n_patches = int(sizes.sum())
+        # 1. Survey: every image checked and keyed; bounded, content-keyed
+        # samples of patches for the dataset level and of the images'
+        # descriptors for their pseudo-categories.
+        keys, n_patches, patch_sample, descriptor_sample = self._survey(
+            X, chunks, expected, (seeds["dataset"], seeds["categories"])
+        )
         if n_patches < self.n_dataset_clusters:
             raise ValueError(
                 f"X has {n_patches} patches in all, fewer than "
@@ -447,9 +447,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             patch_sample.result(), self.n_dataset_clusters, n_init=self._starts("dataset"),
             max_iter=self.max_iter, seed=seeds["dataset"]
         )
-        self._fit_categories(descriptors, keys, seeds["categories"])
+        self._fit_categories(descriptor_sample, len(X), seeds["categories"])
         statistics, category_samples = self._dataset_statistics(
-            X, chunks, expected, keys, sizes, seeds["category_pairs"]
+            X, chunks, expected, keys, n_patches, descriptor_sample, seeds["category_pairs"]
         )
         if self.foreground == "border":
             self.dataset_foreground_ = border_foreground(
@@ -563,67 +563,78 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         model.__dict__.pop("categories_", None)
         return model
 
-    def _fit_categories(self, descriptors, keys, seed):
+    def _fit_categories(self, descriptor_sample, n_images, seed):
         requested = self.n_classes if self.n_categories is None else self.n_categories
-        sample = BoundedSample(self.max_samples)
-        sample.offer(image_priorities(seed, keys), descriptors)
-        sample = sample.result()
+        sample = descriptor_sample.result()
         if requested == "auto":
             requested, self.n_categories_scores_ = choose_n_clusters(
                 sample, self.max_classes, random_state=seed, max_samples=self.max_samples,
                 n_init=self._starts(), max_iter=self.max_iter, rows_name="images",
                 parameter="n_categories",
             )
-        self.n_categories_ = min(requested, len(descriptors))
+        self.n_categories_ = min(requested, n_images)
         if self.n_categories_ < requested:
             warnings.warn(
-                f"n_categories={requested} exceeds the {len(descriptors)} images; using "
+                f"n_categories={requested} exceeds the {n_images} images; using "
                 f"{self.n_categories_}.", UserWarning,
             )
         self.category_centers_ = fit_kmeans(
             sample, self.n_categories_, n_init=self._starts(), max_iter=self.max_iter, seed=seed
         )
-        self.categories_ = nearest_centroid(descriptors, self.category_centers_)
 
-    def _survey(self, X, chunks, expected, seed):
-        """Pass 1, whose tasks send back only the patches under a priority
-        bound, from the patch count that image 0 suggests (twice the sample
-        expected, in case the images are smaller); again without it in the
-        rare case they were much smaller and the sample did not fill up."""
+    def _survey(self, X, chunks, expected, seeds):
+        """Pass 1, whose tasks send back only the rows under a priority bound:
+        descriptors from the number of images, patches from the patch count
+        that image 0 suggests (twice the sample expected, in case the images
+        are smaller); again without it in the rare case they were much
+        smaller and the sample did not fill up."""
         estimate = len(X) * int(np.prod(X[0].grid_shape))
-        for below in (priority_bound(self.max_samples, estimate, margin=2), None):
-            keys, descriptors, sizes = [], [], []
-            sample = BoundedSample(self.max_samples)
-            for chunk_keys, chunk_descriptors, chunk_sizes, chunk_sample in self._map(
-                survey, X, chunks, expected, seed, self.max_samples, below
+        for below in ((priority_bound(self.max_samples, estimate, margin=2),
+                       priority_bound(self.max_samples, len(X))), (None, None)):
+            keys, n_patches = [], 0
+            patches, descriptors = BoundedSample(self.max_samples), BoundedSample(self.max_samples)
+            for chunk_keys, chunk_patches, chunk_sample, chunk_descriptors in self._map(
+                survey, X, chunks, expected, seeds, self.max_samples, below
             ):
                 keys.append(chunk_keys)
-                descriptors.append(chunk_descriptors)
-                sizes.append(chunk_sizes)
-                sample.merge(chunk_sample)
-            sizes = np.concatenate(sizes)
-            if len(sample) == min(self.max_samples, sizes.sum()):
+                n_patches += chunk_patches
+                patches.merge(chunk_sample)
+                descriptors.merge(chunk_descriptors)
+            if len(patches) == min(self.max_samples, n_patches) \
+                    and len(descriptors) == min(self.max_samples, len(X)):
                 break
-        return np.concatenate(keys), np.concatenate(descriptors), sizes, sample
+        return np.concatenate(keys), n_patches, patches, descriptors
 
-    def _dataset_statistics(self, X, chunks, expected, keys, sizes, seed):
-        """Pass 2; each category's patch count is known from the survey, so
-        its sample is bounded as in :meth:`_survey`, without the margin."""
-        per_category = np.bincount(self.categories_, weights=sizes,
-                                   minlength=self.n_categories_)
-        for below in ([priority_bound(self.max_samples, n) for n in per_category], None):
-            statistics, samples = {}, {}
-            for chunk_statistics, chunk_samples in self._map(
+    def _dataset_statistics(self, X, chunks, expected, keys, n_patches, descriptor_sample,
+                            seed):
+        """Pass 2, which also finds each image's category. Each category's
+        patch count is estimated from the sample of descriptors (with eight
+        standard deviations to spare, and twice the sample expected), so its
+        sample is bounded as in :meth:`_survey`; again without the bounds in
+        the rare case one did not fill up."""
+        sampled = np.bincount(
+            nearest_centroid(descriptor_sample.result(), self.category_centers_),
+            minlength=self.n_categories_,
+        )
+        if len(descriptor_sample) < len(X):  # a sample of the images: a lower estimate
+            sampled = np.maximum(sampled - 8 * np.sqrt(sampled), 0)
+        estimates = sampled / len(descriptor_sample) * n_patches
+        for below in ([priority_bound(self.max_samples, n, margin=2) for n in estimates],
+                      None):
+            categories, statistics, samples = [], {}, {}
+            for chunk_categories, chunk_statistics, chunk_samples in self._map(
                 dataset_statistics, X, chunks, expected, PerImage(keys), self._light(),
                 seed, self.max_samples, below,
             ):
+                categories.append(chunk_categories)
                 for name, values in chunk_statistics.items():
                     statistics[name] = statistics.get(name, 0) + values
                 for category, sample in chunk_samples.items():
                     samples.setdefault(category, BoundedSample(self.max_samples)).merge(sample)
             if all(len(samples.get(c, ())) == min(self.max_samples, n)
-                   for c, n in enumerate(per_category) if n):
+                   for c, n in enumerate(statistics["category_patches"]) if n):
                 break
+        self.categories_ = np.concatenate(categories)
         return statistics, samples
 
     def _fit_category_pairs(self, samples, statistics):

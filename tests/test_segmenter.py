@@ -590,7 +590,7 @@ def test_max_samples_below_the_dataset_clusters_is_refused_naming_both(planted):
 def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
         planted, monkeypatch):
     # The process that calls fit receives from each task at most max_samples
-    # rows per sample, and in all about twice max_samples per sample: only
+    # patches per sample, and in all about twice max_samples per sample: only
     # the patches under a priority bound, which changes nothing in the fit;
     # where the bound was too tight (images smaller than image 0), the pass
     # runs again without it.
@@ -602,7 +602,7 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
 
         def run(*args):
             result = real(*args)
-            samples = [result[3]] if name == "survey" else result[1].values()
+            samples = [result[2]] if name == "survey" else result[2].values()
             returned[name].append([len(pickle.loads(pickle.dumps(s))._parts[0][1])
                                    for s in samples if s._parts])
             return result
@@ -625,10 +625,10 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
     for name in returned:
         assert len(rows[name]) == len(rows_without[name]) == 30
         assert max(rows[name]) <= 200 * (1 if name == "survey" else n_categories)
-        # Twice the sample where the patch count is estimated, once where
-        # known, plus eight standard deviations.
-        margin, n_samples = (2, 1) if name == "survey" else (1, n_categories)
-        assert sum(rows[name]) < 1.2 * n_samples * (margin * 200 + 8 * 200 ** 0.5)
+        # Twice the sample (the patch counts are estimated), plus eight
+        # standard deviations.
+        n_samples = 1 if name == "survey" else n_categories
+        assert sum(rows[name]) < 1.2 * n_samples * (2 * 200 + 8 * 200 ** 0.5)
         assert sum(rows_without[name]) > 4 * sum(rows[name])
         assert len(rows_too_tight[name]) == 60
     for other in (unbounded, too_tight):
@@ -636,3 +636,18 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
             np.testing.assert_array_equal(getattr(seg, name), getattr(other, name))
         for a, b in zip(seg.labels_, other.labels_):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_sample_of_image_descriptors_is_bounded_too_and_changes_nothing(
+        planted, monkeypatch):
+    # With max_samples under the number of images, the survey's tasks send
+    # back only the descriptors under a bound as well.
+    X, _ = planted
+    seg = _seg(max_samples=20, chunk_size=5).fit(X)
+    assert skseg._clustering.priority_bound(20, len(X)) is not None
+    monkeypatch.setattr(skseg._segmenter, "priority_bound", lambda size, n_rows, margin=1: None)
+    unbounded = _seg(max_samples=20, chunk_size=5).fit(X)
+    np.testing.assert_array_equal(seg.category_centers_, unbounded.category_centers_)
+    np.testing.assert_array_equal(seg.categories_, unbounded.categories_)
+    for a, b in zip(seg.labels_, unbounded.labels_):
+        np.testing.assert_array_equal(a, b)
