@@ -218,6 +218,12 @@ def _read_class_names(source):
     return {index: line.strip() for index, line in enumerate(lines) if line.strip()}
 
 
+def cmd_report(args):
+    from ._report import run_report
+
+    return run_report(args)
+
+
 def cmd_demo(args):
     from ._demo import run_demo
 
@@ -399,6 +405,25 @@ def build_parser():
                                "(line 1 is class 0)")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    report = commands.add_parser(
+        "report", help="an HTML page of the classes found, to name them by",
+        allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write OUTDIR/report/index.html from the masks skseg segment wrote "
+                    "into OUTDIR: each class's share of pixels and images, its colour, "
+                    "name and example regions, and each image's overlay. Names come from "
+                    "OUTDIR/classes.json, which you edit (a template is written when "
+                    "there is none).")
+    report.add_argument("output", type=Path, metavar="OUTDIR",
+                        help="output folder of skseg segment")
+    report.add_argument("--examples", type=_positive_int, default=8,
+                        help="example regions shown per class")
+    report.add_argument("--max-images", type=_at_least(0), default=200,
+                        help="images whose overlays the page shows (the statistics "
+                             "count them all)")
+    report.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress or messages; errors only")
+    report.set_defaults(handler=cmd_report)
 
     demo = commands.add_parser(
         "demo", help="run the whole pipeline offline on synthetic scenes",
