@@ -124,6 +124,7 @@ def _build_pipeline(args):
         min_region_size=args.min_region_size, max_samples=args.max_samples,
         max_iter=args.max_iter, n_init=args.n_init, metric=args.metric,
         device=args.device, random_state=args.random_state, n_jobs=args.n_jobs,
+        verbose=not args.quiet,
     )
     return Pipeline([("vit", vit), ("seg", segmenter)])
 
@@ -136,7 +137,8 @@ def _load_pipeline(args):
     pipeline = load_model(args.load_model)
     vit, segmenter = (step for _, step in pipeline.steps)
     vit.set_params(verbose=not args.quiet, batch_size=args.batch_size, device=args.device)
-    segmenter.set_params(device=args.device, n_jobs=args.n_jobs)
+    vars(segmenter).setdefault("verbose", False)  # saved before it had the parameter
+    segmenter.set_params(device=args.device, n_jobs=args.n_jobs, verbose=not args.quiet)
     return pipeline
 
 
@@ -276,6 +278,30 @@ def _write_preview(args, images, record):
     _say(args, f"Preview of {len(shown)} of {len(images)} images: {args.preview}")
 
 
+def _remind_random_weights(args, vit):
+    if not vit.pretrained and vit.weights is None:
+        _say(args, f"The ViT ({vit.model}) has RANDOM weights: the masks only show that "
+                   "the tool runs. For real masks pass --weights FILE, or leave out "
+                   "--random-weights where the hub (or its cache) is reachable.")
+
+
+def _chosen_counts(segmenter):
+    """What ``auto`` chose, and the criterion's best values, one line each."""
+    lines = []
+    for option, what, chosen, scores in (
+            ("--n-categories", "image categories", getattr(segmenter, "n_categories_", None),
+             getattr(segmenter, "n_categories_scores_", None)),
+            ("--n-classes", "classes", getattr(segmenter, "n_classes_", None),
+             getattr(segmenter, "n_classes_scores_", None))):
+        if not scores:
+            continue
+        best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:4]
+        values = ", ".join(f"{count}: {score:.3f}" for count, score in best)
+        lines.append(f"{option} auto chose {chosen} {what} (silhouette, higher is better; "
+                     f"best {values}).")
+    return lines
+
+
 def _digest(path):
     try:
         return content_hash(path)
@@ -354,12 +380,15 @@ def _run_segment(args, images):
     write_record(output, new)  # before any mask, so that every mask is accounted for
     kept_set = set(kept_images)
     todo = [image for image in good if image not in kept_set]
+    _remind_random_weights(args, vit)
     if args.load_model:
         _say(args, f"Loaded {args.load_model}; predicting {len(todo)} images.")
         labels = pipeline.predict([image.path for image in todo]) if todo else []
     else:
         _say(args, f"Fitting on {len(good)} images with {args.model}.")
         pipeline.fit([image.path for image in good])
+        for line in _chosen_counts(pipeline.named_steps["seg"]):
+            _say(args, line)
         position = {image: k for k, image in enumerate(good)}
         # A lazy LabelMasks: each mask is made when written, one at a time.
         labels = pipeline.named_steps["seg"].labels_[[position[image] for image in todo]]

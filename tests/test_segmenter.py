@@ -585,3 +585,25 @@ def test_max_samples_below_the_dataset_clusters_is_refused_naming_both(planted):
     with pytest.raises(ValueError, match="max_samples=5 is below n_dataset_clusters=8"):
         _seg(max_samples=5).fit(X)
     _seg(max_samples=5, n_dataset_clusters=5).fit(X)
+
+
+def test_verbose_names_every_stage_with_a_bar_per_pass_and_is_silent_by_default(
+        planted, capsys):
+    X, _ = planted
+    MultilevelSegmenter(n_classes=3, refine=None, random_state=0).fit(X).predict(X[:2])
+    assert capsys.readouterr() == ("", "")
+    segmenter = MultilevelSegmenter(n_classes="auto", max_classes=4, refine=None,
+                                    random_state=0, verbose=True)
+    assert segmenter.get_params()["verbose"] is True
+    segmenter.fit(X)
+    err = capsys.readouterr().err
+    stages = [line.split(": ")[1] for line in err.splitlines()
+              if line.startswith("MultilevelSegmenter: ")]
+    assert stages == ["survey", "dataset level", "dataset level", "category level",
+                      "image level, consensus and refinement (none), then object regions "
+                      "(pooled descriptors)", "labelling", "labelling"]
+    assert f"labelling: {segmenter.n_classes_} classes chosen (silhouette" in err
+    for bar in ("survey", "dataset level", "image level + refinement"):
+        assert f"{bar}: 100%" in err
+    with pytest.raises(ValueError, match="verbose"):
+        MultilevelSegmenter(verbose="loud").fit(X)
