@@ -14,6 +14,14 @@ from ._segment_run import run_segment
 _DEFAULT_MODEL = "vit_small_patch8_224.dino"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help line, but a required option's,
+    which has none to show."""
+
+    def _get_help_string(self, action):
+        return action.help if action.required else super()._get_help_string(action)
+
+
 def _at_least(smallest):
     """An argparse type: a whole number no smaller than ``smallest``."""
 
@@ -153,13 +161,33 @@ def cmd_evaluate(args):
     for folder in (truth_dir, pred_dir):
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder.")
-    truths = sorted(p for p in truth_dir.rglob("*.png") if not p.name.startswith("."))
+    truths = _png_masks(truth_dir)
     if not truths:
         raise UserError(f"no PNG masks in {truth_dir}.")
     class_names = _read_class_names(args.class_names) if args.class_names else None
-    y_true, y_pred, missing = [], [], []
+    # Masks written below OUTDIR/JPEGImages/ pair with GT/x.png by file name,
+    # when no prediction has the ground truth's relative path.
+    by_path = {pred_dir / truth.relative_to(truth_dir) for truth in truths}
+    by_stem = {}
+    for pred in _png_masks(pred_dir):
+        if pred not in by_path:
+            by_stem.setdefault(pred.stem, []).append(pred)
+    truths_by_stem = {}
+    for truth in truths:
+        truths_by_stem.setdefault(truth.stem, []).append(truth)
+    y_true, y_pred, missing, by_name = [], [], [], 0
     for truth in truths:
         pred = pred_dir / truth.relative_to(truth_dir)
+        if not pred.is_file() and by_stem.get(truth.stem):
+            sharing = by_stem[truth.stem] + [other for other in truths_by_stem[truth.stem]
+                                             if other != truth]
+            if len(sharing) > 1:
+                raise UserError(f"ground truth {truth} has no prediction at {pred}, and "
+                                f"its file name is not enough to pair it: "
+                                f"{', '.join(map(str, sharing[:3]))} have it too; give "
+                                "folders whose masks pair by relative path.")
+            pred = by_stem[truth.stem][0]
+            by_name += 1
         if not pred.is_file():
             if not args.allow_missing:
                 raise UserError(f"no prediction {pred} for ground truth {truth} "
@@ -179,6 +207,9 @@ def cmd_evaluate(args):
     if all((mask == args.ignore_index).all() for mask in y_true):
         raise UserError(f"every pixel of the ground truth in {truth_dir} is "
                         f"--ignore-index {args.ignore_index}: there is nothing to score.")
+    print(f"skseg: paired {len(y_true)} of {len(truths)} ground-truth masks with a "
+          f"prediction" + (f" ({by_name} by file name, the others by relative path)"
+                           if by_name else " by relative path") + ".", file=sys.stderr)
     if missing:
         print(f"skseg: {len(missing)} of {len(truths)} predictions are missing (e.g. "
               f"{missing[0]}); scored the {len(y_true)} there are.", file=sys.stderr)
@@ -204,6 +235,10 @@ def cmd_evaluate(args):
         name = f"  {class_names[label]}" if class_names and label in class_names else ""
         print(f"{label:5d}  {100 * value:6.2f}{name}")
     return 0
+
+
+def _png_masks(folder):
+    return sorted(path for path in folder.rglob("*.png") if not path.name.startswith("."))
 
 
 def _read_class_names(source):
@@ -234,7 +269,7 @@ def cmd_demo(args):
 def _add_segment_parser(commands):
     segment = commands.add_parser(
         "segment", help="segment images: one label PNG per image", allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         description="Fit the skseg pipeline on all inputs and write one palette PNG of "
                     "labels per image (0 = background) below OUTDIR. OUTDIR records what "
                     "made its masks: a rerun of the same fit only does what is left, a "
@@ -388,9 +423,10 @@ def build_parser():
 
     evaluate = commands.add_parser(
         "evaluate", help="mIoU of predicted label PNGs against ground truth",
-        allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False, formatter_class=_HelpFormatter,
         description="Hungarian-matched mIoU over the whole set (255 ignored), pixel "
-                    "accuracy and per-class IoU. Files are paired by relative path.")
+                    "accuracy and per-class IoU. Files are paired by relative path, or "
+                    "else by file name (OUTDIR/JPEGImages/x.png with GT/x.png).")
     evaluate.add_argument("pred_dir", help="folder of predicted label PNGs")
     evaluate.add_argument("gt_dir", help="folder of ground-truth label PNGs")
     evaluate.add_argument("--matching", choices=["hungarian", "majority", "none"],
@@ -408,7 +444,7 @@ def build_parser():
 
     report = commands.add_parser(
         "report", help="an HTML page of the classes found, to name them by",
-        allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False, formatter_class=_HelpFormatter,
         description="Write OUTDIR/report/index.html from the masks skseg segment wrote "
                     "into OUTDIR: each class's share of pixels and images, its colour, "
                     "name and example regions, and each image's overlay. Names come from "
@@ -427,7 +463,7 @@ def build_parser():
 
     demo = commands.add_parser(
         "demo", help="run the whole pipeline offline on synthetic scenes",
-        allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False, formatter_class=_HelpFormatter,
         description="Segment synthetic scenes with an untrained ViT (no weights can be "
                     "assumed offline), compare with plain K-means, and save a figure.")
     demo.add_argument("--output", type=Path, default=Path("skseg-demo"),

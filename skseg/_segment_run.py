@@ -237,7 +237,9 @@ def _plan(record, fit, images, digests, args):
 
 
 def _complete_overlays(args, images, record, legend, legend_key):
-    """Draw the overlays the kept masks lack (or that had another legend)."""
+    """Draw the overlays the kept masks lack (or that had another legend);
+    return how many were drawn."""
+    drawn = 0
     for image in images:
         entry = record["outputs"][image.mask_name.as_posix()]
         picture = _inside(args.output, image.overlay_name)
@@ -246,6 +248,13 @@ def _complete_overlays(args, images, record, legend, legend_key):
         _write_overlay(image, read_label_png(_inside(args.output, image.mask_name)), legend,
                        picture)
         entry["overlay"] = legend_key
+        drawn += 1
+    return drawn
+
+
+def _redrawn(count):
+    """What redrawing ``count`` overlays of kept masks was, for a message."""
+    return f"redrew {count} overlay{'' if count == 1 else 's'}" if count else ""
 
 
 def _write_overlay(image, mask, legend, picture):
@@ -352,13 +361,16 @@ def _run_segment(args, images):
         new["preview"] = record.get("preview")
     kept_images = [images[index] for index in sorted(kept)]
     if len(kept) + len(skipped_before) == len(images) and not args.save_model:
-        if args.overlay:
-            _complete_overlays(args, kept_images, new, legend, legend_key)
+        redrawn = _complete_overlays(args, kept_images, new, legend, legend_key) \
+            if args.overlay else 0
         if args.preview:
             _write_preview(args, kept_images, new)
         write_record(output, new)
-        _say(args, f"All {len(kept)} masks in {output} were made by this same fit; nothing "
-                   "to do (--force rewrites them).")
+        done = [_redrawn(redrawn)] if redrawn else []
+        if args.preview:
+            done.append("rewrote the preview")
+        _say(args, f"All {len(kept)} masks in {output} were made by this same fit; "
+                   f"{' and '.join(done) or 'nothing to do'} (--force rewrites them).")
         if skipped_before:
             print(f"skseg: {len(skipped_before)} input(s) could not be read in that run and "
                   "were skipped.", file=sys.stderr)
@@ -394,11 +406,12 @@ def _run_segment(args, images):
         labels = pipeline.named_steps["seg"].labels_[[position[image] for image in todo]]
     previous_outputs = record["outputs"] if record else {}
     _write_masks(args, todo, labels, new, previous_outputs, digest_of, legend_key, legend)
-    if args.overlay:
-        _complete_overlays(args, kept_images, new, legend, legend_key)
+    redrawn = _complete_overlays(args, kept_images, new, legend, legend_key) \
+        if args.overlay else 0
     write_record(output, new)
     _say(args, f"Wrote {len(todo)} masks to {output}"
-               + (f"; kept {len(kept)} made by this same fit" if kept else "") + ".")
+               + (f"; kept {len(kept)} made by this same fit" if kept else "")
+               + (f" and {_redrawn(redrawn)}" if redrawn else "") + ".")
     status = 0
     if args.save_model:
         try:
