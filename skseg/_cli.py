@@ -3,6 +3,8 @@
 import argparse
 import contextlib
 import json
+import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -139,6 +141,7 @@ def _on_cluster(command):
             if args.scheduler is not None or args.workers is not None:
                 from ._dask import dask_backend
 
+                stack.enter_context(_dask_logs_as_warnings(args.quiet))
                 try:
                     stack.enter_context(dask_backend(args.scheduler, args.workers,
                                                      connect_timeout=args.connect_timeout))
@@ -151,6 +154,60 @@ def _on_cluster(command):
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     print(f"skseg: warning: {one_line(message)}", file=sys.stderr)
+
+
+class _OneLineLogHandler(logging.Handler):
+    """Log records printed as the command line prints Python warnings."""
+
+    def emit(self, record):
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a record whose arguments do not fit it
+            message = str(record.msg)
+        print(f"skseg: warning: {one_line(message)}", file=sys.stderr)
+
+
+# The loggers of Dask and distributed, and of the web server under distributed.
+_DASK_LOGGERS = ("distributed", "dask", "tornado", "bokeh")
+
+
+@contextlib.contextmanager
+def _dask_logs_as_warnings(quiet):
+    """Within the block, Dask's and distributed's log lines (warnings and
+    worse) print as ``skseg: warning: ...`` lines, or not at all with ``-q``.
+
+    This process's loggers get a handler that does so in place of theirs.
+    Worker processes started in the block configure their logging from
+    Dask's settings in the environment when they import distributed, so
+    those say the same (their tracebacks keep their lines).
+    """
+    with contextlib.suppress(ImportError):
+        # distributed gives its loggers their handlers on import: first that,
+        # then ours in their place.
+        import distributed  # noqa: F401
+    handler = _OneLineLogHandler(logging.CRITICAL + 1 if quiet else logging.WARNING)
+    saved = []
+    names = set(_DASK_LOGGERS) | {
+        name for name in logging.root.manager.loggerDict
+        if name.split(".")[0] in _DASK_LOGGERS and logging.getLogger(name).handlers}
+    for name in sorted(names):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers, logger.propagate = [handler], False
+    environment = {"DASK_DISTRIBUTED__ADMIN__LOG_FORMAT": "skseg: warning: %(message)s",
+                   "DASK_LOGGING__DISTRIBUTED": "critical" if quiet else "warning"}
+    before = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
 
 
 def cmd_evaluate(args):
