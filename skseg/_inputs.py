@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .datasets._folder import IMAGE_SUFFIXES, skipped_folder
+from .datasets import IMAGE_SUFFIXES, skipped_folder
 
 
 class UserError(ValueError):

@@ -111,7 +111,7 @@ def _largest_region(where):
     from scipy import ndimage
 
     regions, count = ndimage.label(where, structure=np.ones((3, 3), bool))
-    if count == 1:
+    if count <= 1:
         return where, int(where.sum())
     sizes = np.bincount(regions.ravel())[1:]
     biggest = int(np.argmax(sizes))
@@ -194,8 +194,8 @@ def _survey(output, record, names, class_names, *, n_examples, max_images, quiet
         for label in present:
             region, area = _largest_region(small == label)
             examples = summaries[label].examples
-            if len(examples) == n_examples and area <= examples[0].area:
-                continue  # not among the largest: skip making its crop
+            if not area or len(examples) == n_examples and area <= examples[0].area:
+                continue  # lost in shrinking, or not among the largest: no crop
             example = _Example(area, -order, name,
                                _outlined_crop(rgb, region, _colour(label)))
             if len(examples) < n_examples:

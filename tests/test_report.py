@@ -226,3 +226,13 @@ def test_the_page_renders_in_a_headless_browser(tmp_path):
     for label in labels:
         # Each class's swatches and section band, in its legend colour.
         assert count_of.get(tuple(voc_palette()[label].tolist()), 0) > 200, label
+
+
+def test_a_class_too_small_to_survive_shrinking_still_has_its_section(tmp_path):
+    out = _plant(tmp_path)
+    mask = np.zeros((1000, 60), np.uint8)
+    mask[1, 1] = 5  # the page's pictures keep every other row: this one goes
+    save_label_png(mask, out / "c.png")
+    index, _, labels = write_report(out, quiet=True)
+    assert labels == [1, 2, 3, 5] and "class-5" in _check_links(index).sections
+    assert not list((out / "report" / "classes").glob("5-*.jpg"))
