@@ -1,4 +1,4 @@
-"""The ``skseg`` command line: argument parsing and the three commands."""
+"""The ``skseg`` command line: argument parsing and the commands."""
 
 import argparse
 import contextlib
@@ -509,9 +509,9 @@ def build_parser():
                     "there is none).")
     report.add_argument("output", type=Path, metavar="OUTDIR",
                         help="output folder of skseg segment")
-    report.add_argument("--examples", type=_positive_int, default=8,
+    report.add_argument("--examples", type=_positive_int, default=8, metavar="N",
                         help="example regions shown per class")
-    report.add_argument("--max-images", type=_at_least(0), default=200,
+    report.add_argument("--max-images", type=_at_least(0), default=200, metavar="N",
                         help="images whose overlays the page shows (the statistics "
                              "count them all)")
     report.add_argument("-q", "--quiet", action="store_true",
