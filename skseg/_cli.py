@@ -1,8 +1,10 @@
-"""The ``skseg`` command line: argument parsing and the three commands."""
+"""The ``skseg`` command line: argument parsing and the commands."""
 
 import argparse
 import contextlib
 import json
+import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -12,6 +14,14 @@ from ._inputs import UserError, one_line
 from ._segment_run import run_segment
 
 _DEFAULT_MODEL = "vit_small_patch8_224.dino"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help line, but a required option's,
+    which has none to show."""
+
+    def _get_help_string(self, action):
+        return action.help if action.required else super()._get_help_string(action)
 
 
 def _at_least(smallest):
@@ -131,6 +141,7 @@ def _on_cluster(command):
             if args.scheduler is not None or args.workers is not None:
                 from ._dask import dask_backend
 
+                stack.enter_context(_dask_logs_as_warnings(args.quiet))
                 try:
                     stack.enter_context(dask_backend(args.scheduler, args.workers,
                                                      connect_timeout=args.connect_timeout))
@@ -145,6 +156,60 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"skseg: warning: {one_line(message)}", file=sys.stderr)
 
 
+class _OneLineLogHandler(logging.Handler):
+    """Log records printed as the command line prints Python warnings."""
+
+    def emit(self, record):
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a record whose arguments do not fit it
+            message = str(record.msg)
+        print(f"skseg: warning: {one_line(message)}", file=sys.stderr)
+
+
+# The loggers of Dask and distributed, and of the web server under distributed.
+_DASK_LOGGERS = ("distributed", "dask", "tornado", "bokeh")
+
+
+@contextlib.contextmanager
+def _dask_logs_as_warnings(quiet):
+    """Within the block, Dask's and distributed's log lines (warnings and
+    worse) print as ``skseg: warning: ...`` lines, or not at all with ``-q``.
+
+    This process's loggers get a handler that does so in place of theirs.
+    Worker processes started in the block configure their logging from
+    Dask's settings in the environment when they import distributed, so
+    those say the same (their tracebacks keep their lines).
+    """
+    with contextlib.suppress(ImportError):
+        # distributed gives its loggers their handlers on import: first that,
+        # then ours in their place.
+        import distributed  # noqa: F401
+    handler = _OneLineLogHandler(logging.CRITICAL + 1 if quiet else logging.WARNING)
+    saved = []
+    names = set(_DASK_LOGGERS) | {
+        name for name in logging.root.manager.loggerDict
+        if name.split(".")[0] in _DASK_LOGGERS and logging.getLogger(name).handlers}
+    for name in sorted(names):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers, logger.propagate = [handler], False
+    environment = {"DASK_DISTRIBUTED__ADMIN__LOG_FORMAT": "skseg: warning: %(message)s",
+                   "DASK_LOGGING__DISTRIBUTED": "critical" if quiet else "warning"}
+    before = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+
+
 def cmd_evaluate(args):
     from ._io import read_label_png
     from .metrics import segmentation_report
@@ -153,13 +218,33 @@ def cmd_evaluate(args):
     for folder in (truth_dir, pred_dir):
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder.")
-    truths = sorted(p for p in truth_dir.rglob("*.png") if not p.name.startswith("."))
+    truths = _png_masks(truth_dir)
     if not truths:
         raise UserError(f"no PNG masks in {truth_dir}.")
     class_names = _read_class_names(args.class_names) if args.class_names else None
-    y_true, y_pred, missing = [], [], []
+    # Masks written below OUTDIR/JPEGImages/ pair with GT/x.png by file name,
+    # when no prediction has the ground truth's relative path.
+    by_path = {pred_dir / truth.relative_to(truth_dir) for truth in truths}
+    by_stem = {}
+    for pred in _png_masks(pred_dir):
+        if pred not in by_path:
+            by_stem.setdefault(pred.stem, []).append(pred)
+    truths_by_stem = {}
+    for truth in truths:
+        truths_by_stem.setdefault(truth.stem, []).append(truth)
+    y_true, y_pred, missing, by_name = [], [], [], 0
     for truth in truths:
         pred = pred_dir / truth.relative_to(truth_dir)
+        if not pred.is_file() and by_stem.get(truth.stem):
+            sharing = by_stem[truth.stem] + [other for other in truths_by_stem[truth.stem]
+                                             if other != truth]
+            if len(sharing) > 1:
+                raise UserError(f"ground truth {truth} has no prediction at {pred}, and "
+                                f"its file name is not enough to pair it: "
+                                f"{', '.join(map(str, sharing[:3]))} have it too; give "
+                                "folders whose masks pair by relative path.")
+            pred = by_stem[truth.stem][0]
+            by_name += 1
         if not pred.is_file():
             if not args.allow_missing:
                 raise UserError(f"no prediction {pred} for ground truth {truth} "
@@ -179,6 +264,9 @@ def cmd_evaluate(args):
     if all((mask == args.ignore_index).all() for mask in y_true):
         raise UserError(f"every pixel of the ground truth in {truth_dir} is "
                         f"--ignore-index {args.ignore_index}: there is nothing to score.")
+    print(f"skseg: paired {len(y_true)} of {len(truths)} ground-truth masks with a "
+          f"prediction" + (f" ({by_name} by file name, the others by relative path)"
+                           if by_name else " by relative path") + ".", file=sys.stderr)
     if missing:
         print(f"skseg: {len(missing)} of {len(truths)} predictions are missing (e.g. "
               f"{missing[0]}); scored the {len(y_true)} there are.", file=sys.stderr)
@@ -206,6 +294,10 @@ def cmd_evaluate(args):
     return 0
 
 
+def _png_masks(folder):
+    return sorted(path for path in folder.rglob("*.png") if not path.name.startswith("."))
+
+
 def _read_class_names(source):
     if source == "voc":
         from .datasets import VOC_CLASSES
@@ -218,6 +310,12 @@ def _read_class_names(source):
     return {index: line.strip() for index, line in enumerate(lines) if line.strip()}
 
 
+def cmd_report(args):
+    from ._report import run_report
+
+    return run_report(args)
+
+
 def cmd_demo(args):
     from ._demo import run_demo
 
@@ -228,7 +326,7 @@ def cmd_demo(args):
 def _add_segment_parser(commands):
     segment = commands.add_parser(
         "segment", help="segment images: one label PNG per image", allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         description="Fit the skseg pipeline on all inputs and write one palette PNG of "
                     "labels per image (0 = background) below OUTDIR. OUTDIR records what "
                     "made its masks: a rerun of the same fit only does what is left, a "
@@ -382,9 +480,10 @@ def build_parser():
 
     evaluate = commands.add_parser(
         "evaluate", help="mIoU of predicted label PNGs against ground truth",
-        allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False, formatter_class=_HelpFormatter,
         description="Hungarian-matched mIoU over the whole set (255 ignored), pixel "
-                    "accuracy and per-class IoU. Files are paired by relative path.")
+                    "accuracy and per-class IoU. Files are paired by relative path, or "
+                    "else by file name (OUTDIR/JPEGImages/x.png with GT/x.png).")
     evaluate.add_argument("pred_dir", help="folder of predicted label PNGs")
     evaluate.add_argument("gt_dir", help="folder of ground-truth label PNGs")
     evaluate.add_argument("--matching", choices=["hungarian", "majority", "none"],
@@ -400,9 +499,28 @@ def build_parser():
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(handler=cmd_evaluate)
 
+    report = commands.add_parser(
+        "report", help="an HTML page of the classes found, to name them by",
+        allow_abbrev=False, formatter_class=_HelpFormatter,
+        description="Write OUTDIR/report/index.html from the masks skseg segment wrote "
+                    "into OUTDIR: each class's share of pixels and images, its colour, "
+                    "name and example regions, and each image's overlay. Names come from "
+                    "OUTDIR/classes.json, which you edit (a template is written when "
+                    "there is none).")
+    report.add_argument("output", type=Path, metavar="OUTDIR",
+                        help="output folder of skseg segment")
+    report.add_argument("--examples", type=_positive_int, default=8, metavar="N",
+                        help="example regions shown per class")
+    report.add_argument("--max-images", type=_at_least(0), default=200, metavar="N",
+                        help="images whose overlays the page shows (the statistics "
+                             "count them all)")
+    report.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress or messages; errors only")
+    report.set_defaults(handler=cmd_report)
+
     demo = commands.add_parser(
         "demo", help="run the whole pipeline offline on synthetic scenes",
-        allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False, formatter_class=_HelpFormatter,
         description="Segment synthetic scenes with an untrained ViT (no weights can be "
                     "assumed offline), compare with plain K-means, and save a figure.")
     demo.add_argument("--output", type=Path, default=Path("skseg-demo"),

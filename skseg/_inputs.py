@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .datasets import IMAGE_SUFFIXES, MASK_FOLDER_NAMES
+from .datasets import IMAGE_SUFFIXES, skipped_folder
 
 
 class UserError(ValueError):
@@ -80,7 +80,7 @@ def _walk(folder, recursive, skip):
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
-                if recursive and entry.name not in MASK_FOLDER_NAMES:
+                if recursive and not skipped_folder(entry.name):
                     if entry.is_symlink():
                         links.append((Path(entry.path), child))
                     else:

@@ -124,6 +124,7 @@ def _build_pipeline(args):
         min_region_size=args.min_region_size, max_samples=args.max_samples,
         max_iter=args.max_iter, n_init=args.n_init, metric=args.metric,
         device=args.device, random_state=args.random_state, n_jobs=args.n_jobs,
+        verbose=not args.quiet,
     )
     return Pipeline([("vit", vit), ("seg", segmenter)])
 
@@ -136,7 +137,8 @@ def _load_pipeline(args):
     pipeline = load_model(args.load_model)
     vit, segmenter = (step for _, step in pipeline.steps)
     vit.set_params(verbose=not args.quiet, batch_size=args.batch_size, device=args.device)
-    segmenter.set_params(device=args.device, n_jobs=args.n_jobs)
+    vars(segmenter).setdefault("verbose", False)  # saved before it had the parameter
+    segmenter.set_params(device=args.device, n_jobs=args.n_jobs, verbose=not args.quiet)
     return pipeline
 
 
@@ -235,7 +237,9 @@ def _plan(record, fit, images, digests, args):
 
 
 def _complete_overlays(args, images, record, legend, legend_key):
-    """Draw the overlays the kept masks lack (or that had another legend)."""
+    """Draw the overlays the kept masks lack (or that had another legend);
+    return how many were drawn."""
+    drawn = 0
     for image in images:
         entry = record["outputs"][image.mask_name.as_posix()]
         picture = _inside(args.output, image.overlay_name)
@@ -244,6 +248,13 @@ def _complete_overlays(args, images, record, legend, legend_key):
         _write_overlay(image, read_label_png(_inside(args.output, image.mask_name)), legend,
                        picture)
         entry["overlay"] = legend_key
+        drawn += 1
+    return drawn
+
+
+def _redrawn(count):
+    """What redrawing ``count`` overlays of kept masks was, for a message."""
+    return f"redrew {count} overlay{'' if count == 1 else 's'}" if count else ""
 
 
 def _write_overlay(image, mask, legend, picture):
@@ -274,6 +285,30 @@ def _write_preview(args, images, record):
                   args.preview, cell=128)
     record["preview"] = os.path.realpath(args.preview)
     _say(args, f"Preview of {len(shown)} of {len(images)} images: {args.preview}")
+
+
+def _remind_random_weights(args, vit):
+    if not vit.pretrained and vit.weights is None:
+        _say(args, f"The ViT ({vit.model}) has RANDOM weights: the masks only show that "
+                   "the tool runs. For real masks pass --weights FILE, or leave out "
+                   "--random-weights where the hub (or its cache) is reachable.")
+
+
+def _chosen_counts(segmenter):
+    """What ``auto`` chose, and the criterion's best values, one line each."""
+    lines = []
+    for option, what, chosen, scores in (
+            ("--n-categories", "image categories", getattr(segmenter, "n_categories_", None),
+             getattr(segmenter, "n_categories_scores_", None)),
+            ("--n-classes", "classes", getattr(segmenter, "n_classes_", None),
+             getattr(segmenter, "n_classes_scores_", None))):
+        if not scores:
+            continue
+        best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:4]
+        values = ", ".join(f"{count}: {score:.3f}" for count, score in best)
+        lines.append(f"{option} auto chose {chosen} {what} (silhouette, higher is better; "
+                     f"best {values}).")
+    return lines
 
 
 def _digest(path):
@@ -326,13 +361,16 @@ def _run_segment(args, images):
         new["preview"] = record.get("preview")
     kept_images = [images[index] for index in sorted(kept)]
     if len(kept) + len(skipped_before) == len(images) and not args.save_model:
-        if args.overlay:
-            _complete_overlays(args, kept_images, new, legend, legend_key)
+        redrawn = _complete_overlays(args, kept_images, new, legend, legend_key) \
+            if args.overlay else 0
         if args.preview:
             _write_preview(args, kept_images, new)
         write_record(output, new)
-        _say(args, f"All {len(kept)} masks in {output} were made by this same fit; nothing "
-                   "to do (--force rewrites them).")
+        done = [_redrawn(redrawn)] if redrawn else []
+        if args.preview:
+            done.append("rewrote the preview")
+        _say(args, f"All {len(kept)} masks in {output} were made by this same fit; "
+                   f"{' and '.join(done) or 'nothing to do'} (--force rewrites them).")
         if skipped_before:
             print(f"skseg: {len(skipped_before)} input(s) could not be read in that run and "
                   "were skipped.", file=sys.stderr)
@@ -354,22 +392,26 @@ def _run_segment(args, images):
     write_record(output, new)  # before any mask, so that every mask is accounted for
     kept_set = set(kept_images)
     todo = [image for image in good if image not in kept_set]
+    _remind_random_weights(args, vit)
     if args.load_model:
         _say(args, f"Loaded {args.load_model}; predicting {len(todo)} images.")
         labels = pipeline.predict([image.path for image in todo]) if todo else []
     else:
         _say(args, f"Fitting on {len(good)} images with {args.model}.")
         pipeline.fit([image.path for image in good])
+        for line in _chosen_counts(pipeline.named_steps["seg"]):
+            _say(args, line)
         position = {image: k for k, image in enumerate(good)}
         # A lazy LabelMasks: each mask is made when written, one at a time.
         labels = pipeline.named_steps["seg"].labels_[[position[image] for image in todo]]
     previous_outputs = record["outputs"] if record else {}
     _write_masks(args, todo, labels, new, previous_outputs, digest_of, legend_key, legend)
-    if args.overlay:
-        _complete_overlays(args, kept_images, new, legend, legend_key)
+    redrawn = _complete_overlays(args, kept_images, new, legend, legend_key) \
+        if args.overlay else 0
     write_record(output, new)
     _say(args, f"Wrote {len(todo)} masks to {output}"
-               + (f"; kept {len(kept)} made by this same fit" if kept else "") + ".")
+               + (f"; kept {len(kept)} made by this same fit" if kept else "")
+               + (f" and {_redrawn(redrawn)}" if redrawn else "") + ".")
     status = 0
     if args.save_model:
         try:

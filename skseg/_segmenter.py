@@ -22,6 +22,7 @@ images:
 import copy
 import functools
 import math
+import sys
 import warnings
 from numbers import Integral, Real
 
@@ -81,6 +82,17 @@ from ._validation import HasMethods, Interval, StrOptions
 _CHUNKS_PER_JOB = 4
 # Streams of random draws, one per use, derived from one seed.
 _SEEDS = ("dataset", "categories", "category_pairs", "classes")
+
+
+def _with_progress(results, chunks, description):
+    """The results of a pass over ``chunks``, counted on a progress bar."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=sum(stop - start for start, stop in chunks), desc=description,
+              unit="img") as bar:
+        for (start, stop), result in zip(chunks, results):
+            bar.update(stop - start)
+            yield result
 
 
 class ForegroundWarning(UserWarning):
@@ -228,6 +240,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     n_jobs : int, default=None
         Chunks processed at once (threads by default, or any joblib backend
         in effect, e.g. Dask's). Results do not depend on it.
+    verbose : bool, default=False
+        Print a line to stderr as each stage of ``fit`` starts (survey,
+        dataset level, category level, image level and refinement,
+        labelling) and show a progress bar over the images for each pass
+        over them (in ``predict`` too).
 
     Attributes
     ----------
@@ -328,6 +345,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         "device": [StrOptions({"auto", "cpu", "cuda", "mps"})],
         "random_state": ["random_state"],
         "n_jobs": [None, Integral],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -362,6 +380,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         device="auto",
         random_state=None,
         n_jobs=None,
+        verbose=False,
     ):
         self.n_classes = n_classes
         self.max_classes = max_classes
@@ -392,6 +411,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.verbose = verbose
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -431,6 +451,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         # 1. Survey: every image checked and keyed; bounded, content-keyed
         # samples of patches for the dataset level and of the images'
         # descriptors for their pseudo-categories.
+        self._stage(f"survey: checking and describing {len(X)} images")
         keys, n_patches, patch_sample, descriptor_sample = self._survey(
             X, chunks, expected, (seeds["dataset"], seeds["categories"])
         )
@@ -443,6 +464,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.uses_cls_ = expected.has_cls
 
         # 2. Dataset level, and the images' pseudo-categories.
+        self._stage(f"dataset level: K-means of {len(patch_sample)} sampled patches into "
+                    f"{self.n_dataset_clusters} clusters, then image categories")
         self.dataset_centroids_ = fit_kmeans(
             patch_sample.result(), self.n_dataset_clusters, n_init=self._starts("dataset"),
             max_iter=self.max_iter, seed=seeds["dataset"]
@@ -460,7 +483,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 statistics["counts"], statistics["attention"]
             )
 
+        self._stage(f"dataset level: {int(self.dataset_foreground_.sum())} of "
+                    f"{self.n_dataset_clusters} clusters are foreground")
+
         # 3. Category level, oriented by the dataset level.
+        self._stage(f"category level: a 2-means in each of {self.n_categories_} categories")
         self.category_centroids_ = self._fit_category_pairs(category_samples, statistics)
 
         # 4. The per-image path that predict runs: image level, consensus,
@@ -470,13 +497,27 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 clone(self.region_encoder).fit() if _needs_fit(self.region_encoder)
                 else self.region_encoder
             )
+        self._stage("image level, consensus and refinement "
+                    f"({self.refine if self.refine and self.refine_iter else 'none'}), "
+                    f"then object regions ({self.region} descriptors)")
         regions, region_descriptors, counts = self._segment_all(X, chunks, expected, keys)
         self._diagnose(counts)
 
         # 5. Classes of the object regions.
+        self._stage(f"labelling: {sum(len(d) for d in region_descriptors)} object regions "
+                    "into " + ("a number of classes chosen by the silhouette"
+                               if self.n_classes == "auto" else f"{self.n_classes} classes"))
         self._fit_classes(region_descriptors, keys, seeds["classes"])
         self.labels_ = self._label(regions, region_descriptors)
+        if self.n_classes == "auto":
+            self._stage(f"labelling: {self.n_classes_} classes chosen (silhouette "
+                        f"{self.n_classes_scores_[self.n_classes_]:.3f})")
         return self
+
+    def _stage(self, message):
+        """With ``verbose``, say which stage of the fit starts."""
+        if self.verbose:
+            print(f"{type(self).__name__}: {message}", file=sys.stderr, flush=True)
 
     def _check_params(self):
         dilations = self.refine_dilations
@@ -532,17 +573,18 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         return [(start, min(start + per_chunk, n_images))
                 for start in range(0, n_images, per_chunk)]
 
-    def _map(self, function, X, chunks, *args):
+    def _map(self, function, X, chunks, *args, progress=None):
         """``function(X, start, stop, *args)`` for every chunk, results in
         order, on the joblib backend in effect (threads by default; under
-        Dask's, every worker thread of the cluster).
+        Dask's, every worker thread of the cluster). With ``verbose``, a
+        progress bar over the images named ``progress``.
 
         Each task gets only its chunk's share of per-image data: of X when
         it is in memory (a store travels as its location), and of any
         ``PerImage`` argument.
         """
         in_memory = isinstance(X, (list, tuple, FeatureSequence))
-        return Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(
+        results = Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(
             # Arguments bound in a partial: joblib's Dask backend scatters a
             # large array argument to one worker, and the task could not be
             # rerun once that worker died; a task carrying its own arguments
@@ -554,6 +596,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             ))()
             for start, stop in chunks
         )
+        if progress is None or not self.verbose:
+            return results
+        return _with_progress(results, chunks, progress)
 
     def _light(self):
         """This estimator without its per-training-image attributes: what the
@@ -594,7 +639,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             keys, n_patches = [], 0
             patches, descriptors = BoundedSample(self.max_samples), BoundedSample(self.max_samples)
             for chunk_keys, chunk_patches, chunk_sample, chunk_descriptors in self._map(
-                survey, X, chunks, expected, seeds, self.max_samples, below
+                survey, X, chunks, expected, seeds, self.max_samples, below,
+                progress="survey",
             ):
                 keys.append(chunk_keys)
                 n_patches += chunk_patches
@@ -624,7 +670,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             categories, statistics, samples = [], {}, {}
             for chunk_categories, chunk_statistics, chunk_samples in self._map(
                 dataset_statistics, X, chunks, expected, PerImage(keys), self._light(),
-                seed, self.max_samples, below,
+                seed, self.max_samples, below, progress="dataset level",
             ):
                 categories.append(chunk_categories)
                 for name, values in chunk_statistics.items():
@@ -695,7 +741,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         model = self._light()
         regions, descriptors, counts, no_pixels = [], [], {}, 0
         for chunk_regions, chunk_descriptors, chunk_no_pixels, chunk_counts in self._map(
-            segment, X, chunks, expected, model, None if keys is None else PerImage(keys)
+            segment, X, chunks, expected, model, None if keys is None else PerImage(keys),
+            progress="image level + refinement",
         ):
             regions.extend(chunk_regions)
             descriptors.extend(chunk_descriptors)

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -181,13 +182,17 @@ def test_help_shows_every_default_and_a_line_per_option():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in subparsers.choices.items():
-        assert command.formatter_class is argparse.ArgumentDefaultsHelpFormatter, name
+        assert issubclass(command.formatter_class, argparse.ArgumentDefaultsHelpFormatter), \
+            name
         for action in command._actions:
             assert action.help, f"skseg {name} {action.option_strings or action.dest}"
     text = " ".join(subparsers.choices["segment"].format_help().split())
     for shown in ("(default: vit_small_patch8_224.dino)", "(default: 0.01)",
                   "(default: (1, 2, 4, 8, 12, 24))", "(default: vote)", "(default: 20)"):
         assert shown in text
+    # A required option has no default to show.
+    assert "output folder (never one of the inputs) (default" not in text
+    assert "(never one of the inputs)" in text
 
 
 # Parameters with no option of their own, and why.
@@ -337,3 +342,62 @@ def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "skseg", "--help"], capture_output=True,
                             text=True, check=True)
     assert "segment" in result.stdout and "evaluate" in result.stdout
+
+
+def test_evaluate_pairs_masks_by_file_name_when_paths_differ(tmp_path, capsys):
+    truth, pred = _mask_folders(tmp_path)
+    (pred / "JPEGImages").mkdir()
+    for mask in sorted(pred.glob("*.png"))[1:]:
+        mask.rename(pred / "JPEGImages" / mask.name)  # 0.png stays paired by path
+    assert main(["evaluate", str(pred), str(truth), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["mean_iou"] == 1.0
+    assert "paired 3 of 3 ground-truth masks with a prediction (2 by file name" in captured.err
+    (pred / "other").mkdir()
+    (pred / "other" / "1.png").write_bytes((pred / "JPEGImages" / "1.png").read_bytes())
+    assert main(["evaluate", str(pred), str(truth)]) == 2
+    err = capsys.readouterr().err
+    assert "its file name is not enough to pair it" in err and err.count("\n") == 1
+
+
+def test_segment_shows_every_stage_the_auto_choice_and_the_random_weights(tmp_path,
+                                                                          capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 4)
+    loud = [option for option in FAST if option not in ("-q", "--n-classes", "2")]
+    assert main(["segment", str(photos), "-o", str(tmp_path / "out"), "--no-cache",
+                 "--n-classes", "auto", "--max-classes", "3", *loud]) == 0
+    err = capsys.readouterr().err
+    assert f"The ViT ({TINY_MODEL}) has RANDOM weights" in err
+    for stage in ("survey", "dataset level", "category level", "image level",
+                  "labelling"):
+        assert f"MultilevelSegmenter: {stage}" in err
+    for bar in ("ViT features", "survey", "dataset level", "image level + refinement",
+                "writing"):
+        assert f"{bar}: 100%" in err
+    assert "--n-classes auto chose " in err and "(silhouette, higher is better; best " in err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_dask_log_lines_are_one_line_warnings_during_a_cluster_run(quiet, capsys):
+    import logging
+
+    from skseg._cli import _dask_logs_as_warnings
+
+    worker = logging.getLogger("distributed.worker")
+    before = (logging.getLogger("distributed").handlers[:], worker.handlers[:])
+    with _dask_logs_as_warnings(quiet):
+        worker.info("Start worker at tcp://127.0.0.1:1")
+        worker.warning("Worker is at 85%% memory usage.\n  Pausing %s.", "work")
+        logging.getLogger("distributed.nanny").error("Worker process %d was killed", 7)
+        logging.getLogger("dask.config").warning("a setting")
+        # Workers started now configure their logging from the environment.
+        assert os.environ["DASK_DISTRIBUTED__ADMIN__LOG_FORMAT"].startswith(
+            "skseg: warning: ")
+    err = capsys.readouterr().err
+    assert err == ("" if quiet else
+                   "skseg: warning: Worker is at 85% memory usage. Pausing work.\n"
+                   "skseg: warning: Worker process 7 was killed\n"
+                   "skseg: warning: a setting\n")
+    assert (logging.getLogger("distributed").handlers, worker.handlers) == before
+    assert "DASK_DISTRIBUTED__ADMIN__LOG_FORMAT" not in os.environ

@@ -241,15 +241,20 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next(photo_folder, t
     assert not [path for path in stale if path.exists()]
 
 
-def test_overlays_asked_on_a_rerun_are_drawn_from_the_masks(tmp_path, monkeypatch):
+def test_overlays_asked_on_a_rerun_are_drawn_from_the_masks(tmp_path, monkeypatch, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 3)
     out = tmp_path / "out"
     assert main(["segment", str(photos), "-o", str(out), *FAST]) == 0
     _no_model_may_be_built(monkeypatch)
-    assert main(["segment", str(photos), "-o", str(out), "--overlay", *FAST]) == 0
+    loud = [option for option in FAST if option != "-q"]
+    assert main(["segment", str(photos), "-o", str(out), "--overlay", *loud]) == 0
+    assert "same fit; redrew 3 overlays (--force" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*_overlay.jpg")) == [
         "img0_overlay.jpg", "img1_overlay.jpg", "img2_overlay.jpg"]
+    (out / "img1_overlay.jpg").unlink()
+    assert main(["segment", str(photos), "-o", str(out), "--overlay", *loud]) == 0
+    assert "same fit; redrew 1 overlay (--force" in capsys.readouterr().err
     (out / "img1_overlay.jpg").unlink()
     plain = (out / "img0_overlay.jpg").read_bytes()
     report = tmp_path / "report.json"

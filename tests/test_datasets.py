@@ -125,6 +125,21 @@ def test_load_image_folder(tmp_path):
         load_image_folder(tmp_path / "sub", "*.gif")
 
 
+def test_a_recursive_folder_skips_the_mask_folders_as_the_command_line_does(tmp_path):
+    from skseg._inputs import find_inputs
+
+    voc = tmp_path / "VOC2012"
+    for name in ("JPEGImages/x.jpg", "JPEGImages/y.jpg", "SegmentationClass/x.png",
+                 "SegmentationObject/x.png", ".cache/z.jpg"):
+        (voc / name).parent.mkdir(parents=True, exist_ok=True)
+        (voc / name).write_bytes(b"x")
+    with pytest.warns(UserWarning, match=r"skipped 3 images in hidden or mask folders"):
+        images = load_image_folder(voc, recursive=True)
+    walked = find_inputs([str(voc)], tmp_path / "out", recursive=True)
+    assert [p.relative_to(voc).as_posix() for p in images] == [
+        image.name.as_posix() for image in walked] == ["JPEGImages/x.jpg", "JPEGImages/y.jpg"]
+
+
 def test_make_scenes_has_known_masks():
     images, masks = make_scenes(n_images=12, n_classes=3, image_size=(48, 64), random_state=0)
     assert len(images) == 12 and images[0].shape == (48, 64, 3) and images[0].dtype == np.uint8

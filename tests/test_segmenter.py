@@ -651,3 +651,25 @@ def test_the_sample_of_image_descriptors_is_bounded_too_and_changes_nothing(
     np.testing.assert_array_equal(seg.categories_, unbounded.categories_)
     for a, b in zip(seg.labels_, unbounded.labels_):
         np.testing.assert_array_equal(a, b)
+
+
+def test_verbose_names_every_stage_with_a_bar_per_pass_and_is_silent_by_default(
+        planted, capsys):
+    X, _ = planted
+    MultilevelSegmenter(n_classes=3, refine=None, random_state=0).fit(X).predict(X[:2])
+    assert capsys.readouterr() == ("", "")
+    segmenter = MultilevelSegmenter(n_classes="auto", max_classes=4, refine=None,
+                                    random_state=0, verbose=True)
+    assert segmenter.get_params()["verbose"] is True
+    segmenter.fit(X)
+    err = capsys.readouterr().err
+    stages = [line.split(": ")[1] for line in err.splitlines()
+              if line.startswith("MultilevelSegmenter: ")]
+    assert stages == ["survey", "dataset level", "dataset level", "category level",
+                      "image level, consensus and refinement (none), then object regions "
+                      "(pooled descriptors)", "labelling", "labelling"]
+    assert f"labelling: {segmenter.n_classes_} classes chosen (silhouette" in err
+    for bar in ("survey", "dataset level", "image level + refinement"):
+        assert f"{bar}: 100%" in err
+    with pytest.raises(ValueError, match="verbose"):
+        MultilevelSegmenter(verbose="loud").fit(X)
