@@ -84,7 +84,8 @@ def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
                                                  dtype=np.float32))
     keys = np.arange(start, stop, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     described = BoundedSample(max_samples, below[1])
-    described.offer(uniform_priorities(rng, n), descriptors(start, stop))
+    described.offer(uniform_priorities(rng, n),
+                    np.column_stack([descriptors(start, stop), np.full(n, N_PATCHES, np.float32)]))
     return keys, n * N_PATCHES, sample, described
 
 

@@ -205,13 +205,16 @@ class Chunk:
 
 def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
     """Pass 1: checks, keys, the patch count, the dataset sample of patches
-    and a sample of the images' descriptors; ``seeds`` draw the two samples,
-    of the rows whose priority is under ``below``."""
+    and a sample of the images' descriptors, each with the image's patch
+    count as a last column; ``seeds`` draw the two samples, of the rows whose
+    priority is under ``below``."""
     chunk = Chunk(X, start, stop, expected)
     patches = BoundedSample(max_samples, below[0])
     patches.offer(chunk.priorities(seeds[0]), chunk.patches)
     descriptors = BoundedSample(max_samples, below[1])
-    descriptors.offer(image_priorities(seeds[1], chunk.keys), chunk.descriptors)
+    descriptors.offer(image_priorities(seeds[1], chunk.keys),
+                      np.column_stack([chunk.descriptors,
+                                       np.diff(chunk.offsets).astype(chunk.descriptors.dtype)]))
     return chunk.keys, int(chunk.offsets[-1]), patches, descriptors
 
 

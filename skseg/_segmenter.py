@@ -470,7 +470,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             patch_sample.result(), self.n_dataset_clusters, n_init=self._starts("dataset"),
             max_iter=self.max_iter, seed=seeds["dataset"]
         )
-        self._fit_categories(descriptor_sample, len(X), seeds["categories"])
+        self._fit_categories(descriptor_sample.result()[:, :-1], len(X), seeds["categories"])
         statistics, category_samples = self._dataset_statistics(
             X, chunks, expected, keys, n_patches, descriptor_sample, seeds["category_pairs"]
         )
@@ -608,9 +608,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         model.__dict__.pop("categories_", None)
         return model
 
-    def _fit_categories(self, descriptor_sample, n_images, seed):
+    def _fit_categories(self, sample, n_images, seed):
         requested = self.n_classes if self.n_categories is None else self.n_categories
-        sample = descriptor_sample.result()
         if requested == "auto":
             requested, self.n_categories_scores_ = choose_n_clusters(
                 sample, self.max_classes, random_state=seed, max_samples=self.max_samples,
@@ -654,19 +653,18 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     def _dataset_statistics(self, X, chunks, expected, keys, n_patches, descriptor_sample,
                             seed):
         """Pass 2, which also finds each image's category. Each category's
-        patch count is estimated from the sample of descriptors (with eight
-        standard deviations to spare, and twice the sample expected), so its
-        sample is bounded as in :meth:`_survey`; again without the bounds in
-        the rare case one did not fill up."""
-        sampled = np.bincount(
-            nearest_centroid(descriptor_sample.result(), self.category_centers_),
-            minlength=self.n_categories_,
-        )
-        if len(descriptor_sample) < len(X):  # a sample of the images: a lower estimate
-            sampled = np.maximum(sampled - 8 * np.sqrt(sampled), 0)
-        estimates = sampled / len(descriptor_sample) * n_patches
-        for below in ([priority_bound(self.max_samples, n, margin=2) for n in estimates],
-                      None):
+        patch count is estimated from the sample of images and their patch
+        counts (low by eight standard deviations of the count of its images
+        in the sample), so its sample is bounded as in :meth:`_survey`;
+        again without the bounds in the rare case one did not fill up."""
+        sample = descriptor_sample.result()
+        category = nearest_centroid(sample[:, :-1], self.category_centers_)
+        estimates = np.bincount(category, weights=sample[:, -1],
+                                minlength=self.n_categories_) * (len(X) / len(sample))
+        if len(sample) < len(X):
+            sampled = np.bincount(category, minlength=self.n_categories_)
+            estimates *= np.maximum(1 - 8 / np.sqrt(np.maximum(sampled, 1)), 0)
+        for below in ([priority_bound(self.max_samples, n) for n in estimates], None):
             categories, statistics, samples = [], {}, {}
             for chunk_categories, chunk_statistics, chunk_samples in self._map(
                 dataset_statistics, X, chunks, expected, PerImage(keys), self._light(),
