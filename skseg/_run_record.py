@@ -198,18 +198,49 @@ def write_record(output, record):
     write_atomically(Path(output) / RECORD_NAME, lambda handle: handle.write(text))
 
 
-def save_model(pipeline, path):
-    """Write a fitted pipeline with skops (atomically), without training masks."""
+# Every type a saved skseg pipeline holds that skops does not trust by itself:
+# what skseg.io.load_model trusts, and what a user passes to skops.io.load.
+TRUSTED_TYPES = (
+    "sklearn.pipeline.Pipeline",
+    "skseg._transformer.ViTPatchTransformer",
+    "skseg._segmenter.MultilevelSegmenter",
+    "skseg._regions.LabelMasks",
+    "skseg._regions.Regions",
+)
+
+
+def _check_pipeline(pipeline, what):
+    """A fitted ViTPatchTransformer + MultilevelSegmenter pipeline, or an error
+    saying ``what`` is not one."""
+    from sklearn.pipeline import Pipeline
+
+    from ._segmenter import MultilevelSegmenter
+    from ._transformer import ViTPatchTransformer
+
+    steps = getattr(pipeline, "steps", None)
+    if (not isinstance(pipeline, Pipeline) or len(steps) != 2
+            or not isinstance(steps[0][1], ViTPatchTransformer)
+            or not isinstance(steps[1][1], MultilevelSegmenter)
+            or not hasattr(steps[1][1], "class_centroids_")):
+        raise UserError(f"{what} (not a fitted ViTPatchTransformer + MultilevelSegmenter "
+                        "pipeline).")
+
+
+def save_model(pipeline, path, *, keep_labels=False):
+    """Write a fitted pipeline with skops (atomically), by default without
+    its training masks."""
     import copy
 
     import skops.io
 
-    segmenter = copy.copy(pipeline.steps[-1][1])
-    # Predicting needs the centroids, not the training masks, which at full
-    # resolution can outweigh everything else many times.
-    vars(segmenter).pop("labels_", None)
-    saved = copy.copy(pipeline)
-    saved.steps = [*pipeline.steps[:-1], (pipeline.steps[-1][0], segmenter)]
+    _check_pipeline(pipeline, f"cannot save {type(pipeline).__name__} as a skseg model")
+    saved = pipeline
+    if not keep_labels:
+        segmenter = copy.copy(pipeline.steps[-1][1])
+        # Predicting needs the centroids, not the training masks.
+        vars(segmenter).pop("labels_", None)
+        saved = copy.copy(pipeline)
+        saved.steps = [*pipeline.steps[:-1], (pipeline.steps[-1][0], segmenter)]
     data = skops.io.dumps(saved)
     write_atomically(path, lambda handle: handle.write(data))
 
@@ -218,24 +249,17 @@ def load_model(path):
     """Read a pipeline saved by :func:`save_model`; any other file is refused
     with a one-line error, and no code from the file ever runs."""
     import skops.io
-    from sklearn.pipeline import Pipeline
 
-    from ._segmenter import MultilevelSegmenter
-    from ._transformer import ViTPatchTransformer
-
-    # The only types a saved skseg model holds.
-    trusted = {f"{cls.__module__}.{cls.__qualname__}"
-               for cls in (Pipeline, ViTPatchTransformer, MultilevelSegmenter)}
-    not_a_model = f"--load-model {path} is not a model saved by skseg segment --save-model"
+    not_a_model = f"{path} is not a model saved by skseg"
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise UserError(f"--load-model {path} cannot be read: {exc.strerror}.") from None
+        raise UserError(f"{path} cannot be read: {exc.strerror}.") from None
     try:
         untrusted = skops.io.get_untrusted_types(data=data)
     except Exception:  # skops raises zip, JSON and key errors alike for foreign files
         raise UserError(f"{not_a_model}.") from None
-    foreign = sorted(set(untrusted) - trusted)
+    foreign = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if foreign:
         raise UserError(f"{not_a_model}: it holds types a saved skseg model never holds "
                         f"({', '.join(foreign[:3])}); refusing to load it.")
@@ -243,12 +267,5 @@ def load_model(path):
         pipeline = skops.io.loads(data, trusted=untrusted)
     except Exception as exc:
         raise UserError(f"{not_a_model} ({type(exc).__name__}).") from None
-    steps = getattr(pipeline, "steps", None)
-    if (not isinstance(pipeline, Pipeline) or len(steps) != 2
-            or not isinstance(steps[0][1], ViTPatchTransformer)
-            or not isinstance(steps[1][1], MultilevelSegmenter)
-            or not hasattr(steps[1][1], "class_centroids_")):
-        raise UserError(f"{not_a_model} (not a fitted ViTPatchTransformer + "
-                        "MultilevelSegmenter pipeline).")
+    _check_pipeline(pipeline, not_a_model)
     return pipeline
-
