@@ -14,9 +14,11 @@ Layouts, one table each format's writer follows::
           ``imagefolder``: columns ``image`` and ``label``)
 
 Every format also gets ``classes.json``. The export folder must be new or
-empty; nothing is written outside it, and the segment folder and the images
-are only read: an image is copied byte for byte when a tool reads it as the
-mask was made (upright, same size, a common format), re-encoded otherwise.
+empty and outside the segment folder; nothing is written outside it, and the
+segment folder and the images are only read. An image is copied byte for
+byte (or linked) when a tool reads it as the mask was made (upright, same
+size, a format the layout takes), re-encoded from its decoded pixels
+otherwise.
 """
 
 import json
@@ -165,20 +167,15 @@ def _segment_outputs(folder):
     return outputs
 
 
-def _check_export_folder(out, folder, images):
-    """A new or empty folder that is neither inside the segment folder nor
-    one of the images' folders' contents."""
+def _check_export_folder(out, folder):
+    """A new or empty folder, outside the segment folder."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not an empty folder; export into a "
                         "new one.")
-    real = Path(os.path.realpath(out))
-    if real.is_relative_to(os.path.realpath(folder)):
+    if Path(os.path.realpath(out)).is_relative_to(os.path.realpath(folder)):
         raise UserError(f"{out} is inside {folder}, which export only reads; choose a folder "
                         "outside it.")
-    for image in images:
-        if Path(os.path.realpath(image)).is_relative_to(real):
-            raise UserError(f"{out} holds the image {image}, which export only reads.")
 
 
 def _image_as_is(path, shape, formats):
@@ -266,7 +263,7 @@ def export(folder, out, format, *, link=False):
         _pycocotools_mask()  # the missing extra, before anything is written
     folder, out = Path(folder), Path(out)
     outputs = _segment_outputs(folder)
-    _check_export_folder(out, folder, [image for _, image in outputs])
+    _check_export_folder(out, folder)
     names_file = folder / CLASS_NAMES_FILE
     class_names = read_class_names(names_file) if names_file.is_file() else {}
     out.mkdir(parents=True, exist_ok=True)

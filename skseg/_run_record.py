@@ -198,10 +198,10 @@ def write_record(output, record):
     write_atomically(Path(output) / RECORD_NAME, lambda handle: handle.write(text))
 
 
-# Every type a saved skseg pipeline holds that skops does not trust by itself:
-# what skseg.io.load_model trusts, and what a user passes to skops.io.load.
+# Every type a saved skseg pipeline holds that skops does not trust by itself
+# (it trusts scikit-learn's and numpy's): what skseg.io.load_model trusts, and
+# what a user passes to skops.io.load.
 TRUSTED_TYPES = (
-    "sklearn.pipeline.Pipeline",
     "skseg._transformer.ViTPatchTransformer",
     "skseg._segmenter.MultilevelSegmenter",
     "skseg._regions.LabelMasks",
@@ -227,8 +227,35 @@ def _check_pipeline(pipeline, what):
 
 
 def save_model(pipeline, path, *, keep_labels=False):
-    """Write a fitted pipeline with skops (atomically), by default without
-    its training masks."""
+    """Save a fitted pipeline in the skops format, which loads without
+    running code from the file.
+
+    What ``skseg segment --save-model`` writes; :func:`load_model` (or
+    ``skops.io.load(path, trusted=skseg.io.TRUSTED_TYPES)``) reads it. The
+    file is written atomically. The ViT itself is never saved, only its
+    name and parameters: loading builds it again (from the same weights
+    file, stored as an absolute path, or the hub cache).
+
+    Parameters
+    ----------
+    pipeline : sklearn.pipeline.Pipeline
+        A fitted :class:`~skseg.ViTPatchTransformer` +
+        :class:`~skseg.MultilevelSegmenter` pipeline.
+    path : path-like
+        The file written (``.skops`` by convention).
+    keep_labels : bool, default=False
+        Also save the training masks (``labels_``, compressed). Predicting
+        needs only the centroids, and the masks can outweigh them many times.
+
+    Raises
+    ------
+    ValueError
+        ``pipeline`` is not a fitted skseg pipeline.
+
+    See Also
+    --------
+    load_model : Read it back.
+    """
     import copy
 
     import skops.io
@@ -246,8 +273,28 @@ def save_model(pipeline, path, *, keep_labels=False):
 
 
 def load_model(path):
-    """Read a pipeline saved by :func:`save_model`; any other file is refused
-    with a one-line error, and no code from the file ever runs."""
+    """Read a pipeline saved by :func:`save_model` (or ``skseg segment
+    --save-model``).
+
+    Only the types of :data:`TRUSTED_TYPES` and those skops trusts by itself
+    (scikit-learn's, numpy's) are built, and no code from the file ever runs:
+    any other file is refused.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    pipeline : sklearn.pipeline.Pipeline
+        The fitted pipeline, ready to ``predict``.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read, or is not a skseg model (one line, naming
+        the file and, for a skops file, the foreign types it holds).
+    """
     import skops.io
 
     not_a_model = f"{path} is not a model saved by skseg"
