@@ -191,35 +191,32 @@ def _image_as_is(path, shape, formats):
         return False
 
 
-def _write_image(source, target, shape, formats, link):
-    """``source`` at ``target``: linked or copied when it can be used as it
-    is, else decoded as the segmenter decoded it and saved in ``target``'s
-    format."""
+def _place_image(out, relative, source, shape, formats, link):
+    """Put the image of a mask at ``out / relative`` (its suffix still to
+    choose) and return where it went: linked or copied, with its own suffix,
+    when it can be used as it is; else decoded as the segmenter decoded it
+    and saved anew, as a JPEG (quality 95) where the layout takes only JPEG,
+    as a PNG otherwise."""
+    jpeg_only = formats == ("JPEG",)
     if _image_as_is(source, shape, formats):
+        relative = relative.with_suffix(".jpg" if jpeg_only else Path(source).suffix.lower())
+        target = _target(out, relative)
         if link:
             target.symlink_to(os.path.realpath(source))
         else:
             # Never a hard link: a tool editing the export must not edit the input.
             write_atomically(target, lambda handle: handle.write(Path(source).read_bytes()))
-        return
+        return relative
     from ._images import load_rgb
 
     rgb = (load_rgb(source) * 255).round().astype(np.uint8)
     if rgb.shape[:2] != tuple(shape):
         raise UserError(f"{source} is {rgb.shape[0]} x {rgb.shape[1]} pixels but its mask "
                         f"{shape[0]} x {shape[1]}: the image changed after it was segmented.")
-    save_image(Image.fromarray(rgb), target, **({"quality": 95} if target.suffix == ".jpg"
-                                                 else {}))
-
-
-def _image_name(mask_name, source, formats):
-    """The exported image's name: the mask's, with the image's own suffix
-    when the layout takes that format as it is, else the layout's first."""
-    suffix = Path(source).suffix.lower()
-    allowed = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",)}
-    if any(suffix in allowed[name] for name in formats):
-        return mask_name.with_suffix(suffix)
-    return mask_name.with_suffix(".jpg" if formats[0] == "JPEG" else ".png")
+    relative = relative.with_suffix(".jpg" if jpeg_only else ".png")
+    save_image(Image.fromarray(rgb), _target(out, relative),
+               **({"quality": 95} if jpeg_only else {}))
+    return relative
 
 
 def _flat_ids(names):
@@ -274,8 +271,8 @@ def export(folder, out, format, *, link=False):
         for image_id, (name, image) in zip(ids, outputs):
             mask = read_label_png(folder / name)
             present.update(np.unique(mask).tolist())
-            _write_image(image, _target(out, f"JPEGImages/{image_id}.jpg"), mask.shape,
-                         formats, link)
+            _place_image(out, PurePosixPath("JPEGImages") / f"{image_id}.jpg", image,
+                         mask.shape, formats, link)
             save_label_png(mask, _target(out, f"SegmentationClass/{image_id}.png"))
         text = "".join(f"{image_id}\n" for image_id in ids).encode()
         write_atomically(_target(out, "ImageSets/Segmentation/train.txt"),
@@ -286,8 +283,8 @@ def export(folder, out, format, *, link=False):
         for name, image in outputs:
             mask = read_label_png(folder / name)
             present.update(np.unique(mask).tolist())
-            image_name = PurePosixPath("images") / _image_name(name, image, formats)
-            _write_image(image, _target(out, image_name), mask.shape, formats, link)
+            image_name = _place_image(out, PurePosixPath("images") / name, image, mask.shape,
+                                      formats, link)
             save_label_png(mask, _target(out, PurePosixPath("labels") / name))
             rows.append({"file_name": image_name.as_posix(),
                          "label_file_name": f"labels/{name.as_posix()}"})
@@ -297,10 +294,9 @@ def export(folder, out, format, *, link=False):
         file_names = []
         for name, image in outputs:
             mask = read_label_png(folder / name)
-            image_name = _image_name(name, image, formats)
-            _write_image(image, _target(out, PurePosixPath("images") / image_name),
-                         mask.shape, formats, link)
-            file_names.append(image_name.as_posix())
+            image_name = _place_image(out, PurePosixPath("images") / name, image, mask.shape,
+                                      formats, link)
+            file_names.append(image_name.relative_to("images").as_posix())
         # The masks are read once more, one at a time, rather than all held.
         from .datasets import MaskFiles
 

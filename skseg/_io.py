@@ -581,6 +581,39 @@ def _caption(text, width, draw):
     return f"{text[:keep // 2]}...{text[-(keep // 2):]}"
 
 
+def grid_sheet(rows, titles, path, cell=160, gap=4, header=18, palette=None):
+    """Write a grid of pictures: one row per image, one column per title.
+
+    Parameters
+    ----------
+    rows : list of sequences
+        Each row holds one panel per title: an RGB image (uint8, or floats
+        in [0, 1]) or a 2-D label mask (in ``palette``'s colours).
+    titles : sequence of str
+        Column headings.
+    path : path-like
+        The PNG written (atomically).
+    cell : int, default=160
+        Side of the square each panel is shrunk or grown to fit.
+    """
+    colours = resolve_palette(palette)
+    canvas = Image.new("RGB", (len(titles) * (cell + gap),
+                               header + len(rows) * (cell + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(titles):
+        draw.text((c * (cell + gap) + 4, 3), title, fill="black")
+    for r, panels in enumerate(rows):
+        for c, panel in enumerate(panels):
+            panel = np.asarray(panel)
+            if panel.ndim == 2:
+                picture = _fit(Image.fromarray(colours[panel]), cell, True)
+            else:
+                rgb = (_as_rgb(panel) * 255).round().astype(np.uint8)
+                picture = _fit(Image.fromarray(rgb), cell, False)
+            canvas.paste(picture, (c * (cell + gap), header + r * (cell + gap)))
+    save_image(canvas, path)
+
+
 def contact_sheet(images, masks, path, names=None, class_names=None, palette=None,
                   columns=4, cell=128):
     """Write a PNG grid of images beside their masks, with a legend.

@@ -117,6 +117,18 @@ def test_voc_export_is_a_voc_tree_of_jpegs_and_palette_masks(segmented, tmp_path
     assert json.loads((target / "classes.json").read_text()) == {"1": "sand", "2": "sky"}
 
 
+def test_voc_export_loads_in_torchvision(segmented, tmp_path):
+    from torchvision.datasets import VOCSegmentation
+
+    export(segmented[1], tmp_path / "VOCdevkit" / "VOC2012", "voc")
+    dataset = VOCSegmentation(os.fspath(tmp_path), year="2012", image_set="train")
+    masks = _masks_by_name(segmented[1])
+    assert len(dataset) == len(masks)
+    for (image, target), name in zip(dataset, sorted(masks)):
+        assert image.size == target.size
+        np.testing.assert_array_equal(np.asarray(target), masks[name])
+
+
 def test_hf_export_loads_as_an_image_segmentation_dataset(segmented, tmp_path):
     target = _export(segmented, tmp_path, "hf")
     masks = _masks_by_name(segmented[1])
@@ -139,7 +151,9 @@ def test_link_exports_links_to_the_images_it_can_use_as_they_are(segmented, tmp_
     photos, _ = segmented
     target = _export(segmented, tmp_path, "hf", "--link")
     assert os.readlink(target / "images" / "img0.png") == os.path.realpath(photos / "img0.png")
-    assert not (target / "images" / "turned.jpg").is_symlink()  # re-encoded upright
+    # Stored on its side: decoded upright and written anew, losslessly.
+    assert not (target / "images" / "turned.png").is_symlink()
+    assert not (target / "images" / "turned.jpg").exists()
     assert not (target / "labels" / "img0.png").is_symlink()
 
 

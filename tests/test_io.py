@@ -11,6 +11,7 @@ from PIL import Image
 
 from skseg._io import (
     _lab,
+    grid_sheet,
     read_label_png,
     remove_stale_temporaries,
     save_label_png,
@@ -285,3 +286,15 @@ def test_contact_sheet_tiles_carry_names_and_a_legend(tmp_path):
     assert (named.sum(axis=2) < 200).sum() > (plain.sum(axis=2) < 200).sum()
     with pytest.raises(ValueError, match="2 images for 1 masks"):
         contact_sheet(images, masks[:1], tmp_path / "x.png")
+
+
+def test_grid_sheet_of_the_demo_keeps_exact_label_colours(tmp_path):
+    images = [np.full((20, 40, 3), 200, dtype=np.uint8), np.zeros((30, 30, 3))]
+    masks = [np.ones((20, 40), dtype=np.uint8), np.full((30, 30), 2, dtype=np.uint8)]
+    grid_sheet([[images[0], masks[0]], [images[1], masks[1]]], ("image", "mask"),
+               tmp_path / "sheet.png", cell=50, gap=4, header=18)
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.size == (2 * 54, 18 + 2 * 54)
+        pixels = np.asarray(sheet.convert("RGB"))
+    assert tuple(pixels[18 + 54 + 10, 54 + 10]) == tuple(cluster_palette()[2])
+    assert tuple(pixels[18 + 5, 54 + 5]) == tuple(cluster_palette()[1])
