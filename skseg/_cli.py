@@ -378,7 +378,9 @@ def _add_segment_parser(commands):
                               "a legend")
     writing.add_argument("--legend-names", type=Path, metavar="JSON",
                          help="name the overlays' labels by the classes of this "
-                              "'skseg evaluate --json' output")
+                              "'skseg evaluate --json' output (in VOC colours when it "
+                              "matched VOC classes), or by a classes.json; written to "
+                              "OUTDIR/classes.json")
     writing.add_argument("--preview", type=Path, metavar="FILE",
                          help="also write a PNG contact sheet of images and masks "
                               "(the first 48)")

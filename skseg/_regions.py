@@ -336,7 +336,17 @@ class LabelMasks(Sequence):
     def save(self, folder, names=None, palette=None):
         """Write every mask as a palette PNG below ``folder``.
 
-        Same as :func:`skseg.io.save_masks`; masks are made one at a time.
+        :func:`skseg.io.save_masks` applied to these masks, each made only
+        when it is written.
+
+        Parameters
+        ----------
+        folder : path-like
+        names : sequence of str or path-like, default=None
+            Relative file names, e.g. the images' (their suffix becomes
+            ``.png``); ``None``: ``0.png``, ``1.png``...
+        palette : {None, "clusters", "voc"} or array-like, default=None
+            The PNGs' colours; ``None``: :func:`skseg.io.cluster_palette`.
 
         Returns
         -------
