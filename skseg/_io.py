@@ -205,6 +205,9 @@ def mask_name(name):
             relative.name in ("", "."):
         raise ValueError(f"mask name {text!r} would land outside the folder; give a "
                          "relative path without '..'.")
+    if any(part.startswith(".") for part in relative.parts):
+        raise ValueError(f"mask name {text!r} is hidden (a name starting with a dot), and "
+                         "read_masks would leave it out.")
     if relative.suffix.lower() in IMAGE_SUFFIXES:
         return relative.with_suffix(".png")
     return relative.with_name(relative.name + ".png")

@@ -88,6 +88,8 @@ def test_a_link_leading_out_of_the_folder_is_refused(tmp_path):
 def test_two_names_for_one_file_and_bad_labels_are_refused(tmp_path):
     with pytest.raises(ValueError, match="'a.jpg' and 'a.png' both"):
         save_masks(_masks(2), tmp_path, names=["a.jpg", "a.png"])
+    with pytest.raises(ValueError, match="hidden"):
+        save_masks(_masks(1), tmp_path, names=["holiday/.draft.jpg"])
     with pytest.raises(ValueError, match="2 names for 3 masks"):
         save_masks(_masks(3), tmp_path, names=["a", "b"])
     with pytest.raises(ValueError, match="above 255"):
