@@ -264,7 +264,7 @@ def export(folder, out, format, *, link=False):
     names_file = folder / CLASS_NAMES_FILE
     class_names = read_class_names(names_file) if names_file.is_file() else {}
     out.mkdir(parents=True, exist_ok=True)
-    formats = ("JPEG",) if format == "voc" else _AS_IS[format]
+    formats = _AS_IS[format]
     present = set()
     if format == "voc":
         ids = _flat_ids([name for name, _ in outputs])
