@@ -4,20 +4,23 @@ Predicting new images with a fitted pipeline
 
 A fitted pipeline segments images it has never seen: the dataset-level,
 category and class centroids learned in ``fit`` are reused, and only the
-image-level clustering runs again. A fitted pipeline pickles (the ViT itself
-is never pickled; it is rebuilt from its name), so it can be saved with
-:func:`joblib.dump` and used later, as ``skseg segment --load-model`` does.
+image-level clustering runs again. A fitted pipeline saves with
+:func:`skseg.io.save_model` in the skops format, which loads without running
+code from the file (the ViT itself is never saved; it is rebuilt from its
+name), as ``skseg segment --save-model`` and ``--load-model`` do. It also
+pickles, so :func:`joblib.dump` works too.
 """
 
-import io
+import os
 import sys
+import tempfile
 
-import joblib
 import matplotlib.pyplot as plt
 from sklearn.pipeline import Pipeline
 
 from skseg import MultilevelSegmenter, ViTPatchTransformer
 from skseg.datasets import make_scenes
+from skseg.io import load_model, save_model
 from skseg.metrics import mean_iou
 
 images, truths = make_scenes(n_images=40, n_classes=3, image_size=(160, 160), random_state=0)
@@ -28,11 +31,10 @@ pipeline = Pipeline([
     ("seg", MultilevelSegmenter(n_classes=3, random_state=0)),
 ]).fit(train)
 
-buffer = io.BytesIO()
-joblib.dump(pipeline, buffer)
-print(f"fitted pipeline: {buffer.tell() / 1024:.0f} KiB on disk")
-buffer.seek(0)
-restored = joblib.load(buffer)
+path = os.path.join(tempfile.mkdtemp(), "model.skops")
+save_model(pipeline, path)  # the centroids, not the training masks
+print(f"fitted pipeline: {os.path.getsize(path) / 1024:.0f} KiB on disk")
+restored = load_model(path)
 
 predicted = restored.predict(new)
 print(f"mIoU on the 10 new images: {mean_iou(truths[30:], predicted):.3f}")

@@ -281,6 +281,9 @@ def cmd_evaluate(args):
         }
         if class_names:
             result["class_names"] = {str(k): v for k, v in class_names.items()}
+        if args.class_names == "voc":
+            # The classes are VOC's: overlays may draw them in VOC's colours.
+            result["classes"] = "voc"
         print(json.dumps(result, indent=2))
         return 0
     print(f"images          {len(y_true)}" + (f" ({len(missing)} missing)" if missing else ""))
@@ -303,6 +306,13 @@ def _read_class_names(source):
         from .datasets import VOC_CLASSES
 
         return dict(enumerate(VOC_CLASSES))
+    if Path(source).suffix.lower() == ".json":
+        from ._io import read_class_names
+
+        try:
+            return read_class_names(source)
+        except ValueError as exc:
+            raise UserError(f"--class-names {exc}") from None
     try:
         lines = Path(source).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -314,6 +324,16 @@ def cmd_report(args):
     from ._report import run_report
 
     return run_report(args)
+
+
+def cmd_export(args):
+    from ._export import export
+
+    export(args.folder, args.output, args.format, link=args.link)
+    if not args.quiet:
+        print(f"Exported the masks of {args.folder} to {args.output} ({args.format}).",
+              file=sys.stderr)
+    return 0
 
 
 def cmd_demo(args):
@@ -456,7 +476,9 @@ def _add_segment_parser(commands):
                               "a legend")
     writing.add_argument("--legend-names", type=Path, metavar="JSON",
                          help="name the overlays' labels by the classes of this "
-                              "'skseg evaluate --json' output")
+                              "'skseg evaluate --json' output (in VOC colours when it "
+                              "matched VOC classes), or by a classes.json; written to "
+                              "OUTDIR/classes.json")
     writing.add_argument("--preview", type=Path, metavar="FILE",
                          help="also write a PNG contact sheet of images and masks "
                               "(the first 48)")
@@ -494,8 +516,8 @@ def build_parser():
                           help="score the predictions there are, reporting how many "
                                "are missing")
     evaluate.add_argument("--class-names", metavar="voc|FILE",
-                          help="name the classes: 'voc', or a file of one name per line "
-                               "(line 1 is class 0)")
+                          help="name the classes: 'voc', a classes.json, or a file of "
+                               "one name per line (line 1 is class 0)")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(handler=cmd_evaluate)
 
@@ -530,6 +552,27 @@ def build_parser():
     demo.add_argument("--random-state", type=_random_state, default=0, help="seed")
     demo.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     demo.set_defaults(handler=cmd_demo)
+
+    export = commands.add_parser(
+        "export", help="the masks of a segment output folder as a COCO, VOC or Hugging "
+                       "Face dataset", allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write the masks of OUTDIR (the output folder of 'skseg segment') and "
+                    "their images as a dataset other tools read, its classes named by "
+                    "OUTDIR/classes.json. OUTDIR and the images are only read.")
+    export.add_argument("folder", type=Path, metavar="OUTDIR",
+                        help="output folder of 'skseg segment'")
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="EXPORTDIR",
+                        help="new or empty folder to write the dataset to")
+    export.add_argument("--format", choices=["coco", "voc", "hf"], required=True,
+                        help="coco: annotations.json (RLE, needs skseg[coco]) and images/; "
+                             "voc: JPEGImages/, SegmentationClass/, ImageSets/; hf: a "
+                             "Hugging Face imagefolder with image and label columns")
+    export.add_argument("--link", action="store_true",
+                        help="symbolic links to the images instead of copies, where they "
+                             "can be used as they are")
+    export.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 

@@ -39,9 +39,9 @@ def _matched_colours(truths, predictions):
 
 
 def _figure(images, truths, predictions, baseline, path):
-    from ._io import contact_sheet
+    from ._io import grid_sheet
 
-    contact_sheet(list(zip(images, truths, predictions, baseline)),
+    grid_sheet(list(zip(images, truths, predictions, baseline)),
                   ("image", "ground truth", "skseg", "plain K-means"), path,
                   cell=images[0].shape[0])
 

@@ -10,11 +10,12 @@ all cost work in the number of runs, not of pixels.
 
 import zlib
 from collections.abc import Sequence
-from numbers import Integral
 
 import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
+
+from ._indexing import positions
 
 
 def mask_runs(masks):
@@ -132,6 +133,19 @@ class Regions:
         self._dtype = np.uint16 if max(*shape, n_regions) < 1 << 16 else np.uint32
         columns = np.stack([np.diff(rows, prepend=0), starts, stops, ids])
         self._data = zlib.compress(columns.astype(self._dtype).tobytes(), 1)
+
+    # A plain dict of built-in values as the state: every pickle protocol
+    # (0 and 1 cannot pickle slots by themselves) and skops, which rebuilds
+    # an object from its state without running any other code, can save it.
+    def __getstate__(self):
+        return {"shape": list(self.shape), "n_regions": int(self.n_regions),
+                "data": self._data, "dtype": np.dtype(self._dtype).str}
+
+    def __setstate__(self, state):
+        self.shape = tuple(int(side) for side in state["shape"])
+        self.n_regions = int(state["n_regions"])
+        self._data = bytes(state["data"])
+        self._dtype = np.dtype(state["dtype"]).type
 
     def runs(self):
         """Each run's ``rows, starts, stops, ids``, as given."""
@@ -268,7 +282,13 @@ class LabelMasks(Sequence):
     so memory stays small whatever the number of images; ``masks[i]`` is the
     full-size ``(H, W)`` label array of image ``i`` (0 for background,
     ``1..n_classes`` for the classes). Integer, slice and array indexing as
-    for :class:`FeatureSequence`.
+    for :class:`FeatureSequence`. It pickles (every protocol) and saves with
+    :mod:`skops.io` (see :data:`skseg.io.TRUSTED_TYPES`).
+
+    See Also
+    --------
+    skseg.io.save_masks : Write masks as palette PNGs.
+    skseg.io.read_masks : Read them back, lazily, with the same indexing.
     """
 
     def __init__(self, regions, classes, dtype):
@@ -280,15 +300,58 @@ class LabelMasks(Sequence):
         return len(self._regions)
 
     def __getitem__(self, key):
-        if isinstance(key, Integral):
-            return self._regions[key].paint(self._classes[key], self._dtype)
-        indices = range(len(self))[key] if isinstance(key, slice) else np.asarray(key)
-        if isinstance(indices, np.ndarray) and indices.dtype == bool:
-            indices = np.flatnonzero(indices)
+        indices = positions(key, len(self), "LabelMasks")
+        if isinstance(indices, int):
+            return self._regions[indices].paint(self._classes[indices], self._dtype)
         return LabelMasks(
-            [self._regions[i] for i in indices], [self._classes[i] for i in indices],
-            self._dtype,
+            [self._regions[i] for i in indices.tolist()],
+            [self._classes[i] for i in indices.tolist()], self._dtype,
         )
 
     def __repr__(self):
         return f"LabelMasks(<{len(self)} images>)"
+
+    def __getstate__(self):
+        # The dtype by name: skops then needs to trust no numpy type object.
+        return {"regions": self._regions, "classes": self._classes,
+                "dtype": np.dtype(self._dtype).str}
+
+    def __setstate__(self, state):
+        self._regions = list(state["regions"])
+        self._classes = [np.asarray(classes) for classes in state["classes"]]
+        self._dtype = np.dtype(state["dtype"]).type
+
+    def region_map(self, index):
+        """The object regions of image ``index``, without their classes.
+
+        Returns
+        -------
+        regions : ndarray of shape (H, W), int32
+            0 for background, ``1..n_regions`` on the image's connected object
+            regions (numbered in raster order of their first pixel);
+            ``masks[index]`` paints each region with its class.
+        """
+        return self._regions[positions(index, len(self), "LabelMasks")].region_map()
+
+    def save(self, folder, names=None, palette=None):
+        """Write every mask as a palette PNG below ``folder``.
+
+        :func:`skseg.io.save_masks` applied to these masks, each made only
+        when it is written.
+
+        Parameters
+        ----------
+        folder : path-like
+        names : sequence of str or path-like, default=None
+            Relative file names, e.g. the images' (their suffix becomes
+            ``.png``); ``None``: ``0.png``, ``1.png``...
+        palette : {None, "clusters", "voc"} or array-like, default=None
+            The PNGs' colours; ``None``: :func:`skseg.io.cluster_palette`.
+
+        Returns
+        -------
+        paths : list of pathlib.Path
+        """
+        from ._io import save_masks
+
+        return save_masks(self, folder, names=names, palette=palette)

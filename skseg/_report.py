@@ -27,7 +27,14 @@ import numpy as np
 from PIL import Image
 
 from ._inputs import UserError, one_line
-from ._io import overlay, read_label_png, save_image, voc_palette, write_atomically
+from ._io import (
+    cluster_palette,
+    overlay,
+    read_class_names,
+    read_label_png,
+    save_image,
+    write_atomically,
+)
 from ._run_record import hold_output, read_record
 
 REPORT_FOLDER = "report"
@@ -44,20 +51,15 @@ def template_name(label):
     return f"class {label}"
 
 
-# TODO(merge): use skseg.io.read_class_names
 def _read_class_names(path):
     """``{id: name}`` from a ``classes.json``; ``{}`` when there is none."""
-    path = Path(path)
-    if not path.exists():
+    if not Path(path).exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return {int(key): str(name) for key, name in data.items()}
-    except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
-        raise UserError(f"{path} is not a JSON object of class ids to names, such as "
-                        f'{{"1": "dog"}} ({one_line(exc)}).') from None
+        return read_class_names(path)
+    except ValueError as exc:
+        raise UserError(f"{one_line(exc)} Write it as a JSON object of class ids to "
+                        'names, such as {"1": "dog"}.') from None
 
 
 def _write_template(path, labels):
@@ -151,8 +153,8 @@ def _link(relative):
 
 
 def _colour(label):
-    # TODO(merge): the colours of skseg.io's overlay, whichever palette it uses
-    return tuple(int(c) for c in voc_palette()[label])
+    """The colour of ``label`` in the masks and overlays: the cluster palette."""
+    return tuple(int(c) for c in cluster_palette()[label])
 
 
 def _css_colour(label):

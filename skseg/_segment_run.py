@@ -9,6 +9,7 @@ preview), so a late error never loses them.
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ._weights import WeightsUnavailableError
@@ -16,10 +17,15 @@ from ._cache import config_digest
 from ._images import check_each_image, content_hash, load_rgb
 from ._inputs import UserError, find_inputs, one_line, overlay_name
 from ._io import (
+    CLASS_NAMES_FILE,
     contact_sheet,
+    inside,
+    matched_palette,
     overlay,
+    read_class_names,
     read_label_png,
     remove_stale_temporaries,
+    save_class_names,
     save_image,
     save_label_png,
 )
@@ -75,12 +81,10 @@ def _check_side_file(option, path, images, force, written_before):
 
 def _inside(output, relative):
     """``output / relative``, refused if a link below OUTDIR leads it elsewhere."""
-    target = Path(output) / relative
-    folder = os.path.realpath(target.parent)
-    if ".." in Path(relative).parts or not Path(folder).is_relative_to(
-            os.path.realpath(output)):
-        raise UserError(f"output {target} would land outside {output}; refusing to write it.")
-    return target
+    try:
+        return inside(output, relative)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _use_feature_store(args, vit):
@@ -134,7 +138,10 @@ def _load_pipeline(args):
         raise UserError(f"{', '.join(args.given_fitting_options)} cannot be used with "
                         f"--load-model: {args.load_model} was fitted with its own values, "
                         "which a loaded model keeps.")
-    pipeline = load_model(args.load_model)
+    try:
+        pipeline = load_model(args.load_model)
+    except UserError as exc:
+        raise UserError(f"--load-model {exc}") from None
     vit, segmenter = (step for _, step in pipeline.steps)
     vit.set_params(verbose=not args.quiet, batch_size=args.batch_size, device=args.device)
     vars(segmenter).setdefault("verbose", False)  # saved before it had the parameter
@@ -190,19 +197,59 @@ def _check_images(images, vit, args):
     return good, skipped
 
 
+@dataclass(frozen=True)
+class _Legend:
+    """How overlays and the preview name and colour the labels."""
+
+    names: dict | None = None  # label id to class name
+    palette: object = None  # for skseg._io.resolve_palette
+    key: dict | None = None  # what the record notes of an overlay drawn with it
+
+
 def _legend(args):
-    """Label id to class name, from an ``evaluate --json`` output."""
-    if args.legend_names is None:
-        return None
+    """Label names from ``--legend-names``: an ``evaluate --json`` output
+    (each label named by its matched class, and drawn in that class's VOC
+    colour when evaluate named VOC's classes), or a ``classes.json``."""
+    path = args.legend_names
+    if path is None:
+        return _Legend()
     try:
-        report = json.loads(args.legend_names.read_text())
-        assignment = {int(label): int(cls) for label, cls in report["assignment"].items()}
-        names = {int(cls): str(name) for cls, name in report.get("class_names", {}).items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"--legend-names {args.legend_names} is not the output of "
-                        f"'skseg evaluate --json' ({one_line(exc)}).") from None
-    return {label: names.get(cls, f"class {cls}")
-            for label, cls in assignment.items() if cls >= 0}
+        report = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"--legend-names {path} cannot be read as JSON "
+                        f"({one_line(exc)}).") from None
+    if isinstance(report, dict) and "assignment" in report:
+        try:
+            assignment = {int(label): int(cls) for label, cls in report["assignment"].items()}
+            names = {int(cls): str(name)
+                     for cls, name in report.get("class_names", {}).items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UserError(f"--legend-names {path} is not the output of 'skseg evaluate "
+                            f"--json' ({one_line(exc)}).") from None
+        matched = {label: cls for label, cls in assignment.items() if cls >= 0}
+        legend = {label: names.get(cls, f"class {cls}") for label, cls in matched.items()}
+        voc = report.get("classes") == "voc"
+        palette = matched_palette(matched, "voc") if voc else None
+    else:
+        try:
+            legend = read_class_names(path)
+        except ValueError as exc:
+            raise UserError(f"--legend-names {path} is neither the output of 'skseg "
+                            f"evaluate --json' nor a classes.json ({one_line(exc)}).") from None
+        voc, palette = False, None
+    key = {"names": {str(k): v for k, v in legend.items()},
+           "palette": "voc" if voc else "clusters"}
+    return _Legend(legend, palette, key)
+
+
+def _update_class_names(output, legend, other_fit):
+    """``OUTDIR/classes.json`` names the labels of the masks there: written
+    from ``--legend-names``, removed when it named another fit's labels."""
+    path = _inside(output, CLASS_NAMES_FILE)
+    if legend.names is not None:
+        save_class_names(legend.names, path)
+    elif other_fit:
+        path.unlink(missing_ok=True)
 
 
 def _plan(record, fit, images, digests, args):
@@ -236,18 +283,18 @@ def _plan(record, fit, images, digests, args):
     return kept, skipped_before, []
 
 
-def _complete_overlays(args, images, record, legend, legend_key):
+def _complete_overlays(args, images, record, legend):
     """Draw the overlays the kept masks lack (or that had another legend);
     return how many were drawn."""
     drawn = 0
     for image in images:
         entry = record["outputs"][image.mask_name.as_posix()]
         picture = _inside(args.output, image.overlay_name)
-        if entry.get("overlay") == legend_key and picture.is_file():
+        if entry.get("overlay") == legend.key and picture.is_file():
             continue
         _write_overlay(image, read_label_png(_inside(args.output, image.mask_name)), legend,
                        picture)
-        entry["overlay"] = legend_key
+        entry["overlay"] = legend.key
         drawn += 1
     return drawn
 
@@ -258,7 +305,8 @@ def _redrawn(count):
 
 
 def _write_overlay(image, mask, legend, picture):
-    save_image(overlay(load_rgb(image.path), mask, class_names=legend), picture, quality=90)
+    save_image(overlay(load_rgb(image.path), mask, class_names=legend.names,
+                       palette=legend.palette), picture, quality=90)
 
 
 def _remove_outputs(output, names, keep):
@@ -274,15 +322,13 @@ def _remove_outputs(output, names, keep):
                 continue
 
 
-def _write_preview(args, images, record):
+def _write_preview(args, images, record, legend):
     shown = images[:_PREVIEW_IMAGES]
-    panels = []
-    for image in shown:
-        panels += [load_rgb(image.path), read_label_png(args.output / image.mask_name)]
-    width = 2 * _PREVIEW_PAIRS_PER_ROW
-    rows = [panels[start:start + width] for start in range(0, len(panels), width)]
-    contact_sheet(rows, ("image", "mask") * min(_PREVIEW_PAIRS_PER_ROW, len(shown)),
-                  args.preview, cell=128)
+    contact_sheet([image.path for image in shown],
+                  [read_label_png(args.output / image.mask_name) for image in shown],
+                  args.preview, names=[image.name.as_posix() for image in shown],
+                  class_names=legend.names, palette=legend.palette,
+                  columns=_PREVIEW_PAIRS_PER_ROW)
     record["preview"] = os.path.realpath(args.preview)
     _say(args, f"Preview of {len(shown)} of {len(images)} images: {args.preview}")
 
@@ -347,12 +393,12 @@ def _run_segment(args, images):
     for image in images:
         _inside(output, image.mask_name)
     legend = _legend(args)
-    legend_key = None if legend is None else {str(k): v for k, v in legend.items()}
     pipeline = _load_pipeline(args) if args.load_model else _build_pipeline(args)
     digests = [_digest(image.path) for image in images]
     fit = describe_fit(model=content_hash(args.load_model)) if args.load_model else \
         describe_fit(parameters=result_parameters(pipeline), training=digests)
     kept, skipped_before, stale = _plan(record, fit, images, digests, args)
+    _update_class_names(output, legend, record is not None and record["fit"] != fit)
 
     same_fit = record is not None and record["fit"] == fit
     new = new_record(fit)
@@ -361,10 +407,9 @@ def _run_segment(args, images):
         new["preview"] = record.get("preview")
     kept_images = [images[index] for index in sorted(kept)]
     if len(kept) + len(skipped_before) == len(images) and not args.save_model:
-        redrawn = _complete_overlays(args, kept_images, new, legend, legend_key) \
-            if args.overlay else 0
+        redrawn = _complete_overlays(args, kept_images, new, legend) if args.overlay else 0
         if args.preview:
-            _write_preview(args, kept_images, new)
+            _write_preview(args, kept_images, new, legend)
         write_record(output, new)
         done = [_redrawn(redrawn)] if redrawn else []
         if args.preview:
@@ -405,9 +450,8 @@ def _run_segment(args, images):
         # A lazy LabelMasks: each mask is made when written, one at a time.
         labels = pipeline.named_steps["seg"].labels_[[position[image] for image in todo]]
     previous_outputs = record["outputs"] if record else {}
-    _write_masks(args, todo, labels, new, previous_outputs, digest_of, legend_key, legend)
-    redrawn = _complete_overlays(args, kept_images, new, legend, legend_key) \
-        if args.overlay else 0
+    _write_masks(args, todo, labels, new, previous_outputs, digest_of, legend)
+    redrawn = _complete_overlays(args, kept_images, new, legend) if args.overlay else 0
     write_record(output, new)
     _say(args, f"Wrote {len(todo)} masks to {output}"
                + (f"; kept {len(kept)} made by this same fit" if kept else "")
@@ -424,7 +468,7 @@ def _run_segment(args, images):
             status = 2
     if args.preview:
         _write_preview(args, [image for image in images
-                              if image.mask_name.as_posix() in new["outputs"]], new)
+                              if image.mask_name.as_posix() in new["outputs"]], new, legend)
         write_record(output, new)
     if skipped:
         print(f"skseg: {len(skipped)} input(s) could not be read and were skipped.",
@@ -433,8 +477,7 @@ def _run_segment(args, images):
     return status
 
 
-def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend_key,
-                 legend):
+def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend):
     from tqdm.auto import tqdm
 
     try:
@@ -451,7 +494,7 @@ def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend
             save_label_png(mask, _inside(args.output, image.mask_name))
             record["outputs"][name] = {"input": os.fspath(image.path),
                                        "sha1": digest_of[image],
-                                       "overlay": legend_key if args.overlay else False}
+                                       "overlay": legend.key if args.overlay else False}
             record["skipped"].pop(name, None)
             if count % _RECORD_EVERY == 0:
                 write_record(args.output, record)

@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 import skseg._segment_run
 from skseg._cli import build_parser, main
 from skseg._run_record import RECORD_NAME
+from skseg.io import cluster_palette, voc_palette
 
 from ._cli_helpers import FAST, photo_folder, read_mask, save_scenes  # noqa: F401
 from .conftest import TINY_MODEL, n_images_through_vit
@@ -265,7 +266,59 @@ def test_overlays_asked_on_a_rerun_are_drawn_from_the_masks(tmp_path, monkeypatc
     assert (out / "img1_overlay.jpg").is_file()
     assert (out / "img0_overlay.jpg").read_bytes() != plain  # redrawn with the names
     entry = json.loads((out / RECORD_NAME).read_text())["outputs"]["img0.png"]
-    assert entry["overlay"] == {"1": "cat", "2": "dog"}
+    assert entry["overlay"] == {"names": {"1": "cat", "2": "dog"}, "palette": "clusters"}
+    # The names stay beside the masks, for export and for other tools.
+    assert json.loads((out / "classes.json").read_text()) == {"1": "cat", "2": "dog"}
+
+
+def test_legend_names_from_voc_classes_draw_them_in_voc_colours(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    out = tmp_path / "out"
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 0
+    mask = read_mask(out / "img0.png")
+    assert set(np.unique(mask)) >= {1}
+    # Evaluated against VOC ground truth, label 1 matched "cat" (VOC class 8).
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    for name in ("img0.png", "img1.png", "img2.png"):
+        labels = read_mask(out / name)
+        Image.fromarray(np.where(labels == 1, 8, labels).astype(np.uint8)).save(truth / name)
+    assert main(["evaluate", str(out), str(truth), "--json", "--class-names", "voc"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classes"] == "voc" and report["assignment"]["1"] == 8
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    preview = tmp_path / "preview.png"
+    assert main(["segment", str(photos), "-o", str(out), "--overlay", "--preview",
+                 str(preview), "--legend-names", str(tmp_path / "report.json"), *FAST]) == 0
+    entry = json.loads((out / RECORD_NAME).read_text())["outputs"]["img0.png"]
+    assert entry["overlay"]["palette"] == "voc" and entry["overlay"]["names"]["1"] == "cat"
+    with Image.open(preview) as sheet:
+        colours = {tuple(c) for c in np.asarray(sheet.convert("RGB")).reshape(-1, 3)}
+    assert tuple(voc_palette()[8]) in colours  # label 1 drawn as VOC draws cats
+    assert tuple(cluster_palette()[1]) not in colours
+    # The mask files keep the cluster colours: their values are cluster ids.
+    with Image.open(out / "img0.png") as png:
+        assert png.getpalette()[3:6] == cluster_palette()[1].tolist()
+
+
+def test_class_names_of_another_fit_are_removed_with_its_masks(tmp_path):
+    photos = tmp_path / "photos"
+    save_scenes(photos, 3)
+    out = tmp_path / "out"
+    names = tmp_path / "classes.json"
+    names.write_text('{"1": "sand"}')
+    assert main(["segment", str(photos), "-o", str(out), "--legend-names", str(names),
+                 *FAST]) == 0
+    assert (out / "classes.json").is_file()
+    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 0  # same fit: kept
+    assert (out / "classes.json").is_file()
+    assert main(["segment", str(photos), "-o", str(out), "--force", "--random-state", "3",
+                 *FAST]) == 0
+    assert not (out / "classes.json").exists()
+    names.write_text('{"one": "sand"}')
+    assert main(["segment", str(photos), "-o", str(out), "--legend-names", str(names),
+                 *FAST]) == 2
 
 
 def test_preview_is_a_grid_of_images_and_masks(tmp_path, capsys):
@@ -275,7 +328,14 @@ def test_preview_is_a_grid_of_images_and_masks(tmp_path, capsys):
     assert main(["segment", str(photos), "-o", str(out), "--preview", str(preview),
                  *FAST]) == 0
     with Image.open(preview) as sheet:
-        assert sheet.size == (8 * (128 + 4), 18 + 2 * (128 + 4))  # 4 pairs a row, 2 rows
+        pixels = np.asarray(sheet.convert("RGB"))
+    # 4 image-and-mask tiles a row, 2 rows, and a legend row below.
+    tile_width, tile_height = 2 * 128 + 4 + 8, 128 + 14 + 4
+    assert pixels.shape[:2] == (2 * tile_height + 16, 4 * tile_width)
+    masks = [read_mask(out / f"img{i}.png") for i in range(5)]
+    labels = set(np.unique(masks)) - {0}
+    legend = {tuple(c) for c in pixels[-16:].reshape(-1, 3)}
+    assert {tuple(cluster_palette()[label]) for label in labels} <= legend
     # Its own earlier preview is rewritten without --force, another file is not.
     assert main(["segment", str(photos), "-o", str(out), "--preview", str(preview),
                  *FAST]) == 0

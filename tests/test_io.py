@@ -1,6 +1,8 @@
-"""skseg._io: label PNGs, atomic writes, overlays with a legend, contact sheets."""
+"""skseg.io: masks written and read back, class names, palettes, overlays,
+contact sheets; and the atomic writes under them."""
 
 import errno
+import json
 import os
 
 import numpy as np
@@ -8,26 +10,175 @@ import pytest
 from PIL import Image
 
 from skseg._io import (
-    contact_sheet,
-    overlay,
+    _lab,
+    grid_sheet,
     read_label_png,
     remove_stale_temporaries,
     save_label_png,
-    voc_palette,
     write_atomically,
 )
+from skseg.io import (
+    cluster_palette,
+    contact_sheet,
+    overlay,
+    read_class_names,
+    read_masks,
+    save_class_names,
+    save_masks,
+    voc_palette,
+)
+
+VOC_CLASS_IDS = [*range(21), 255]
 
 
-def test_label_png_round_trip_keeps_labels_and_voc_colours(tmp_path):
+def _masks(n, shape=(6, 8)):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 4, shape).astype(np.uint8) for _ in range(n)]
+
+
+def test_saved_masks_read_back_exactly_in_their_order(tmp_path):
+    masks = _masks(12)
+    paths = save_masks(masks, tmp_path / "out")
+    # Default names sort in the masks' order, even past ten.
+    assert [p.name for p in paths][:3] == ["00.png", "01.png", "02.png"]
+    read = read_masks(tmp_path / "out")
+    assert len(read) == 12 and read.names[-1] == "11.png"
+    for mine, theirs in zip(masks, read):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_masks_are_palette_pngs_in_the_cluster_colours_or_voc_on_request(tmp_path):
+    mask = np.array([[0, 1, 2], [3, 20, 255]], np.uint8)
+    (path,) = save_masks([mask], tmp_path, names=["a"])
+    (voc,) = save_masks([mask], tmp_path, names=["b"], palette="voc")
+    for png_path, palette in [(path, cluster_palette()), (voc, voc_palette())]:
+        with Image.open(png_path) as png:
+            assert png.mode == "P"
+            np.testing.assert_array_equal(np.asarray(png), mask)
+            # What a viewer shows: the palette's colours, not a near-black grey.
+            np.testing.assert_array_equal(np.asarray(png.convert("RGB")), palette[mask])
+
+
+def test_names_keep_folders_and_take_png_suffixes(tmp_path):
+    masks = _masks(3)
+    paths = save_masks(masks, tmp_path, names=["holiday/beach.JPG", "x.tif", "notes.v2"])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        "holiday/beach.png", "x.png", "notes.v2.png"]
+    assert read_masks(tmp_path).names == ["holiday/beach.png", "notes.v2.png", "x.png"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/absolute", "a/../../b", "", "sub/.."])
+def test_names_leaving_the_folder_are_refused_before_anything_is_written(tmp_path, name):
+    with pytest.raises(ValueError, match="outside"):
+        save_masks(_masks(2), tmp_path / "out", names=["fine", name])
+    assert not (tmp_path / "out").exists()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_link_leading_out_of_the_folder_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "sub").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="outside"):
+        save_masks(_masks(2), tmp_path / "out", names=["fine", "sub/m"])
+    assert os.listdir(tmp_path / "elsewhere") == []
+    assert sorted(os.listdir(tmp_path / "out")) == ["sub"]
+
+
+def test_two_names_for_one_file_and_bad_labels_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="'a.jpg' and 'a.png' both"):
+        save_masks(_masks(2), tmp_path, names=["a.jpg", "a.png"])
+    with pytest.raises(ValueError, match="hidden"):
+        save_masks(_masks(1), tmp_path, names=["holiday/.draft.jpg"])
+    with pytest.raises(ValueError, match="2 names for 3 masks"):
+        save_masks(_masks(3), tmp_path, names=["a", "b"])
+    with pytest.raises(ValueError, match="above 255"):
+        save_masks([np.array([[256]])], tmp_path)
+    with pytest.raises(ValueError, match="below 0"):
+        save_masks([np.array([[-1]])], tmp_path)
+    with pytest.raises(TypeError, match="integers"):
+        save_masks([np.zeros((2, 2))], tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_read_masks_indexes_like_label_masks(tmp_path):
+    masks = _masks(5)
+    save_masks(masks, tmp_path)
+    read = read_masks(tmp_path)
+    np.testing.assert_array_equal(read[-1], masks[4])
+    assert read[1:4].names == ["1.png", "2.png", "3.png"]
+    picked = read[[4, 0]]
+    assert picked.names == ["4.png", "0.png"]
+    np.testing.assert_array_equal(picked[0], masks[4])
+    assert read[np.array([True, False, True, False, False])].names == ["0.png", "2.png"]
+    with pytest.raises(IndexError, match="boolean index of length 2 for 5"):
+        read[np.array([True, False])]
+    with pytest.raises(IndexError):
+        read[5]
+
+
+def test_read_masks_is_lazy_and_names_a_bad_file_when_it_is_read(tmp_path):
+    save_masks(_masks(2), tmp_path)
+    (tmp_path / "1.png").write_bytes(b"not a png")
+    Image.new("RGB", (4, 4)).save(tmp_path / ".hidden.png")  # hidden files are left out
+    read = read_masks(tmp_path)
+    assert read.names == ["0.png", "1.png"]
+    read[0]
+    with pytest.raises(ValueError, match="1.png"):
+        read[1]
+    with pytest.raises(FileNotFoundError):
+        read_masks(tmp_path / "missing")
+
+
+def test_class_names_round_trip_as_string_ids(tmp_path):
+    path = tmp_path / "classes.json"
+    save_class_names({2: "sky", 1: "chat noir"}, path)
+    assert json.loads(path.read_text()) == {"1": "chat noir", "2": "sky"}
+    assert read_class_names(path) == {1: "chat noir", 2: "sky"}
+
+
+@pytest.mark.parametrize("content", ['{"1": "cat",', '["cat"]', '{"x": "cat"}',
+                                     '{"256": "cat"}', '{"1": 3}', "\xff\xfe"])
+def test_a_bad_class_names_file_is_an_error_naming_it(tmp_path, content):
+    path = tmp_path / "names.json"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(ValueError, match="names.json"):
+        read_class_names(path)
+
+
+def test_saving_class_names_refuses_what_json_cannot_say(tmp_path):
+    for bad in ({"1": "cat"}, {300: "cat"}, {1: None}):
+        with pytest.raises(ValueError):
+            save_class_names(bad, tmp_path / "classes.json")
+    assert not (tmp_path / "classes.json").exists()
+
+
+def test_no_discovered_id_looks_like_a_voc_class():
+    palette, voc = cluster_palette(), voc_palette()
+    voc_colours = {tuple(voc[label]) for label in VOC_CLASS_IDS}
+    discovered = [tuple(palette[label]) for label in range(1, 255)]
+    assert not voc_colours & set(discovered)
+    assert len(set(discovered)) == 254  # every id its own colour
+    assert tuple(palette[0]) == (0, 0, 0) and tuple(palette[255]) == tuple(voc[255])
+    # Not merely different bytes: the first ids are far apart from VOC's
+    # colours and from each other (CIELAB distance; 2.3 is just noticeable).
+    first = _lab(palette[1:21])
+    to_voc = np.linalg.norm(first[:, None] - _lab(voc[VOC_CLASS_IDS])[None], axis=2)
+    between = np.linalg.norm(first[:, None] - first[None], axis=2)
+    assert to_voc.min() > 25 and between[~np.eye(20, dtype=bool)].min() > 25
+
+
+def test_label_png_round_trip_and_reading_errors_name_the_file(tmp_path):
     mask = np.array([[0, 1, 2], [15, 20, 255]], dtype=np.int64)
     save_label_png(mask, tmp_path / "sub" / "m.png")
-    with Image.open(tmp_path / "sub" / "m.png") as png:
-        assert png.mode == "P"
-        assert np.asarray(png.getpalette()[3:6]).tolist() == voc_palette()[1].tolist()
     np.testing.assert_array_equal(read_label_png(tmp_path / "sub" / "m.png"), mask)
-    with pytest.raises(ValueError, match="above 255"):
-        save_label_png(np.array([[256]]), tmp_path / "big.png")
-    assert not (tmp_path / "big.png").exists()
+    data = (tmp_path / "sub" / "m.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.png"):
+        read_label_png(tmp_path / "cut.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="rgb.png.*single-channel"):
+        read_label_png(tmp_path / "rgb.png")
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
@@ -35,11 +186,12 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
         write_atomically(tmp_path / "f.bin", lambda handle: handle.write(b"x"))
-        save_label_png(np.zeros((2, 2), dtype=np.uint8), tmp_path / "m.png")
+        save_masks(_masks(1), tmp_path, names=["m"])
+        save_class_names({1: "cat"}, tmp_path / "classes.json")
     finally:
         os.umask(old)
-    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == mode
-    assert (tmp_path / "m.png").stat().st_mode & 0o777 == mode
+    for name in ("f.bin", "m.png", "classes.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode
 
 
 def test_a_failed_write_leaves_neither_half_a_file_nor_a_temporary(tmp_path):
@@ -53,61 +205,6 @@ def test_a_failed_write_leaves_neither_half_a_file_nor_a_temporary(tmp_path):
         write_atomically(tmp_path / "f.bin", failing)
     assert (tmp_path / "f.bin").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
-
-
-def test_reading_a_truncated_or_colour_mask_names_the_file(tmp_path):
-    save_label_png(np.ones((40, 40), dtype=np.uint8), tmp_path / "m.png")
-    data = (tmp_path / "m.png").read_bytes()
-    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="cut.png"):
-        read_label_png(tmp_path / "cut.png")
-    Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
-    with pytest.raises(ValueError, match="rgb.png.*single-channel"):
-        read_label_png(tmp_path / "rgb.png")
-
-
-def _colours(picture):
-    return {tuple(c) for c in np.asarray(picture).reshape(-1, 3)}
-
-
-def test_overlay_has_a_legend_of_the_labels_present():
-    rgb = np.full((40, 120, 3), 0.5, dtype=np.float32)
-    mask = np.zeros((40, 120), dtype=np.uint8)
-    mask[5:15, 5:15], mask[20:30, 50:60] = 2, 5
-    picture = overlay(rgb, mask)
-    assert picture.size == (120, 40 + 16)  # one legend row below the image
-    legend = _colours(picture.crop((0, 40, 120, 56)))
-    palette = voc_palette()
-    assert tuple(palette[2]) in legend and tuple(palette[5]) in legend
-    assert tuple(palette[1]) not in legend  # only labels that occur
-    # Background is left as it was; labels are blended.
-    image = np.asarray(picture)[:40]
-    assert tuple(image[0, 0]) == (128, 128, 128)
-    assert tuple(image[10, 10]) != (128, 128, 128)
-    assert overlay(rgb, np.zeros_like(mask)).size == (120, 40)
-
-
-def test_overlay_legend_shows_class_names_and_wraps():
-    rgb = np.zeros((30, 100, 3), dtype=np.float32)
-    mask = np.zeros((30, 100), dtype=np.uint8)
-    mask[:10, :10], mask[20:, 50:] = 1, 3
-    plain = np.asarray(overlay(rgb, mask))
-    named = np.asarray(overlay(rgb, mask, class_names={1: "aeroplane", 3: "bird"}))
-    assert named.shape[0] > plain.shape[0]  # longer texts wrap onto a second row
-    assert (named[30:] < 128).sum() > (plain[30:] < 128).sum()  # more text drawn
-
-
-def test_contact_sheet_grid(tmp_path):
-    images = [np.full((20, 40, 3), 200, dtype=np.uint8), np.zeros((30, 30, 3))]
-    masks = [np.ones((20, 40), dtype=np.uint8), np.full((30, 30), 2, dtype=np.uint8)]
-    contact_sheet([[images[0], masks[0]], [images[1], masks[1]]], ("image", "mask"),
-                  tmp_path / "sheet.png", cell=50, gap=4, header=18)
-    with Image.open(tmp_path / "sheet.png") as sheet:
-        assert sheet.size == (2 * 54, 18 + 2 * 54)
-        pixels = np.asarray(sheet.convert("RGB"))
-    # Masks keep their exact label colours when resized.
-    assert tuple(pixels[18 + 54 + 10, 54 + 10]) == tuple(voc_palette()[2])
-    assert tuple(pixels[18 + 5, 54 + 5]) == tuple(voc_palette()[1])
 
 
 def test_a_full_disk_names_the_file_being_written(tmp_path):
@@ -128,3 +225,78 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
         path.write_bytes(b"x")
     remove_stale_temporaries(tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted(path.name for path in kept)
+
+
+def _colours(picture):
+    return {tuple(c) for c in np.asarray(picture).reshape(-1, 3)}
+
+
+def test_overlay_has_a_legend_of_the_labels_present():
+    rgb = np.full((40, 120, 3), 0.5, dtype=np.float32)
+    mask = np.zeros((40, 120), dtype=np.uint8)
+    mask[5:15, 5:15], mask[20:30, 50:60] = 2, 5
+    picture = overlay(rgb, mask)
+    assert picture.size == (120, 40 + 16)  # one legend row below the image
+    legend = _colours(picture.crop((0, 40, 120, 56)))
+    palette = cluster_palette()
+    assert tuple(palette[2]) in legend and tuple(palette[5]) in legend
+    assert tuple(palette[1]) not in legend  # only labels that occur
+    # Background is left as it was; labels are blended.
+    image = np.asarray(picture)[:40]
+    assert tuple(image[0, 0]) == (128, 128, 128)
+    assert tuple(image[10, 10]) != (128, 128, 128)
+    assert overlay(rgb, np.zeros_like(mask)).size == (120, 40)
+    # The same from a uint8 image, and in VOC colours on request.
+    grey = np.full((40, 120, 3), 128, np.uint8)
+    assert overlay(grey, mask) == overlay(grey / 255, mask)
+    voc = _colours(overlay(rgb, mask, palette="voc").crop((0, 40, 120, 56)))
+    assert tuple(voc_palette()[2]) in voc and tuple(palette[2]) not in voc
+    with pytest.raises(ValueError, match="40 x 60 pixels but the image 40 x 120"):
+        overlay(rgb, mask[:, :60])
+
+
+def test_overlay_legend_shows_class_names_and_wraps():
+    rgb = np.zeros((30, 100, 3), dtype=np.float32)
+    mask = np.zeros((30, 100), dtype=np.uint8)
+    mask[:10, :10], mask[20:, 50:] = 1, 3
+    plain = np.asarray(overlay(rgb, mask))
+    named = np.asarray(overlay(rgb, mask, class_names={1: "aeroplane", 3: "bird"}))
+    assert named.shape[0] > plain.shape[0]  # longer texts wrap onto a second row
+    assert (named[30:] < 128).sum() > (plain[30:] < 128).sum()  # more text drawn
+
+
+def test_contact_sheet_tiles_carry_names_and_a_legend(tmp_path):
+    images = [np.full((20, 40, 3), 200, dtype=np.uint8), np.zeros((30, 30, 3))]
+    masks = [np.ones((20, 40), dtype=np.uint8), np.full((30, 30), 2, dtype=np.uint8)]
+    contact_sheet(images, masks, tmp_path / "named.png", names=["beach.jpg", "a/b.jpg"],
+                  class_names={1: "sand"}, cell=50, columns=2)
+    contact_sheet(images, masks, tmp_path / "plain.png", names=["", ""], cell=50, columns=2)
+    with Image.open(tmp_path / "named.png") as sheet:
+        named = np.asarray(sheet.convert("RGB"))
+    with Image.open(tmp_path / "plain.png") as sheet:
+        plain = np.asarray(sheet.convert("RGB"))
+    palette = cluster_palette()
+    # Masks keep their exact label colours when resized; the legend below
+    # the tiles has a swatch of each label present.
+    assert tuple(named[10, 50 + 4 + 10]) == tuple(palette[1])
+    tile_width = 2 * 50 + 4 + 8
+    assert tuple(named[10, tile_width + 50 + 4 + 10]) == tuple(palette[2])
+    legend = _colours(named[-16:])
+    assert {tuple(palette[1]), tuple(palette[2])} <= legend
+    # The captions and the class name are drawn: more dark pixels than without.
+    assert named.shape == plain.shape
+    assert (named.sum(axis=2) < 200).sum() > (plain.sum(axis=2) < 200).sum()
+    with pytest.raises(ValueError, match="2 images for 1 masks"):
+        contact_sheet(images, masks[:1], tmp_path / "x.png")
+
+
+def test_grid_sheet_of_the_demo_keeps_exact_label_colours(tmp_path):
+    images = [np.full((20, 40, 3), 200, dtype=np.uint8), np.zeros((30, 30, 3))]
+    masks = [np.ones((20, 40), dtype=np.uint8), np.full((30, 30), 2, dtype=np.uint8)]
+    grid_sheet([[images[0], masks[0]], [images[1], masks[1]]], ("image", "mask"),
+               tmp_path / "sheet.png", cell=50, gap=4, header=18)
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.size == (2 * 54, 18 + 2 * 54)
+        pixels = np.asarray(sheet.convert("RGB"))
+    assert tuple(pixels[18 + 54 + 10, 54 + 10]) == tuple(cluster_palette()[2])
+    assert tuple(pixels[18 + 5, 54 + 5]) == tuple(cluster_palette()[1])

@@ -88,8 +88,9 @@ def test_regions_round_trip_and_are_small():
     regions = _regions_of(region_map)
     np.testing.assert_array_equal(regions.region_map(), region_map)
     assert len(regions._data) < region_map.size // 500
-    restored = pickle.loads(pickle.dumps(regions))
-    np.testing.assert_array_equal(restored.region_map(), region_map)
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):  # 0 and 1 too, despite slots
+        restored = pickle.loads(pickle.dumps(regions, protocol=protocol))
+        np.testing.assert_array_equal(restored.region_map(), region_map)
     many = np.arange(1, 300 * 2 + 1).reshape(20, 30) % 300 + 1
     assert _regions_of(many).region_map().max() == 300  # beyond uint8
     dots = np.zeros((1, 512, 512), bool)

@@ -1,10 +1,8 @@
 """Ground-truth masks read lazily from PNG files."""
 
 from collections.abc import Sequence
-from numbers import Integral
 
-import numpy as np
-
+from .._indexing import positions
 from .._io import read_label_png
 
 
@@ -22,16 +20,21 @@ class MaskFiles(Sequence):
 
     PNGs in palette mode give their palette indices (the class ids), as VOC
     stores them. A ``lookup`` table maps stored values to returned labels.
+    Integer, slice and array indexing as for :class:`~skseg.FeatureSequence`.
 
     Parameters
     ----------
     paths : list of path-like
     lookup : ndarray of shape (256,), default=None
+    names : list of str, default=None
+        A name per mask (:func:`skseg.io.read_masks` gives their paths
+        relative to the folder read); ``None``: the paths as strings.
     """
 
-    def __init__(self, paths, lookup=None):
+    def __init__(self, paths, lookup=None, names=None):
         self.paths = list(paths)
         self.lookup = lookup
+        self.names = [str(path) for path in self.paths] if names is None else list(names)
 
     def __len__(self):
         return len(self.paths)
@@ -41,14 +44,12 @@ class MaskFiles(Sequence):
         return mask if self.lookup is None else self.lookup[mask]
 
     def __getitem__(self, key):
-        if isinstance(key, Integral):
-            return self._read(self.paths[key])
-        if isinstance(key, slice):
-            return MaskFiles(self.paths[key], self.lookup)
-        key = np.asarray(key)
-        if key.dtype == bool:
-            key = np.flatnonzero(key)
-        return MaskFiles([self.paths[i] for i in key.tolist()], self.lookup)
+        indices = positions(key, len(self), "MaskFiles")
+        if isinstance(indices, int):
+            return self._read(self.paths[indices])
+        indices = indices.tolist()
+        return MaskFiles([self.paths[i] for i in indices], self.lookup,
+                         [self.names[i] for i in indices])
 
     def __repr__(self):
         return f"MaskFiles(<{len(self)} masks>)"
