@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+import skseg._passes
 import skseg._segmenter
 from skseg import ImageFeatures, MultilevelSegmenter
 from skseg._clustering import BoundedSample, nearest_centroid, unit_rows
@@ -89,17 +90,17 @@ def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
     return keys, n * N_PATCHES, sample, described
 
 
-def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples, below=None):
+def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples, below=None):
     n = stop - start
     rng = np.random.default_rng(start + 2)
-    n_clusters = len(model.dataset_centroids_)
+    n_clusters = len(state.dataset_centroids)
     statistics = {"counts": np.bincount(rng.integers(0, n_clusters, n * N_PATCHES),
                                         minlength=n_clusters)}
     statistics["border"] = statistics["counts"] // 4
-    categories = nearest_centroid(descriptors(start, stop), model.category_centers_)
+    categories = nearest_centroid(descriptors(start, stop), state.category_centers)
     category = np.repeat(categories, N_PATCHES)
     statistics["category_patches"] = np.bincount(category,
-                                                 minlength=len(model.category_centers_))
+                                                 minlength=len(state.category_centers))
     priorities = uniform_priorities(rng, n * N_PATCHES)
     samples = {}
     for c in np.unique(category):
@@ -125,7 +126,7 @@ def photo_regions(rng):
     return Regions(PHOTO, *map(np.concatenate, (rows, starts, stops, ids)), 2)
 
 
-def segment(X, start, stop, expected, model, keys=None):
+def segment(X, start, stop, expected, state, keys=None):
     rng = np.random.default_rng(start + 3)
     n = stop - start
     regions = [photo_regions(rng) for _ in range(n)]
@@ -147,7 +148,7 @@ def rss_anon():
 def measure(n_images):
     received = {name: [] for name in ("survey", "dataset_statistics", "segment")}
     arguments = []
-    real_delayed = skseg._segmenter.delayed
+    real_delayed = skseg._passes.delayed
 
     def counted(function):
         @functools.wraps(function)
@@ -163,7 +164,7 @@ def measure(n_images):
 
     for function in (survey, dataset_statistics, segment):
         setattr(skseg._segmenter, function.__name__, counted(function))
-    skseg._segmenter.delayed = measured_delayed
+    skseg._passes.delayed = measured_delayed
     peak, stop = [0], threading.Event()
 
     def sample_memory():

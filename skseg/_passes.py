@@ -2,17 +2,24 @@
 checks and computes.
 
 The pass functions take small arguments (X, which pickles as its location
-when it is a store, a range of images, fitted centroids), so that any joblib
-backend (threads, processes, Dask) can run them where the data lies, and
-each returns only small per-image results.
+when it is a store, a range of images, a frozen :class:`FittedState` of
+centroids and parameters, never the estimator), so that any joblib backend
+(threads, processes, Dask) can run them where the data lies, and each
+returns only small per-image results and bounded samples.
+:func:`chunk_ranges` and :func:`map_chunks` cut X into chunks and run a pass
+over them.
 """
 
 import functools
+import math
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
+from joblib import Parallel, delayed, effective_n_jobs
 from scipy import sparse
 
+from ._backbone import resolve_device
 from ._clustering import (
     BoundedSample,
     content_key,
@@ -22,10 +29,16 @@ from ._clustering import (
     unit_rows,
 )
 from ._features import FeatureSequence, ImageFeatures
-from ._levels import border_patches, level_counts
+from ._images import load_rgb
+from ._levels import border_patches, chunk_levels, group_indices, level_counts
+from ._refine import foreground_masks
+from ._regions import encode_crops, object_regions, pooled_descriptors, region_crops
 
 # Floats of patch features per chunk: ~32 MB of float32.
 CHUNK_FLOATS = 1 << 23
+# Chunks per job at least, so that a slow or lost worker holds up a small
+# share of a pass and the others take up the rest.
+CHUNKS_PER_JOB = 4
 
 
 def as_features(X):
@@ -110,6 +123,79 @@ class Expected:
             values = getattr(f, name)
             if values is not None and not np.isfinite(values).all():
                 raise ValueError(f"image {index} has NaN or infinite {name}.")
+
+
+@dataclass(frozen=True)
+class FittedState:
+    """What the passes read of a segmenter fitted so far: its centroids and
+    the parameters of the per-image path. Small (kilobytes of centroids), it
+    travels with every task; the estimator itself never does."""
+
+    dataset_centroids: np.ndarray
+    category_centers: np.ndarray
+    consensus: str
+    max_iter: int
+    device: str
+    metric: str
+    dataset_foreground: np.ndarray = None
+    category_pairs: np.ndarray = None
+    refine: object = None  # foreground_masks' refine, its parameters bound; None: off
+    refine_max_side: int = 128
+    batch_size: int = 16
+    min_region_size: object = 1  # pixels (int) or a share of the image (float)
+    region: str = "pooled"
+    region_encoder: object = None  # fitted, for region="crop"
+
+    def min_region_pixels(self, height, width):
+        if isinstance(self.min_region_size, Integral):
+            return int(self.min_region_size)
+        return max(1, math.ceil(self.min_region_size * height * width))
+
+
+def chunk_state_levels(chunk, state):
+    """The three level masks of a chunk, their consensus and each image's category."""
+    return chunk_levels(
+        chunk, state.dataset_centroids, state.dataset_foreground, state.category_centers,
+        state.category_pairs, consensus=state.consensus, max_iter=state.max_iter,
+        device=resolve_device(state.device),
+    )
+
+
+def chunk_regions(chunk, soft, state):
+    """Upsample, refine and split into regions; describe each region. Also
+    returns how many images carried no pixels to refine with."""
+    device = resolve_device(state.device)
+    soft = chunk.split(soft)
+    regions, described = [None] * len(chunk), [None] * len(chunk)
+    groups = group_indices([(f.image_shape, f.grid_shape, f.image is None)
+                            for f in chunk.records])
+    for (image_shape, _, no_pixels), members in groups:
+        for start in range(0, len(members), state.batch_size):
+            batch = members[start:start + state.batch_size]
+            masks = foreground_masks(
+                np.stack([soft[j] for j in batch]), image_shape,
+                None if no_pixels or state.refine is None
+                else [chunk.records[j].image for j in batch],
+                refine=state.refine, max_side=state.refine_max_side, device=device,
+            )
+            batch_regions = object_regions(masks, state.min_region_pixels(*image_shape))
+            for j, image_regions in zip(batch, batch_regions):
+                regions[j] = image_regions
+                if state.region == "crop":
+                    described[j] = region_crops(
+                        load_rgb(chunk.records[j].image, image_shape), image_regions,
+                        state.region_encoder.patch_size_,
+                    )
+                else:
+                    described[j] = pooled_descriptors(image_regions, chunk.records[j].patches)
+    if state.region == "crop":
+        described = encode_crops(state.region_encoder, described)
+    if state.metric == "cosine":  # all the chunk's regions at once
+        counts = [len(d) for d in described]
+        described = np.split(unit_rows(np.concatenate(described).astype(np.float32)),
+                             np.cumsum(counts)[:-1])
+    no_pixels = sum(f.image is None for f in chunk.records)
+    return regions, described, no_pixels
 
 
 class Chunk:
@@ -218,14 +304,14 @@ def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
     return chunk.keys, int(chunk.offsets[-1]), patches, descriptors
 
 
-def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples,
+def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
                        below=None):
     """Pass 2: each image's category; per dataset cluster, patch counts (all,
     on the border) and CLS attention; per category, its patch count and its
     sample (of the patches under ``below[category]``, as in :func:`survey`)."""
     chunk = Chunk(X, start, stop, expected, keys[start:stop])
-    n_clusters = len(model.dataset_centroids_)
-    assignment = nearest_centroid(chunk.patches, model.dataset_centroids_)
+    n_clusters = len(state.dataset_centroids)
+    assignment = nearest_centroid(chunk.patches, state.dataset_centroids)
     statistics = {
         "counts": np.bincount(assignment, minlength=n_clusters),
         "border": np.bincount(assignment[chunk.on_border()], minlength=n_clusters),
@@ -234,10 +320,10 @@ def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples,
         statistics["attention"] = np.bincount(
             assignment, weights=chunk.attention(), minlength=n_clusters
         )
-    categories = nearest_centroid(chunk.descriptors, model.category_centers_)
+    categories = nearest_centroid(chunk.descriptors, state.category_centers)
     patch_category = categories[chunk.image_of_patch]
     statistics["category_patches"] = np.bincount(
-        patch_category, minlength=len(model.category_centers_)
+        patch_category, minlength=len(state.category_centers)
     )
     priorities = chunk.priorities(seed)
     samples = {}
@@ -248,19 +334,19 @@ def dataset_statistics(X, start, stop, expected, keys, model, seed, max_samples,
     return categories, statistics, samples
 
 
-def segment(X, start, stop, expected, model, keys=None):
+def segment(X, start, stop, expected, state, keys=None):
     """The per-image path of fit and predict: levels, consensus, pixels,
     regions and their descriptors for images ``start..stop``, and the
     chunk's :func:`level_counts`."""
     chunk = Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
-    levels = model._levels(chunk)
-    return (*model._regions(chunk, levels["consensus"]),
+    levels = chunk_state_levels(chunk, state)
+    return (*chunk_regions(chunk, levels["consensus"], state),
             level_counts(levels, chunk.on_border()))
 
 
-def levels_only(X, start, stop, expected, model):
+def levels_only(X, start, stop, expected, state):
     chunk = Chunk(X, start, stop, expected)
-    levels = model._levels(chunk)
+    levels = chunk_state_levels(chunk, state)
     per_level = {name: chunk.split(values) for name, values in levels.items()
                  if name != "category_index"}
     return [
@@ -293,3 +379,58 @@ class Window:
         if isinstance(index, slice):
             return self.values[index.start - self.start:index.stop - self.start]
         return self.values[index - self.start]
+
+
+# ------------------------------------------------------------ running them
+
+def chunk_ranges(X, chunk_size, n_jobs):
+    """Ranges of images read together (``chunk_size`` images, or about
+    :data:`CHUNK_FLOATS` of features and at least :data:`CHUNKS_PER_JOB`
+    chunks per job); results do not depend on them."""
+    n_images = len(X)
+    per_chunk = chunk_size
+    if per_chunk is None:
+        check_type(0, X[0])  # predict's first look at X: a path gets a clear error
+        per_chunk = max(1, CHUNK_FLOATS // X[0].patches.size)
+        per_chunk = min(per_chunk, math.ceil(
+            n_images / (CHUNKS_PER_JOB * effective_n_jobs(n_jobs))
+        ))
+    return [(start, min(start + per_chunk, n_images))
+            for start in range(0, n_images, per_chunk)]
+
+
+def map_chunks(function, X, chunks, *args, n_jobs=None, progress=None):
+    """``function(X, start, stop, *args)`` for every chunk, results in
+    order, on the joblib backend in effect (threads by default; under
+    Dask's, every worker thread of the cluster); with ``progress``, a
+    progress bar over the images of that name.
+
+    Each task gets only its chunk's share of per-image data: of X when it is
+    in memory (a store travels as its location), and of any ``PerImage``
+    argument.
+    """
+    in_memory = isinstance(X, (list, tuple, FeatureSequence))
+    results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+        # Arguments bound in a partial: joblib's Dask backend scatters a
+        # large array argument to one worker, and the task could not be
+        # rerun once that worker died; a task carrying its own arguments
+        # can be rerun anywhere (and is still named after the pass).
+        delayed(functools.partial(
+            function, Window(X, start, stop) if in_memory else X, start, stop,
+            *(arg.window(start, stop) if isinstance(arg, PerImage) else arg
+              for arg in args),
+        ))()
+        for start, stop in chunks
+    )
+    return results if progress is None else _with_progress(results, chunks, progress)
+
+
+def _with_progress(results, chunks, description):
+    """The results of a pass over ``chunks``, counted on a progress bar."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=sum(stop - start for start, stop in chunks), desc=description,
+              unit="img") as bar:
+        for (start, stop), result in zip(chunks, results):
+            bar.update(stop - start)
+            yield result

@@ -4,12 +4,12 @@
 bounded by a chunk and the bounded K-means samples, not by the number of
 images:
 
-1. survey: check every image, key it by content, describe it (CLS token),
-   draw the dataset-level sample;
+1. survey: check every image, key it by content, draw the dataset-level
+   sample of patches and a sample of the images' descriptors (CLS tokens);
 2. dataset level: fit its K-means (more clusters than foreground and
-   background), count its clusters on the border (or under the CLS
-   attention) and split them into foreground and background by Otsu's
-   threshold; group images into categories and draw each category's sample;
+   background) and the images' categories, count the clusters on the border
+   (or under the CLS attention) and split them into foreground and
+   background by Otsu's threshold; draw each category's sample;
 3. category level: each category's 2-means, started from and oriented by the
    dataset level;
 4. the per-image path that ``predict`` runs too: image level (redone from
@@ -19,15 +19,12 @@ images:
 5. classes: K-means of the region descriptors.
 """
 
-import copy
 import functools
-import math
 import sys
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, ClusterMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
@@ -41,58 +38,36 @@ from ._clustering import (
     nearest_centroid,
     patch_priorities,
     priority_bound,
-    unit_rows,
 )
 from ._levels import (
-    attention_foreground,
-    border_foreground,
     LEVEL_PAIRS,
     LEVELS,
+    attention_foreground,
+    border_foreground,
     category_pair,
-    chunk_levels,
-    group_indices,
 )
 from ._n_classes import choose_n_clusters
-from ._features import FeatureSequence
 from ._passes import (
-    CHUNK_FLOATS,
     Expected,
+    FittedState,
     PerImage,
-    Window,
     as_features,
     check_type,
+    chunk_ranges,
     dataset_statistics,
     levels_only,
+    map_chunks,
     segment,
     survey,
 )
-from ._images import load_rgb
-from ._refine import dense_crf, foreground_masks, pamr
+from ._refine import dense_crf, pamr
 from ._regions import (
     LabelMasks,
-    encode_crops,
-    object_regions,
-    pooled_descriptors,
-    region_crops,
 )
 from ._validation import HasMethods, Interval, StrOptions
 
-# Chunks per job at least, so that a slow or lost worker holds up a small
-# share of a pass and the others take up the rest.
-_CHUNKS_PER_JOB = 4
 # Streams of random draws, one per use, derived from one seed.
 _SEEDS = ("dataset", "categories", "category_pairs", "classes")
-
-
-def _with_progress(results, chunks, description):
-    """The results of a pass over ``chunks``, counted on a progress bar."""
-    from tqdm.auto import tqdm
-
-    with tqdm(total=sum(stop - start for start, stop in chunks), desc=description,
-              unit="img") as bar:
-        for (start, stop), result in zip(chunks, results):
-            bar.update(stop - start)
-            yield result
 
 
 class ForegroundWarning(UserWarning):
@@ -446,7 +421,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         expected = self._expected(X)
         master = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         seeds = dict(zip(_SEEDS, np.random.SeedSequence(master).generate_state(len(_SEEDS))))
-        chunks = self._chunks(X)
+        chunks = chunk_ranges(X, self.chunk_size, self.n_jobs)
 
         # 1. Survey: every image checked and keyed; bounded, content-keyed
         # samples of patches for the dataset level and of the images'
@@ -560,53 +535,34 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             needs_pixels="region='crop'" if self.region == "crop" else None,
         )
 
-    def _chunks(self, X):
-        """Ranges of images read together; results do not depend on them."""
-        n_images = len(X)
-        per_chunk = self.chunk_size
-        if per_chunk is None:
-            check_type(0, X[0])  # predict's first look at X: a path gets a clear error
-            per_chunk = max(1, CHUNK_FLOATS // X[0].patches.size)
-            per_chunk = min(per_chunk, math.ceil(
-                n_images / (_CHUNKS_PER_JOB * effective_n_jobs(self.n_jobs))
-            ))
-        return [(start, min(start + per_chunk, n_images))
-                for start in range(0, n_images, per_chunk)]
-
     def _map(self, function, X, chunks, *args, progress=None):
-        """``function(X, start, stop, *args)`` for every chunk, results in
-        order, on the joblib backend in effect (threads by default; under
-        Dask's, every worker thread of the cluster). With ``verbose``, a
-        progress bar over the images named ``progress``.
+        """:func:`map_chunks` with this segmenter's jobs, and its progress
+        bar when ``verbose``."""
+        return map_chunks(function, X, chunks, *args, n_jobs=self.n_jobs,
+                          progress=progress if self.verbose else None)
 
-        Each task gets only its chunk's share of per-image data: of X when
-        it is in memory (a store travels as its location), and of any
-        ``PerImage`` argument.
-        """
-        in_memory = isinstance(X, (list, tuple, FeatureSequence))
-        results = Parallel(n_jobs=self.n_jobs, prefer="threads", return_as="generator")(
-            # Arguments bound in a partial: joblib's Dask backend scatters a
-            # large array argument to one worker, and the task could not be
-            # rerun once that worker died; a task carrying its own arguments
-            # can be rerun anywhere (and is still named after the pass).
-            delayed(functools.partial(
-                function, Window(X, start, stop) if in_memory else X, start, stop,
-                *(arg.window(start, stop) if isinstance(arg, PerImage) else arg
-                  for arg in args),
-            ))()
-            for start, stop in chunks
+    def _state(self):
+        """What the passes read of this segmenter, fitted so far."""
+        refine = None
+        if self.refine == "crf" and self.refine_iter > 0:
+            refine = functools.partial(
+                dense_crf, n_iter=self.refine_iter, radius=self.crf_radius,
+                stride=self.crf_stride, bilateral_weight=self.crf_bilateral_weight,
+                bilateral_xy=self.crf_bilateral_xy, bilateral_rgb=self.crf_bilateral_rgb,
+                gaussian_weight=self.crf_gaussian_weight, gaussian_xy=self.crf_gaussian_xy,
+            )
+        elif self.refine == "pamr" and self.refine_iter > 0:
+            refine = functools.partial(pamr, n_iter=self.refine_iter,
+                                       dilations=tuple(self.refine_dilations))
+        return FittedState(
+            dataset_centroids=self.dataset_centroids_, category_centers=self.category_centers_,
+            consensus=self.consensus, max_iter=self.max_iter, device=self.device,
+            metric=self.metric, dataset_foreground=getattr(self, "dataset_foreground_", None),
+            category_pairs=getattr(self, "category_centroids_", None), refine=refine,
+            refine_max_side=self.refine_max_side, batch_size=self.batch_size,
+            min_region_size=self.min_region_size, region=self.region,
+            region_encoder=getattr(self, "region_encoder_", None),
         )
-        if progress is None or not self.verbose:
-            return results
-        return _with_progress(results, chunks, progress)
-
-    def _light(self):
-        """This estimator without its per-training-image attributes: what the
-        passes need, small enough to ship with every task."""
-        model = copy.copy(self)
-        model.__dict__.pop("labels_", None)
-        model.__dict__.pop("categories_", None)
-        return model
 
     def _fit_categories(self, sample, n_images, seed):
         requested = self.n_classes if self.n_categories is None else self.n_categories
@@ -667,7 +623,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         for below in ([priority_bound(self.max_samples, n) for n in estimates], None):
             categories, statistics, samples = [], {}, {}
             for chunk_categories, chunk_statistics, chunk_samples in self._map(
-                dataset_statistics, X, chunks, expected, PerImage(keys), self._light(),
+                dataset_statistics, X, chunks, expected, PerImage(keys), self._state(),
                 seed, self.max_samples, below, progress="dataset level",
             ):
                 categories.append(chunk_categories)
@@ -736,10 +692,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     def _segment_all(self, X, chunks, expected, keys=None):
         """Region maps and region descriptors of every image, chunk by chunk,
         and the summed level counts."""
-        model = self._light()
         regions, descriptors, counts, no_pixels = [], [], {}, 0
         for chunk_regions, chunk_descriptors, chunk_no_pixels, chunk_counts in self._map(
-            segment, X, chunks, expected, model, None if keys is None else PerImage(keys),
+            segment, X, chunks, expected, self._state(),
+            None if keys is None else PerImage(keys),
             progress="image level + refinement",
         ):
             regions.extend(chunk_regions)
@@ -799,67 +755,6 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 ForegroundWarning,
             )
 
-    def _levels(self, chunk):
-        """The three level masks, their consensus and each image's category."""
-        return chunk_levels(
-            chunk, self.dataset_centroids_, self.dataset_foreground_,
-            self.category_centers_, self.category_centroids_,
-            consensus=self.consensus, max_iter=self.max_iter,
-            device=resolve_device(self.device),
-        )
-
-    def _regions(self, chunk, soft):
-        """Upsample, refine and split into regions; describe each region."""
-        device = resolve_device(self.device)
-        refine = self.refine is not None and self.refine_iter > 0
-        soft = chunk.split(soft)
-        regions, described = [None] * len(chunk), [None] * len(chunk)
-        groups = group_indices([(f.image_shape, f.grid_shape, f.image is None)
-                          for f in chunk.records])
-        for (image_shape, _, no_pixels), members in groups:
-            for start in range(0, len(members), self.batch_size):
-                batch = members[start:start + self.batch_size]
-                masks = foreground_masks(
-                    np.stack([soft[j] for j in batch]), image_shape,
-                    None if no_pixels or not refine else [chunk.records[j].image for j in batch],
-                    refine=self._refiner(), max_side=self.refine_max_side, device=device,
-                )
-                batch_regions = object_regions(masks, self._min_region_pixels(*image_shape))
-                for j, image_regions in zip(batch, batch_regions):
-                    regions[j] = image_regions
-                    if self.region == "crop":
-                        described[j] = region_crops(
-                            load_rgb(chunk.records[j].image, image_shape), image_regions,
-                            self.region_encoder_.patch_size_,
-                        )
-                    else:
-                        described[j] = pooled_descriptors(image_regions, chunk.records[j].patches)
-        if self.region == "crop":
-            described = encode_crops(self.region_encoder_, described)
-        if self.metric == "cosine":  # all the chunk's regions at once
-            counts = [len(d) for d in described]
-            described = np.split(unit_rows(np.concatenate(described).astype(np.float32)),
-                                 np.cumsum(counts)[:-1])
-        no_pixels = sum(f.image is None for f in chunk.records)
-        return regions, described, no_pixels
-
-    def _refiner(self):
-        """The refinement with its parameters bound, as ``foreground_masks`` takes it."""
-        if self.refine == "crf":
-            return functools.partial(
-                dense_crf, n_iter=self.refine_iter, radius=self.crf_radius,
-                stride=self.crf_stride, bilateral_weight=self.crf_bilateral_weight,
-                bilateral_xy=self.crf_bilateral_xy, bilateral_rgb=self.crf_bilateral_rgb,
-                gaussian_weight=self.crf_gaussian_weight, gaussian_xy=self.crf_gaussian_xy,
-            )
-        return functools.partial(pamr, n_iter=self.refine_iter,
-                                 dilations=tuple(self.refine_dilations))
-
-    def _min_region_pixels(self, height, width):
-        if isinstance(self.min_region_size, Integral):
-            return int(self.min_region_size)
-        return max(1, math.ceil(self.min_region_size * height * width))
-
     def _label(self, regions, descriptors):
         classes = [
             1 + nearest_centroid(d, self.class_centroids_) if len(d) else np.zeros(0, int)
@@ -889,7 +784,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         check_is_fitted(self, "class_centroids_")
         X = as_features(X)
         regions, descriptors, _ = self._segment_all(
-            X, self._chunks(X), self._expected(X, fitted=True)
+            X, chunk_ranges(X, self.chunk_size, self.n_jobs), self._expected(X, fitted=True)
         )
         return self._label(regions, descriptors)
 
@@ -911,7 +806,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         X = as_features(X)
         levels = []
         for per_image in self._map(
-            levels_only, X, self._chunks(X), self._expected(X, fitted=True), self._light()
+            levels_only, X, chunk_ranges(X, self.chunk_size, self.n_jobs),
+            self._expected(X, fitted=True), self._state(),
         ):
             levels.extend(per_image)
         return levels

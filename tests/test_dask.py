@@ -118,7 +118,7 @@ def test_each_task_carries_its_own_chunk_and_nothing_to_scatter(monkeypatch, ima
                 shipped.append(len(pickle.dumps(function)))
                 yield function()
 
-    monkeypatch.setattr(skseg._segmenter, "Parallel", RecordingParallel)
+    monkeypatch.setattr(skseg._passes, "Parallel", RecordingParallel)
     fitted = MultilevelSegmenter(**ON_DASK).fit(images[0])
     assert_same_fit(fitted, serial[0])
     n_chunks = len(images[0]) // ON_DASK["chunk_size"]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from skseg._cli import main
-from skseg._io import save_label_png, voc_palette
+from skseg._io import cluster_palette, save_label_png
 from skseg._report import write_report
 from skseg._run_record import describe_fit, new_record, write_record
 
@@ -224,7 +224,7 @@ def test_the_page_renders_in_a_headless_browser(tmp_path):
     count_of = {tuple(colour): count for colour, count in zip(colours.tolist(), counts)}
     for label in labels:
         # Each class's swatches and section band, in its legend colour.
-        assert count_of.get(tuple(voc_palette()[label].tolist()), 0) > 200, label
+        assert count_of.get(tuple(cluster_palette()[label].tolist()), 0) > 200, label
 
 
 def test_a_class_too_small_to_survive_shrinking_still_has_its_section(tmp_path):
