@@ -1,25 +1,35 @@
 """skseg: unsupervised semantic segmentation with self-supervised ViT features.
 
 The public API is re-exported here; implementations live in private modules.
+Each name's module is imported on first use, so that ``import skseg`` (and
+``skseg --help``) does not load torch or scikit-learn.
 """
 
-from ._backbone import WeightsUnavailableError
-from ._features import FeatureSequence, ImageFeatures
-from ._regions import LabelMasks
-from ._segmenter import ForegroundWarning, MultilevelSegmenter
-from ._store import FeatureStore
-from ._transformer import ViTPatchTransformer
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0.dev0"
 
-__all__ = [
-    "FeatureSequence",
-    "FeatureStore",
-    "ForegroundWarning",
-    "ImageFeatures",
-    "LabelMasks",
-    "MultilevelSegmenter",
-    "ViTPatchTransformer",
-    "WeightsUnavailableError",
-    "__version__",
-]
+_EXPORTS = {
+    "FeatureSequence": "._features",
+    "FeatureStore": "._store",
+    "ForegroundWarning": "._segmenter",
+    "ImageFeatures": "._features",
+    "LabelMasks": "._regions",
+    "MultilevelSegmenter": "._segmenter",
+    "ViTPatchTransformer": "._transformer",
+    "WeightsUnavailableError": "._backbone",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what static tools see
+    from ._backbone import WeightsUnavailableError
+    from ._features import FeatureSequence, ImageFeatures
+    from ._regions import LabelMasks
+    from ._segmenter import ForegroundWarning, MultilevelSegmenter
+    from ._store import FeatureStore
+    from ._transformer import ViTPatchTransformer

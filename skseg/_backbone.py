@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-FACETS = ("key", "query", "value", "token")
+from ._features import FACETS  # noqa: F401  (re-exported)
+
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 _MODELS = {}
