@@ -5,9 +5,11 @@ them), runs ``python -m skseg segment`` on them in a fresh process (start-up,
 imports, model build, features, fit, refinement, labels and PNG writes: what
 a user waits for), and times, in this same run and just before, the bare timm
 forward of the same images (``forward_features`` on batches of 16 at 224 px,
-decoding not timed, same torch thread count). It prints the ratio of the two
-for every N and the marginal ratio between the smallest and the largest N
-(what one more photo costs, without the fixed costs).
+decoding not timed, same torch thread count), once just before the run and
+once just after, averaged. It prints the ratio of the two for every N, in
+wall-clock and in CPU time (which a busy machine distorts less), and the
+marginal ratio between the smallest and the largest N (what one more photo
+costs, without the fixed costs).
 
 ``--profile N`` instead runs the command once on N photos with a timer around
 each stage (imports, model build, extraction and its parts, each fit stage,
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_segmenter import write_photo  # noqa: E402
+from bench_segmenter import write_photo
 
 MODEL = "vit_small_patch16_224.dino"
 BATCH = 16
@@ -58,7 +60,8 @@ def linked_subset(paths, folder):
 
 
 def bare_forward_seconds(paths, model_name):
-    """Wall seconds of the timm forward alone over these photos, in batches."""
+    """Wall and CPU seconds of the timm forward alone over these photos, in
+    batches."""
     import timm
     import torch
     from PIL import Image
@@ -76,15 +79,16 @@ def bare_forward_seconds(paths, model_name):
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
         return (x - mean) / std
 
-    total = 0.0
+    wall = cpu = 0.0
     with torch.inference_mode():
         model.forward_features(batch_of(paths[:2]))  # warm-up, not timed
         for start in range(0, len(paths), BATCH):
             x = batch_of(paths[start:start + BATCH])
-            begin = time.perf_counter()
+            begin, begin_cpu = time.perf_counter(), time.process_time()
             model.forward_features(x)
-            total += time.perf_counter() - begin
-    return total
+            wall += time.perf_counter() - begin
+            cpu += time.process_time() - begin_cpu
+    return np.array([wall, cpu])
 
 
 def segment_command(photos, output, args):
@@ -113,24 +117,30 @@ def compare(args, folder):
     print(f"model {args.model} (random weights), {torch.get_num_threads()} torch threads, "
           f"375x500 JPEG photos, --n-classes {args.n_classes}"
           + (", --overlay" if args.overlay else ""), flush=True)
-    print(f"{'photos':>7s} {'forward s':>10s} {'run s':>8s} {'run CPU s':>10s} "
-          f"{'ratio':>6s}", flush=True)
+    print("forward: the mean of the bare forward timed just before and just after the run; "
+          "ratio: run / forward, wall-clock then CPU time", flush=True)
+    print(f"{'photos':>7s} {'forward s':>10s} {'run s':>8s} {'fwd CPU s':>10s} "
+          f"{'run CPU s':>10s} {'ratio':>6s} {'CPU':>6s}", flush=True)
     paths = write_photos(folder / "all", max(args.sizes))
     results = {}
     for n_images in sorted(args.sizes):
         photos = linked_subset(paths[:n_images], folder / f"photos{n_images}")
-        forward = bare_forward_seconds(paths[:n_images], args.model)
-        wall, cpu = run_seconds(segment_command(photos, folder / f"out{n_images}", args))
-        results[n_images] = forward, wall
-        print(f"{n_images:7d} {forward:10.2f} {wall:8.2f} {cpu:10.2f} {wall / forward:6.2f}",
+        before = bare_forward_seconds(paths[:n_images], args.model)
+        run = np.array(run_seconds(segment_command(photos, folder / f"out{n_images}", args)))
+        # Bracketed: a shared machine's load changes within minutes.
+        forward = (before + bare_forward_seconds(paths[:n_images], args.model)) / 2
+        results[n_images] = forward, run
+        print(f"{n_images:7d} {forward[0]:10.2f} {run[0]:8.2f} {forward[1]:10.2f} "
+              f"{run[1]:10.2f} {run[0] / forward[0]:6.2f} {run[1] / forward[1]:6.2f}",
               flush=True)
     if len(results) > 1:
         low, high = min(results), max(results)
         extra_forward = results[high][0] - results[low][0]
         extra_run = results[high][1] - results[low][1]
-        print(f"marginal, {low} to {high} photos: {extra_run / extra_forward:.2f} "
-              f"(one more photo: run {1e3 * extra_run / (high - low):.1f} ms, forward "
-              f"{1e3 * extra_forward / (high - low):.1f} ms)")
+        ratio = extra_run / extra_forward
+        print(f"marginal, {low} to {high} photos: {ratio[0]:.2f} wall, {ratio[1]:.2f} CPU "
+              f"(one more photo: run {1e3 * extra_run[0] / (high - low):.1f} ms, forward "
+              f"{1e3 * extra_forward[0] / (high - low):.1f} ms, wall)")
 
 
 # The profiled run: a fresh interpreter that times every stage of the command.
@@ -206,7 +216,7 @@ def profile(args, folder):
     begin = time.perf_counter()
     subprocess.run([sys.executable, "-c", _PROFILED_RUN, *command[3:]], check=True)
     wall = time.perf_counter() - begin
-    forward = bare_forward_seconds(photos, args.model)
+    forward = bare_forward_seconds(photos, args.model)[0]
     print(f"whole run, wall, seen from outside: {wall:.2f} s; bare forward of the same photos "
           f"just after: {forward:.2f} s (ratio {wall / forward:.2f})")
 

@@ -22,7 +22,17 @@ _EXPORTS = {
     "WeightsUnavailableError": "._backbone",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "FeatureSequence",
+    "FeatureStore",
+    "ForegroundWarning",
+    "ImageFeatures",
+    "LabelMasks",
+    "MultilevelSegmenter",
+    "ViTPatchTransformer",
+    "WeightsUnavailableError",
+    "__version__",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

@@ -20,7 +20,6 @@ from sklearn.metrics import silhouette_score
 from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
-
 # Rows the silhouette is computed on: its cost is quadratic in them, so it
 # is bounded apart from the K-means sample (whose cost is linear).
 SILHOUETTE_ROWS = 1000

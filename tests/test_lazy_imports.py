@@ -37,7 +37,7 @@ def _heavy_modules_loaded(*argv):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     result = subprocess.run([sys.executable, "-c", _LOADED_BY_MAIN, *argv],
-                            capture_output=True, text=True, env=env, cwd=ROOT)
+                            capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     *answer, loaded = result.stdout.strip().splitlines()
     assert loaded.startswith("loaded:"), result.stderr
     return "\n".join(answer) + result.stderr, loaded.split()[1:]
@@ -87,3 +87,8 @@ def test_from_import_gives_the_defining_modules_objects():
     assert ViTPatchTransformer is defined_transformer
     assert make_scenes is defined_make_scenes
     assert MultilevelSegmenter.__module__ == "skseg._segmenter"  # pickles name it there
+
+
+@pytest.mark.parametrize("package", [skseg, skseg.datasets])
+def test_all_lists_exactly_the_lazy_exports(package):
+    assert set(package.__all__) - {"__version__"} == set(package._EXPORTS)

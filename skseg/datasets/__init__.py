@@ -20,7 +20,17 @@ _EXPORTS = {
     "make_scenes": "._synthetic",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MASK_FOLDER_NAMES",
+    "MaskFiles",
+    "VOC_CLASSES",
+    "load_coco_stuff",
+    "load_image_folder",
+    "load_voc",
+    "make_patch_features",
+    "make_scenes",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
