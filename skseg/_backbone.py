@@ -8,7 +8,6 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-FACETS = ("key", "query", "value", "token")
 
 # One lock per model instance: a forward pass with its hooks is one critical section.
 _FORWARD_LOCKS = weakref.WeakKeyDictionary()

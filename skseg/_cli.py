@@ -9,9 +9,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._backbone import FACETS
+# Light imports only: --help and argument errors must answer before torch or
+# scikit-learn is loaded; each command imports what it needs.
+from ._features import FACETS
 from ._inputs import UserError, one_line
-from ._segment_run import run_segment
 
 _DEFAULT_MODEL = "vit_small_patch8_224.dino"
 
@@ -320,6 +321,12 @@ def _read_class_names(source):
     return {index: line.strip() for index, line in enumerate(lines) if line.strip()}
 
 
+def cmd_segment(args):
+    from ._segment_run import run_segment
+
+    return run_segment(args)
+
+
 def cmd_report(args):
     from ._report import run_report
 
@@ -489,7 +496,7 @@ def _add_segment_parser(commands):
                               "of skipping it")
     writing.add_argument("-q", "--quiet", action="store_true",
                          help="no progress, messages or Python warnings; errors only")
-    segment.set_defaults(handler=_on_cluster(run_segment), fitting_actions=fitting_actions)
+    segment.set_defaults(handler=_on_cluster(cmd_segment), fitting_actions=fitting_actions)
     return segment
 
 

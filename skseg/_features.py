@@ -6,6 +6,10 @@ from numbers import Integral
 
 import numpy as np
 
+# What a ViT block's patch features can be read from; here, with the records
+# they fill, so that the command line lists them without importing torch.
+FACETS = ("key", "query", "value", "token")
+
 
 @dataclass(eq=False)
 class ImageFeatures:

@@ -6,6 +6,7 @@ are written before anything that could still fail (saving the model, the
 preview), so a late error never loses them.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -45,6 +46,8 @@ _PREVIEW_IMAGES = 48
 _PREVIEW_PAIRS_PER_ROW = 4
 # Record progress every so many masks, so an interrupted run keeps most of its work.
 _RECORD_EVERY = 25
+# Threads writing masks and overlays (PNG and JPEG encoding release the GIL).
+_WRITE_THREADS = min(4, os.cpu_count() or 1)
 
 
 def _say(args, message):
@@ -478,25 +481,70 @@ def _run_segment(args, images):
 
 
 def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend):
+    """Write the masks (and overlays) of ``todo`` in threads, recording each
+    in ``record`` once its files are written.
+
+    Each image's overlay is written before its mask, so a mask on disk always
+    has its overlay beside it. Interrupted or failed, the writes not started
+    are dropped, those started are finished, and the record accounts for
+    every mask written; files appear whole or not at all (atomic writes).
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from tqdm.auto import tqdm
 
-    try:
-        for count, (image, mask) in enumerate(tqdm(zip(todo, labels), total=len(todo),
-                                                   desc="writing", unit="img",
-                                                   disable=args.quiet), 1):
+    def write(image, mask):
+        name = image.mask_name.as_posix()
+        picture = _inside(args.output, image.overlay_name)
+        if args.overlay:
+            _write_overlay(image, mask, legend, picture)
+        elif previous_outputs.get(name, {}).get("overlay", False) is not False:
+            picture.unlink(missing_ok=True)  # it showed the mask being replaced
+        save_label_png(mask, _inside(args.output, image.mask_name))
+        return image
+
+    n_recorded = 0
+
+    def recorded(futures):
+        """Record the finished writes among ``futures``; raise the first error."""
+        nonlocal n_recorded
+        error = None
+        for future in futures:
+            if future.cancelled():
+                continue
+            if future.exception() is not None:
+                error = error or future.exception()
+                continue
+            image = future.result()
             name = image.mask_name.as_posix()
-            picture = _inside(args.output, image.overlay_name)
-            # The overlay first: a mask on disk always has its overlay beside it.
-            if args.overlay:
-                _write_overlay(image, mask, legend, picture)
-            elif previous_outputs.get(name, {}).get("overlay", False) is not False:
-                picture.unlink(missing_ok=True)  # it showed the mask being replaced
-            save_label_png(mask, _inside(args.output, image.mask_name))
             record["outputs"][name] = {"input": os.fspath(image.path),
                                        "sha1": digest_of[image],
                                        "overlay": legend.key if args.overlay else False}
             record["skipped"].pop(name, None)
-            if count % _RECORD_EVERY == 0:
+            progress.update()
+            n_recorded += 1
+            if n_recorded % _RECORD_EVERY == 0:
                 write_record(args.output, record)
+        if error is not None:
+            raise error
+
+    in_flight = set()
+    try:
+        with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool, tqdm(
+                total=len(todo), desc="writing", unit="img", disable=args.quiet) as progress:
+            try:
+                # Masks are painted here, one at a time, as the writers need them.
+                for image, mask in zip(todo, labels):
+                    if len(in_flight) >= 2 * _WRITE_THREADS:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        recorded(done)
+                    in_flight.add(pool.submit(write, image, mask))
+                done, in_flight = wait(in_flight)
+                recorded(done)
+            finally:  # stopped: drop the writes not started, finish and record the others
+                for future in in_flight:
+                    future.cancel()
+                with contextlib.suppress(BaseException):  # the first error is the one raised
+                    recorded(wait(in_flight).done)
     finally:  # interrupted or not, the record accounts for every mask written
         write_record(args.output, record)

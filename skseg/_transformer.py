@@ -1,5 +1,6 @@
 """ViTPatchTransformer: per-image patch attention features from a timm ViT."""
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
@@ -10,9 +11,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from ._backbone import FACETS, check_facet_support, forward_facets, resolve_device
+from ._backbone import check_facet_support, forward_facets, resolve_device
 from ._cache import FeatureCache
-from ._features import FeatureSequence, ImageFeatures
+from ._features import FACETS, FeatureSequence, ImageFeatures
 from ._images import as_image_list, check_images, content_hash, load_rgb
 from ._store import FeatureStore
 from ._validation import HasMethods, Interval, StrOptions
@@ -363,15 +364,17 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         )
 
     def _extract(self, images, batches):
-        """``(indices, records)`` for each batch, the next batch decoded in
-        threads while this one runs through the model."""
+        """``(indices, records)`` for each batch. The next batches are decoded
+        in threads while this one runs through the model (as a DataLoader's
+        workers prefetch), never more than ``_PREFETCH_BATCHES`` ahead, so
+        memory stays bounded by a few batches of pixels."""
         from tqdm.auto import tqdm
 
         model = self._backbone()
         device = next(model.parameters()).device
         dtype = np.dtype(self.dtype)
         total = sum(len(indices) for _, indices in batches)
-        with ThreadPoolExecutor(max_workers=4) as pool, tqdm(
+        with ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool, tqdm(
             total=total, disable=not self.verbose, unit="img", desc="ViT features"
         ) as progress:
 
@@ -379,24 +382,31 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                 size, indices = batch
                 return [pool.submit(self._prepare, images[i], size, device) for i in indices]
 
-            pending = submit(batches[0]) if batches else None
-            for b, (size, indices) in enumerate(batches):
-                tensors = [future.result() for future in pending]
-                pending = submit(batches[b + 1]) if b + 1 < len(batches) else None
-                patches, cls, attention = forward_facets(
-                    model, torch.stack(tensors), facet=self.facet, layer=self.layer,
-                    attention=self.attention,
-                )
-                patches = patches.float().cpu().numpy().astype(dtype, copy=False)
-                cls = cls.float().cpu().numpy().astype(dtype, copy=False)
-                if attention is not None:
-                    attention = attention.float().cpu().numpy().astype(dtype, copy=False)
-                yield indices, [
-                    {"patches": patches[j].copy(), "cls": cls[j].copy(),
-                     "attention": None if attention is None else attention[j].copy()}
-                    for j in range(len(indices))
-                ]
-                progress.update(len(indices))
+            pending = deque(submit(batch) for batch in batches[:_PREFETCH_BATCHES])
+            try:
+                for b, (size, indices) in enumerate(batches):
+                    tensors = [future.result() for future in pending.popleft()]
+                    if b + _PREFETCH_BATCHES < len(batches):
+                        pending.append(submit(batches[b + _PREFETCH_BATCHES]))
+                    patches, cls, attention = forward_facets(
+                        model, torch.stack(tensors), facet=self.facet, layer=self.layer,
+                        attention=self.attention,
+                    )
+                    del tensors
+                    patches = patches.float().cpu().numpy().astype(dtype, copy=False)
+                    cls = cls.float().cpu().numpy().astype(dtype, copy=False)
+                    if attention is not None:
+                        attention = attention.float().cpu().numpy().astype(dtype, copy=False)
+                    yield indices, [
+                        {"patches": patches[j].copy(), "cls": cls[j].copy(),
+                         "attention": None if attention is None else attention[j].copy()}
+                        for j in range(len(indices))
+                    ]
+                    progress.update(len(indices))
+            finally:  # stopped early: decode no more of what nobody will read
+                for futures in pending:
+                    for future in futures:
+                        future.cancel()
 
     def _record(self, record, image_shape, image, content_key):
         return ImageFeatures(
@@ -412,16 +422,36 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
 
 # Batches of images per extraction task writing into a store.
 _BATCHES_PER_TASK = 8
+# Threads decoding images for the forward pass, and batches decoded ahead of it.
+_DECODE_THREADS = 4
+_PREFETCH_BATCHES = 2
 
 
 def _extract_into_store(transformer, config, items, batches):
     """Extract ``batches`` of ``items`` (index -> (image, shape, key)) and
-    append each batch to the transformer's store as soon as it is computed."""
+    append each batch to the transformer's store as soon as it is computed.
+
+    Appends run in a background thread while the next batch goes through the
+    model, one batch at a time and in order: at most one computed batch waits
+    in memory, an error in a write surfaces at the next batch, and a batch
+    whose write has started is committed before this returns or raises (an
+    interrupted run keeps it).
+    """
     store = FeatureStore(transformer.store, extraction=config)
     images = {i: image for i, (image, _, _) in items.items()}
-    for indices, records in transformer._extract(images, batches):
+
+    def append(indices, records):
         store.extend(
             (transformer._record(record, items[i][1], items[i][0], items[i][2])
              for i, record in zip(indices, records)),
             content_keys=[items[i][2] for i in indices],
         )
+
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        writing = None
+        for indices, records in transformer._extract(images, batches):
+            if writing is not None:
+                writing.result()
+            writing = writer.submit(append, indices, records)
+        if writing is not None:
+            writing.result()

@@ -82,6 +82,24 @@ def test_cost_is_bounded_by_max_samples(monkeypatch):
     assert seen == [(300, 4)] * 3  # 300 rows on 4 principal components, k = 2..4
 
 
+def test_candidate_kmeans_run_at_one_openmp_thread_and_torch_keeps_its_own(monkeypatch):
+    # Hundreds of small K-means: a second OpenMP thread only waits (on a busy
+    # machine, 76 s against 13 s); the limit ends with the choice.
+    import torch
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    X, _ = make_blobs(n_samples=300, n_features=16, centers=3, random_state=0)
+    threads = []
+    real_fit = skseg._n_classes.KMeans.fit_predict
+    monkeypatch.setattr(skseg._n_classes.KMeans, "fit_predict",
+                        lambda self, Z: threads.append(_openmp_effective_n_threads())
+                        or real_fit(self, Z))
+    torch_threads = torch.get_num_threads()
+    assert choose_n_clusters(X, 4, random_state=0, n_init=2)[0] == 3
+    assert threads == [1, 1, 1]
+    assert torch.get_num_threads() == torch_threads
+
+
 def test_kmeans_sees_max_samples_rows_and_the_silhouette_a_bounded_share(monkeypatch):
     X, _ = make_blobs(n_samples=3000, n_features=16, centers=3, random_state=0)
     fitted, scored = [], []

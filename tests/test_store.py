@@ -761,6 +761,47 @@ def test_records_point_at_the_inputs_given_and_never_read_another_file(
         load_rgb(FeatureStore(tmp_path / "s", read_only=True)[1].image)
 
 
+def test_an_interrupted_extraction_keeps_every_batch_computed_before(
+        tmp_path, rgb_images, monkeypatch):
+    """Batches are appended in a background thread while the next one runs
+    through the model: an interruption still commits the ones computed."""
+    import skseg._transformer
+
+    real = skseg._transformer.forward_facets
+    n_batches = []
+
+    def interrupted_at_the_third_batch(*args, **kwargs):
+        n_batches.append(1)
+        if len(n_batches) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(skseg._transformer, "forward_facets", interrupted_at_the_third_batch)
+    images = rgb_images + [image[::-1] for image in rgb_images]  # 8 images, 4 batches of 2
+    with pytest.raises(KeyboardInterrupt):
+        _vit(store=tmp_path / "s").fit().transform(images)
+    stored = FeatureStore(tmp_path / "s")
+    assert len(stored) == 4
+    monkeypatch.undo()
+    features = _vit(store=tmp_path / "s").fit().transform(images)
+    plain = _vit().fit().transform(images)
+    for got, want in zip(features, plain):
+        np.testing.assert_allclose(got.patches, want.patches, atol=1e-5)
+
+
+def test_a_failed_background_append_stops_the_extraction(tmp_path, rgb_images, monkeypatch,
+                                                         vit_forwards):
+    def full_disk(self, records, content_keys=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FeatureStore, "extend", full_disk)
+    images = rgb_images + [image[::-1] for image in rgb_images]
+    with pytest.raises(OSError, match="No space left"):
+        _vit(store=tmp_path / "s").fit().transform(images)
+    # Found at the next batch at the latest, not after the whole extraction.
+    assert n_images_through_vit(vit_forwards) <= 4
+
+
 def test_segmenter_fits_and_cross_validates_on_a_store(tmp_path, rgb_images):
     features = _vit(store=tmp_path / "s").fit().transform(rgb_images)
     segmenter = MultilevelSegmenter(n_classes=2, refine=None, random_state=0, device="cpu")
