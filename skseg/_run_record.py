@@ -4,7 +4,9 @@
 the training images' content, or the saved model's content) and, per output,
 the content of the image it came from. A later run compares its own fit with
 the record before computing anything, so masks of two different fits never
-mix in one folder.
+mix in one folder. Outputs written since the record was last rewritten are
+lines of ``OUTDIR/.skseg-run.journal``, one appended per mask: a run of any
+length rewrites the whole record a few times, not once every few masks.
 
 Fitted pipelines are saved with :mod:`skops.io`, which builds only the types
 it is told to trust and never runs code from the file.
@@ -21,6 +23,7 @@ from ._io import write_atomically
 from ._inputs import UserError
 
 RECORD_NAME = ".skseg-run.json"
+JOURNAL_NAME = ".skseg-run.journal"
 # Held by the run writing in the folder; the other file says which run that is.
 _LOCK_NAME = ".skseg-run.lock"
 _HOLDER_NAME = ".skseg-run.holder.json"
@@ -124,7 +127,53 @@ def read_record(output):
         reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
         raise UserError(f"{path} is not a skseg run record ({reason}); remove it, or use "
                         "--force to rewrite every output.") from None
+    _replay_journal(Path(output), record)
     return record
+
+
+def _replay_journal(output, record):
+    """Add to ``record`` the outputs its journal lists.
+
+    Only lines of the record's own journal count: a rewrite of the record
+    starts a new one (a new ``journal`` token), so the lines of an older
+    journal, left by a run stopped between the rewrite and the removal of
+    that journal, are not taken for outputs of the new record. A torn last
+    line (a run killed while appending) is skipped.
+    """
+    token = record.get("journal")
+    try:
+        lines = (output / JOURNAL_NAME).read_bytes().split(b"\n") if token else []
+    except FileNotFoundError:
+        return
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("journal") == token \
+                and isinstance(item.get("name"), str) and isinstance(item.get("entry"), dict):
+            record["outputs"][item["name"]] = item["entry"]
+            record["skipped"].pop(item["name"], None)
+
+
+def record_output(output, record, name, entry):
+    """Account for one written output: in ``record`` and, at once, on disk as
+    one line appended to the journal (the record file is not rewritten)."""
+    record["outputs"][name] = entry
+    record["skipped"].pop(name, None)
+    line = json.dumps({"journal": record["journal"], "name": name, "entry": entry},
+                      sort_keys=True)
+    path = Path(output) / JOURNAL_NAME
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND
+                         | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        # A line after a torn one (a killed run's) starts on its own line.
+        size = os.lseek(descriptor, 0, os.SEEK_END)
+        torn = size > 0 and os.lseek(descriptor, size - 1, os.SEEK_SET) >= 0 \
+            and os.read(descriptor, 1) != b"\n"
+        os.write(descriptor, (("\n" if torn else "") + line + "\n").encode())
+    finally:
+        os.close(descriptor)
 
 
 def _check_fit(fit):
@@ -194,8 +243,12 @@ def new_record(fit):
 
 
 def write_record(output, record):
+    """Rewrite the whole record, its journal's lines included; later outputs
+    go to a new journal."""
+    record["journal"] = os.urandom(8).hex()
     text = json.dumps(record, indent=1, sort_keys=True).encode()
     write_atomically(Path(output) / RECORD_NAME, lambda handle: handle.write(text))
+    (Path(output) / JOURNAL_NAME).unlink(missing_ok=True)  # its lines are in the record
 
 
 # Every type a saved skseg pipeline holds that skops does not trust by itself

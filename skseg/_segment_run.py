@@ -37,6 +37,7 @@ from ._run_record import (
     load_model,
     new_record,
     read_record,
+    record_output,
     result_parameters,
     save_model,
     write_record,
@@ -44,8 +45,6 @@ from ._run_record import (
 
 _PREVIEW_IMAGES = 48
 _PREVIEW_PAIRS_PER_ROW = 4
-# Record progress every so many masks, so an interrupted run keeps most of its work.
-_RECORD_EVERY = 25
 # Threads writing masks and overlays (PNG and JPEG encoding release the GIL).
 _WRITE_THREADS = min(4, os.cpu_count() or 1)
 
@@ -503,11 +502,8 @@ def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend
         save_label_png(mask, _inside(args.output, image.mask_name))
         return image
 
-    n_recorded = 0
-
     def recorded(futures):
         """Record the finished writes among ``futures``; raise the first error."""
-        nonlocal n_recorded
         error = None
         for future in futures:
             if future.cancelled():
@@ -516,15 +512,10 @@ def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend
                 error = error or future.exception()
                 continue
             image = future.result()
-            name = image.mask_name.as_posix()
-            record["outputs"][name] = {"input": os.fspath(image.path),
-                                       "sha1": digest_of[image],
-                                       "overlay": legend.key if args.overlay else False}
-            record["skipped"].pop(name, None)
+            record_output(args.output, record, image.mask_name.as_posix(),
+                          {"input": os.fspath(image.path), "sha1": digest_of[image],
+                           "overlay": legend.key if args.overlay else False})
             progress.update()
-            n_recorded += 1
-            if n_recorded % _RECORD_EVERY == 0:
-                write_record(args.output, record)
         if error is not None:
             raise error
 
