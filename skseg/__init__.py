@@ -23,6 +23,10 @@ _EXPORTS = {
     "MultilevelSegmenter": "._segmenter",
     "ViTPatchTransformer": "._transformer",
     "WeightsUnavailableError": "._weights",
+    # Public submodules, there after ``import skseg`` as they would be eagerly.
+    "datasets": ".datasets",
+    "io": ".io",
+    "metrics": ".metrics",
 }
 
 __all__ = [

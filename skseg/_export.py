@@ -110,6 +110,10 @@ def to_coco(masks, file_names, path=None, class_names=None):
         mask = np.asarray(mask)
         if mask.ndim != 2:
             raise ValueError(f"mask {image_id - 1} ({file_name}) is not 2-D: {mask.shape}.")
+        if mask.dtype.kind not in "ui" or mask.size and not 0 <= mask.min() <= mask.max() <= 255:
+            raise ValueError(f"mask {image_id - 1} ({file_name}) must hold whole-number "
+                             f"labels from 0 to 255, not {mask.dtype} values "
+                             f"{mask.min() if mask.size else ''}..{mask.max() if mask.size else ''}.")
         height, width = mask.shape
         images.append({"id": image_id, "file_name": file_name, "height": int(height),
                        "width": int(width)})
@@ -143,7 +147,7 @@ def to_coco(masks, file_names, path=None, class_names=None):
 
 def _segment_outputs(folder):
     """(mask name, image path) of each mask a ``skseg segment`` folder records."""
-    from ._run_record import RECORD_NAME, read_record
+    from ._run_record import RECORD_NAME, image_unchanged, read_record
 
     record = read_record(folder)
     if record is None:
@@ -157,12 +161,16 @@ def _segment_outputs(folder):
             mask = inside(folder, name)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        image = record["outputs"][name].get("input")
+        entry = record["outputs"][name]
+        image = entry.get("input")
         if not isinstance(image, str) or not Path(image).is_file():
             raise UserError(f"the image of {mask}, {image!r}, is not found (a relative path "
                             "is read from the current folder, as skseg segment was given it).")
         if not mask.is_file():
             raise UserError(f"{mask} is listed in the run record but missing.")
+        if not image_unchanged(entry):
+            raise UserError(f"the image of {mask}, {image}, has changed since skseg segment "
+                            "made the mask; segment it again before exporting.")
         outputs.append((PurePosixPath(name), Path(image)))
     return outputs
 

@@ -14,7 +14,8 @@ def lazy_exports(package, exports):
         The package's ``__name__``.
     exports : dict of str to str
         Each public name and the private module (relative to ``package``,
-        e.g. ``"._segmenter"``) that defines it. The module is imported when
+        e.g. ``"._segmenter"``) that defines it, or ``".name"`` for a public
+        submodule exported as itself. The module is imported when
         the name is first looked up (``from skseg import X`` included) and
         the name is then set on the package, so later look-ups are plain.
 
@@ -27,7 +28,9 @@ def lazy_exports(package, exports):
     def __getattr__(name):
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(exports[name], package), name)
+        module = importlib.import_module(exports[name], package)
+        # A public submodule (``skseg.io``) is exported as itself.
+        value = module if exports[name] == f".{name}" else getattr(module, name)
         setattr(sys.modules[package], name, value)
         return value
 

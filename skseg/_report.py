@@ -35,7 +35,7 @@ from ._io import (
     save_image,
     write_atomically,
 )
-from ._run_record import hold_output, read_record
+from ._run_record import hold_output, image_unchanged, read_record
 
 REPORT_FOLDER = "report"
 CLASS_NAMES_FILE = "classes.json"
@@ -188,9 +188,11 @@ def _survey(output, record, names, class_names, *, n_examples, max_images, quiet
         shape = _shrunk_shape(mask.shape, _PICTURE_SIDE)
         small = _shrunk_mask(mask, shape)
         try:
+            if not image_unchanged(entry):
+                raise ValueError("not the image the mask was made from")
             rgb = load_rgb(entry["input"], size=shape)
         except (OSError, ValueError, TypeError, KeyError):
-            # The image moved or went: the mask alone, on grey.
+            # The image moved, went or changed: the mask alone, on grey.
             unreadable.append(name)
             rgb = np.full((*shape, 3), 0.5, np.float32)
         for label in present:
@@ -265,8 +267,8 @@ def _page(output, names, summaries, total_pixels, background, shown, class_names
                      f"<code>{names_file}</code>.")
     parts.append("</p>")
     if unreadable:
-        parts.append(f"<p>{len(unreadable)} of the images could not be read (moved or "
-                     f"deleted, e.g. <code>{html.escape(unreadable[0])}</code>): their "
+        parts.append(f"<p>{len(unreadable)} of the images could not be read (moved, "
+                     f"deleted or changed since segmented, e.g. <code>{html.escape(unreadable[0])}</code>): their "
                      "examples and overlays show the mask on grey.</p>")
     if ignored_names:
         parts.append(f"<p>{html.escape(os.fspath(output / CLASS_NAMES_FILE))} names ids "

@@ -156,6 +156,18 @@ def _replay_journal(output, record):
             record["skipped"].pop(item["name"], None)
 
 
+def image_unchanged(entry):
+    """Whether the image an output was made from is still at its recorded
+    path with the content it had (False when it moved, went or changed)."""
+    import hashlib
+
+    try:
+        with open(entry["input"], "rb") as image:
+            return hashlib.file_digest(image, "sha1").hexdigest() == entry.get("sha1")
+    except (OSError, KeyError, TypeError):
+        return False
+
+
 def record_output(output, record, name, entry):
     """Account for one written output: in ``record`` and, at once, on disk as
     one line appended to the journal (the record file is not rewritten)."""

@@ -431,7 +431,7 @@ def _run_segment(args, images):
     digest_of = dict(zip(images, digests))
     for image, reason in skipped.items():
         new["skipped"][image.mask_name.as_posix()] = {
-            "input": os.fspath(image.path), "sha1": digest_of[image], "reason": reason}
+            "input": os.path.abspath(image.path), "sha1": digest_of[image], "reason": reason}
     # The other fit's outputs go before the record stops listing them: an
     # interrupted run leaves them listed (and removed again by the next
     # --force), never on disk and forgotten.
@@ -488,7 +488,7 @@ def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend
     are dropped, those started are finished, and the record accounts for
     every mask written; files appear whole or not at all (atomic writes).
     """
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from tqdm.auto import tqdm
 
@@ -502,24 +502,30 @@ def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend
         save_label_png(mask, _inside(args.output, image.mask_name))
         return image
 
-    def recorded(futures):
-        """Record the finished writes among ``futures``; raise the first error."""
+    in_flight = set()  # submitted writes not yet recorded
+
+    def record_finished(return_when):
+        """Wait for writes of ``in_flight`` to finish (the first, or all) and
+        record those that did; raise the first error. A write leaves
+        ``in_flight`` only once recorded, so that a stop at any moment leaves
+        every finished write to the ``finally`` below."""
+        done, _ = wait(in_flight, return_when=return_when)
         error = None
-        for future in futures:
-            if future.cancelled():
-                continue
-            if future.exception() is not None:
-                error = error or future.exception()
-                continue
-            image = future.result()
-            record_output(args.output, record, image.mask_name.as_posix(),
-                          {"input": os.fspath(image.path), "sha1": digest_of[image],
-                           "overlay": legend.key if args.overlay else False})
-            progress.update()
+        for future in done:
+            if not future.cancelled():
+                if future.exception() is not None:
+                    error = error or future.exception()
+                else:
+                    image = future.result()
+                    record_output(args.output, record, image.mask_name.as_posix(),
+                                  {"input": os.path.abspath(image.path),
+                                   "sha1": digest_of[image],
+                                   "overlay": legend.key if args.overlay else False})
+                    progress.update()
+            in_flight.discard(future)
         if error is not None:
             raise error
 
-    in_flight = set()
     try:
         with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool, tqdm(
                 total=len(todo), desc="writing", unit="img", disable=args.quiet) as progress:
@@ -527,15 +533,14 @@ def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend
                 # Masks are painted here, one at a time, as the writers need them.
                 for image, mask in zip(todo, labels):
                     if len(in_flight) >= 2 * _WRITE_THREADS:
-                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                        recorded(done)
+                        record_finished(FIRST_COMPLETED)
                     in_flight.add(pool.submit(write, image, mask))
-                done, in_flight = wait(in_flight)
-                recorded(done)
+                record_finished(ALL_COMPLETED)
             finally:  # stopped: drop the writes not started, finish and record the others
                 for future in in_flight:
                     future.cancel()
-                with contextlib.suppress(BaseException):  # the first error is the one raised
-                    recorded(wait(in_flight).done)
+                # The first error is the one raised; a second Ctrl-C still stops.
+                with contextlib.suppress(Exception):
+                    record_finished(ALL_COMPLETED)
     finally:  # interrupted or not, the record accounts for every mask written
         write_record(args.output, record)

@@ -205,6 +205,23 @@ def test_to_coco_annotates_each_class_of_each_mask(tmp_path):
     np.testing.assert_array_equal(loaded.annToMask(loaded.anns[2]), first == 2)
     with pytest.raises(ValueError, match="1 file names for 2 masks"):
         to_coco([first, second], ["a.jpg"])
+    for bad in (first.astype(float) / 2, first.astype(np.int16) - 1):
+        with pytest.raises(ValueError, match=r"mask 0 \(a.jpg\) must hold whole-number"):
+            to_coco([bad], ["a.jpg"])
+
+
+def test_export_refuses_an_image_changed_since_it_was_segmented(tmp_path, capsys):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    save_scenes(photos, 2)
+    assert main(["segment", str(photos), "-o", str(out), "-q", *FAST]) == 0
+    changed = sorted(photos.iterdir())[0]
+    with Image.open(changed) as image:
+        edited = np.asarray(image)[::-1].copy()  # same size, other content
+    Image.fromarray(edited).save(changed)
+    assert main(["export", str(out), "-o", str(tmp_path / "e"), "--format", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert "has changed since skseg segment made the mask" in err and changed.name in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_export_from_python_is_the_command_line_export(segmented, tmp_path):

@@ -91,4 +91,11 @@ def test_from_import_gives_the_defining_modules_objects():
 
 @pytest.mark.parametrize("package", [skseg, skseg.datasets])
 def test_all_lists_exactly_the_lazy_exports(package):
-    assert set(package.__all__) - {"__version__"} == set(package._EXPORTS)
+    submodules = {name for name, module in package._EXPORTS.items() if module == f".{name}"}
+    assert set(package.__all__) - {"__version__"} == set(package._EXPORTS) - submodules
+
+
+def test_public_submodules_are_there_after_import_skseg():
+    # As an eager package's would be: skseg.io.TRUSTED_TYPES, as the docs write it.
+    assert skseg.io.TRUSTED_TYPES and skseg.datasets.load_voc and skseg.metrics.mean_iou
+    assert {"io", "datasets", "metrics"} <= set(dir(skseg))

@@ -1,6 +1,7 @@
 """skseg report: the class gallery page, its files and links, and how it
 looks in a real browser."""
 
+import hashlib
 import html.parser
 import json
 import os
@@ -39,7 +40,8 @@ def _plant(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(image)
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         save_label_png(mask, out / name)
-        record["outputs"][name] = {"input": os.fspath(image), "sha1": "0", "overlay": False}
+        record["outputs"][name] = {"input": os.fspath(image), "overlay": False,
+                                   "sha1": hashlib.sha1(image.read_bytes()).hexdigest()}
     write_record(out, record)
     return out
 
@@ -148,6 +150,11 @@ def test_a_missing_image_shows_its_mask_on_grey(tmp_path):
     (tmp_path / "photos" / "a.png").unlink()
     write_report(out, quiet=True)
     assert "1 of the images could not be read" in (out / "report" / "index.html").read_text()
+    # An image changed since it was segmented is not drawn under the mask either.
+    changed = next((tmp_path / "photos").rglob("b.png"))
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(changed)
+    write_report(out, quiet=True)
+    assert "2 of the images could not be read" in (out / "report" / "index.html").read_text()
 
 
 @pytest.mark.parametrize("case", ["no record", "masks in report", "bad classes.json",
