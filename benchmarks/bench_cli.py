@@ -168,7 +168,7 @@ totals["import skseg._cli (argument parsing's)"] = time.perf_counter() - started
 begin = time.perf_counter()
 import torch, sklearn, timm, skseg._segment_run, skseg._segmenter, skseg._transformer
 totals["import torch, scikit-learn, timm, skseg"] = time.perf_counter() - begin
-import skseg._backbone, skseg._refine, skseg._regions, skseg._store
+import skseg._backbone, skseg._passes, skseg._refine, skseg._regions, skseg._store
 from skseg import MultilevelSegmenter as M, ViTPatchTransformer as V, FeatureStore
 run, seg, tr = skseg._segment_run, skseg._segmenter, skseg._transformer
 for owner, name, stage in [
@@ -186,9 +186,9 @@ for owner, name, stage in [
     (M, "_dataset_statistics", "fit: dataset statistics pass"),
     (M, "_fit_category_pairs", "fit: category 2-means"),
     (M, "_segment_all", "fit: per-image path (levels, pixels, regions)"),
-    (seg, "foreground_masks", "fit: upsampling + refinement"),
+    (skseg._passes, "foreground_masks", "fit: upsampling + refinement"),
     (skseg._refine, "working_pixels", "fit: refinement's decode"),
-    (seg, "object_regions", "fit: object regions"),
+    (skseg._passes, "object_regions", "fit: object regions"),
     (M, "_fit_classes", "fit: classes (K-means of regions)"),
     (M, "_label", "fit: labels"),
     (run, "_write_masks", "writes: all"),
