@@ -39,6 +39,11 @@ CHUNK_FLOATS = 1 << 23
 # Chunks per job at least, so that a slow or lost worker holds up a small
 # share of a pass and the others take up the rest.
 CHUNKS_PER_JOB = 4
+# Tasks per window of map_chunks, per job: two rounds, so that workers are
+# still busy while the caller merges the first round's results (a worker
+# idles only at the end of a window, while its slowest task finishes), and
+# the finished results the caller holds stay a handful.
+IN_FLIGHT_PER_JOB = 2
 
 
 def as_features(X):
@@ -363,7 +368,7 @@ class PerImage:
     def __init__(self, values):
         self.values = values
 
-    def window(self, start, stop):
+    def for_task(self, start, stop):
         return Window(self.values, start, stop)
 
 
@@ -407,21 +412,36 @@ def map_chunks(function, X, chunks, *args, n_jobs=None, progress=None):
 
     Each task gets only its chunk's share of per-image data: of X when it is
     in memory (a store travels as its location), and of any ``PerImage``
-    argument.
+    argument (any argument with a ``for_task`` method is resolved so, when
+    its task is dispatched).
+
+    Tasks are dispatched in windows of :data:`IN_FLIGHT_PER_JOB` per job,
+    a window only once the results of the one before it were consumed: the
+    caller never holds more than a window of finished results, however slow
+    it is to merge them. (joblib alone dispatches a new task whenever one
+    finishes, so that results would pile up in the caller.)
     """
     in_memory = isinstance(X, (list, tuple, FeatureSequence))
-    results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+
+    def task(start, stop):
         # Arguments bound in a partial: joblib's Dask backend scatters a
         # large array argument to one worker, and the task could not be
         # rerun once that worker died; a task carrying its own arguments
         # can be rerun anywhere (and is still named after the pass).
-        delayed(functools.partial(
+        return delayed(functools.partial(
             function, Window(X, start, stop) if in_memory else X, start, stop,
-            *(arg.window(start, stop) if isinstance(arg, PerImage) else arg
+            *(arg.for_task(start, stop) if hasattr(arg, "for_task") else arg
               for arg in args),
         ))()
-        for start, stop in chunks
-    )
+
+    def windows():
+        size = IN_FLIGHT_PER_JOB * effective_n_jobs(n_jobs)
+        with Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator") as parallel:
+            for first in range(0, len(chunks), size):
+                yield from parallel(task(start, stop)
+                                    for start, stop in chunks[first:first + size])
+
+    results = windows()
     return results if progress is None else _with_progress(results, chunks, progress)
 
 

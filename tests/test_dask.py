@@ -110,6 +110,12 @@ def test_each_task_carries_its_own_chunk_and_nothing_to_scatter(monkeypatch, ima
         def __init__(self, **kwargs):
             pass
 
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            pass
+
         def __call__(self, tasks):
             for function, args, kwargs in tasks:
                 # Separate arguments are what joblib's Dask backend scatters
