@@ -126,7 +126,8 @@ def photo_regions(rng):
     return Regions(PHOTO, *map(np.concatenate, (rows, starts, stops, ids)), 2)
 
 
-def segment(X, start, stop, expected, state, keys=None):
+def segment(X, start, stop, expected, state, keys=None, seed=None, max_samples=None,
+            below=None):
     rng = np.random.default_rng(start + 3)
     n = stop - start
     regions = [photo_regions(rng) for _ in range(n)]
@@ -135,7 +136,11 @@ def segment(X, start, stop, expected, state, keys=None):
     counts = {"patches": np.array([n * N_PATCHES]), "border": np.array([n * 52]),
               "foreground": np.full(4, n * 40), "border_foreground": np.full(4, n * 2),
               "intersection": np.full(3, n * 35), "union": np.full(3, n * 45)}
-    return regions, described, 0, counts
+    if seed is None:
+        return regions, described, 0, counts
+    sample = BoundedSample(max_samples, below)
+    sample.offer(uniform_priorities(rng, 2 * n), np.concatenate(described))
+    return regions, described, 0, counts, sample
 
 
 def rss_anon():

@@ -161,6 +161,13 @@ class BoundedSample:
     def __len__(self):
         return min(self._pending, self.size)
 
+    @property
+    def bound(self):
+        """A priority at or above which no row offered from now on can be
+        kept (None while any can): the ``below`` of a pass whose tasks offer
+        their rows to this sample."""
+        return self._threshold
+
     def result(self):
         """The sampled rows, in order of priority."""
         if not self._parts:

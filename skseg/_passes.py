@@ -339,14 +339,33 @@ def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
     return categories, statistics, samples
 
 
-def segment(X, start, stop, expected, state, keys=None):
+def segment(X, start, stop, expected, state, keys=None, seed=None, max_samples=None,
+            below=None):
     """The per-image path of fit and predict: levels, consensus, pixels,
     regions and their descriptors for images ``start..stop``, and the
-    chunk's :func:`level_counts`."""
+    chunk's :func:`level_counts`.
+
+    In fit (with ``seed``), also the chunk's sample of region descriptors
+    for the classes, of those under ``below``: a region's priority follows
+    from ``seed``, its image's content key and its number in the image, as
+    a patch's does, so the sample merged from all tasks is the same for any
+    chunking and order.
+    """
     chunk = Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
     levels = chunk_state_levels(chunk, state)
-    return (*chunk_regions(chunk, levels["consensus"], state),
-            level_counts(levels, chunk.on_border()))
+    regions, described, no_pixels = chunk_regions(chunk, levels["consensus"], state)
+    counts = level_counts(levels, chunk.on_border())
+    if seed is None:
+        return regions, described, no_pixels, counts
+    sample = BoundedSample(max_samples, below)
+    n_regions = [len(d) for d in described]
+    if sum(n_regions):
+        sample.offer(
+            np.concatenate([patch_priorities(seed, key, n)
+                            for key, n in zip(chunk.keys, n_regions)]),
+            np.concatenate([d for d in described if len(d)]),
+        )
+    return regions, described, no_pixels, counts, sample
 
 
 def levels_only(X, start, stop, expected, state):
@@ -370,6 +389,19 @@ class PerImage:
 
     def for_task(self, start, stop):
         return Window(self.values, start, stop)
+
+
+class CurrentBound:
+    """Marks the pass argument that is the priority bound of a sample as
+    merged so far: read as each task is dispatched, it spares the task
+    sending back rows that can no longer enter the sample, whatever the
+    number of rows is (unknown until the pass ends)."""
+
+    def __init__(self, sample):
+        self.sample = sample
+
+    def for_task(self, start, stop):
+        return self.sample.bound
 
 
 class Window:

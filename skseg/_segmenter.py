@@ -15,12 +15,16 @@ images:
 4. the per-image path that ``predict`` runs too: image level (redone from
    the border prior where it inherited a border-filling mask), consensus,
    upsampling and refinement, object regions and their descriptors; with
-   counts of how the levels agree, which ``fit`` records and warns on;
-5. classes: K-means of the region descriptors.
+   counts of how the levels agree, which ``fit`` records and warns on, and
+   the content-keyed sample of region descriptors;
+5. classes: K-means of that sample; every region then gets its nearest
+   class, its descriptor read back from a temporary file, where the
+   descriptors went chunk by chunk as they came in.
 """
 
 import functools
 import sys
+import tempfile
 import warnings
 from numbers import Integral, Real
 
@@ -36,7 +40,6 @@ from ._clustering import (
     BoundedSample,
     fit_kmeans,
     nearest_centroid,
-    patch_priorities,
     priority_bound,
 )
 from ._levels import (
@@ -48,6 +51,7 @@ from ._levels import (
 )
 from ._n_classes import choose_n_clusters
 from ._passes import (
+    CurrentBound,
     Expected,
     FittedState,
     PerImage,
@@ -68,6 +72,33 @@ from ._validation import HasMethods, Interval, StrOptions
 
 # Streams of random draws, one per use, derived from one seed.
 _SEEDS = ("dataset", "categories", "category_pairs", "classes")
+
+
+class _SpilledRows:
+    """Chunks of per-image arrays of rows (all of one width and dtype),
+    written to a (temporary) binary file as they are appended and read back
+    chunk by chunk: the region descriptors of a fit, which the fitting process would
+    otherwise hold for every image until the classes are fitted."""
+
+    def __init__(self, file):
+        self._file = file
+        self._chunks = []  # per chunk: rows per image, row shape, dtype
+
+    def append(self, arrays):
+        n_rows = np.array([len(a) for a in arrays], np.int32)
+        filled = [a for a in arrays if len(a)]
+        rows = np.ascontiguousarray(np.concatenate(filled)) if filled \
+            else np.zeros((0,), np.float32)
+        self._file.write(rows.data)
+        self._chunks.append((n_rows, rows.shape[1:], rows.dtype))
+
+    def __iter__(self):
+        self._file.seek(0)
+        for n_rows, shape, dtype in self._chunks:
+            count = int(n_rows.sum())
+            rows = np.frombuffer(self._file.read(count * int(np.prod(shape)) * dtype.itemsize),
+                                 dtype).reshape(count, *shape)
+            yield np.split(rows, np.cumsum(n_rows)[:-1])
 
 
 class ForegroundWarning(UserWarning):
@@ -475,15 +506,23 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self._stage("image level, consensus and refinement "
                     f"({self.refine if self.refine and self.refine_iter else 'none'}), "
                     f"then object regions ({self.region} descriptors)")
-        regions, region_descriptors, counts = self._segment_all(X, chunks, expected, keys)
-        self._diagnose(counts)
+        with tempfile.TemporaryFile() as spill:
+            region_descriptors = _SpilledRows(spill)
+            regions, counts, region_sample = self._segment_all(
+                X, chunks, expected, region_descriptors.append, keys, seeds["classes"]
+            )
+            self._diagnose(counts)
 
-        # 5. Classes of the object regions.
-        self._stage(f"labelling: {sum(len(d) for d in region_descriptors)} object regions "
-                    "into " + ("a number of classes chosen by the silhouette"
-                               if self.n_classes == "auto" else f"{self.n_classes} classes"))
-        self._fit_classes(region_descriptors, keys, seeds["classes"])
-        self.labels_ = self._label(regions, region_descriptors)
+            # 5. Classes of the object regions.
+            n_regions = sum(r.n_regions for r in regions)
+            self._stage(f"labelling: {n_regions} object regions into "
+                        + ("a number of classes chosen by the silhouette"
+                           if self.n_classes == "auto" else f"{self.n_classes} classes"))
+            self._fit_classes(region_sample, n_regions, seeds["classes"])
+            self.labels_ = LabelMasks(
+                regions, [c for chunk in region_descriptors for c in self._classes_of(chunk)],
+                self._label_dtype(),
+            )
         if self.n_classes == "auto":
             self._stage(f"labelling: {self.n_classes_} classes chosen (silhouette "
                         f"{self.n_classes_scores_[self.n_classes_]:.3f})")
@@ -656,19 +695,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             pairs[category] = category_pair(patches, reference, max_iter=self.max_iter)
         return pairs
 
-    def _fit_classes(self, descriptors, keys, seed):
-        n_regions = sum(len(d) for d in descriptors)
+    def _fit_classes(self, sample, n_regions, seed):
         if n_regions == 0:
             raise ValueError(
                 "No foreground region was found in any image; lower min_region_size or "
                 "check the features."
             )
-        sample = BoundedSample(self.max_samples)
-        sample.offer(
-            np.concatenate([patch_priorities(seed, key, len(d))
-                            for key, d in zip(keys, descriptors)]),
-            np.concatenate([d for d in descriptors if len(d)]),
-        )
         sample = sample.result()
         if self.n_classes == "auto":
             self.n_classes_, self.n_classes_scores_ = choose_n_clusters(
@@ -689,17 +721,28 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         )
 
     # ------------------------------------------------- the per-image path
-    def _segment_all(self, X, chunks, expected, keys=None):
-        """Region maps and region descriptors of every image, chunk by chunk,
-        and the summed level counts."""
-        regions, descriptors, counts, no_pixels = [], [], {}, 0
-        for chunk_regions, chunk_descriptors, chunk_no_pixels, chunk_counts in self._map(
-            segment, X, chunks, expected, self._state(),
-            None if keys is None else PerImage(keys),
-            progress="image level + refinement",
-        ):
+    def _segment_all(self, X, chunks, expected, keep, keys=None, seed=None):
+        """The per-image path over X: the region maps of every image and the
+        summed level counts; each chunk's region descriptors (one array per
+        image) go to ``keep`` as they come, so that they are never all held
+        here. In fit (with ``keys`` and ``seed``), also the merged sample of
+        region descriptors, to which the tasks send only rows under its
+        bound at the time they start."""
+        regions, counts, no_pixels = [], {}, 0
+        state = self._state()
+        if seed is None:
+            sample, args = None, (expected, state)
+        else:
+            sample = BoundedSample(self.max_samples)
+            args = (expected, state, PerImage(keys), seed, self.max_samples,
+                    CurrentBound(sample))
+        for result in self._map(segment, X, chunks, *args,
+                                progress="image level + refinement"):
+            chunk_regions, chunk_descriptors, chunk_no_pixels, chunk_counts = result[:4]
             regions.extend(chunk_regions)
-            descriptors.extend(chunk_descriptors)
+            keep(chunk_descriptors)
+            if sample is not None:
+                sample.merge(result[4])
             no_pixels += chunk_no_pixels
             for name, values in chunk_counts.items():
                 counts[name] = counts.get(name, 0) + values
@@ -709,7 +752,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 "(ImageFeatures.image is None), so refinement is skipped for them.",
                 UserWarning,
             )
-        return regions, descriptors, counts
+        return regions, counts, sample
 
     def _diagnose(self, counts):
         """Record how the foreground decision went; warn when it looks wrong.
@@ -755,12 +798,19 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 ForegroundWarning,
             )
 
-    def _label(self, regions, descriptors):
-        classes = [
-            1 + nearest_centroid(d, self.class_centroids_) if len(d) else np.zeros(0, int)
-            for d in descriptors
-        ]
-        return LabelMasks(regions, classes, np.uint8 if self.n_classes_ < 256 else np.int32)
+    def _label_dtype(self):
+        return np.uint8 if self.n_classes_ < 256 else np.int32
+
+    def _classes_of(self, descriptors):
+        """The class (``1..n_classes_``) of each region of a chunk's images,
+        from their descriptors (one array per image)."""
+        dtype = self._label_dtype()
+        n_regions = [len(d) for d in descriptors]
+        if not sum(n_regions):
+            return [np.zeros(0, dtype) for _ in descriptors]
+        classes = 1 + nearest_centroid(np.concatenate([d for d in descriptors if len(d)]),
+                                       self.class_centroids_)
+        return np.split(classes.astype(dtype), np.cumsum(n_regions)[:-1])
 
     # -------------------------------------------------------------- predict
     def predict(self, X):
@@ -783,10 +833,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         """
         check_is_fitted(self, "class_centroids_")
         X = as_features(X)
-        regions, descriptors, _ = self._segment_all(
-            X, chunk_ranges(X, self.chunk_size, self.n_jobs), self._expected(X, fitted=True)
+        classes = []
+        regions, _, _ = self._segment_all(
+            X, chunk_ranges(X, self.chunk_size, self.n_jobs), self._expected(X, fitted=True),
+            lambda descriptors: classes.extend(self._classes_of(descriptors)),
         )
-        return self._label(regions, descriptors)
+        return LabelMasks(regions, classes, self._label_dtype())
 
     def predict_levels(self, X):
         """The three level masks and their consensus, at patch resolution.

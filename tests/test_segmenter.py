@@ -10,6 +10,7 @@ from sklearn.base import clone
 from sklearn.cluster import KMeans
 from sklearn.exceptions import NotFittedError
 
+import skseg._passes
 import skseg._segmenter
 from skseg import ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg.datasets import make_patch_features
@@ -673,3 +674,33 @@ def test_verbose_names_every_stage_with_a_bar_per_pass_and_is_silent_by_default(
         assert f"{bar}: 100%" in err
     with pytest.raises(ValueError, match="verbose"):
         MultilevelSegmenter(verbose="loud").fit(X)
+
+
+def test_classes_are_fitted_on_a_sample_whose_rows_the_tasks_send_back_bounded(
+        planted, monkeypatch):
+    # The per-image pass's tasks send back a content-keyed sample of region
+    # descriptors, each only the rows under the bound of the sample merged
+    # so far: fewer rows than without the bound, and the same classes and
+    # masks as from every region's descriptor.
+    X, _ = planted
+    sent = []
+    real = skseg._segmenter.segment
+
+    def counted(*args):
+        result = real(*args)
+        sent.append(len(pickle.loads(pickle.dumps(result[4]))))
+        return result
+
+    monkeypatch.setattr(skseg._segmenter, "segment", counted)
+    seg = _seg(max_samples=10, chunk_size=2).fit(X)
+    bounded = sent.copy()
+    sent.clear()
+    monkeypatch.setattr(skseg._passes.CurrentBound, "for_task", lambda self, start, stop: None)
+    unbounded = _seg(max_samples=10, chunk_size=2).fit(X)
+    n_regions = sum(int(seg.labels_.region_map(i).max()) for i in range(len(X)))
+    assert len(bounded) == len(sent) == 30 and max(bounded) <= 10
+    assert sum(sent) == n_regions > 5 * 10
+    assert sum(bounded) < 0.6 * sum(sent)
+    np.testing.assert_array_equal(seg.class_centroids_, unbounded.class_centroids_)
+    for a, b in zip(seg.labels_, unbounded.labels_):
+        np.testing.assert_array_equal(a, b)
