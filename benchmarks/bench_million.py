@@ -13,17 +13,23 @@ Printed per size: peak anonymous memory of the process during ``fit``
 (``RssAnon``, sampled in a thread) above what it held before, that per
 image, the megabytes of pickled task results entering the process per pass
 (survey, statistics, per-image path), and the largest pickled task argument.
+With ``--labels-path``, the fit writes its masks to a temporary
+``labels_path``: the per-image path's stand-in then sends back only the
+number of regions (the workers keep the rest), and a last pass, whose
+stand-in does nothing, would write the classes.
 
 Targets (issue 19): at most 4 GiB at 1M images and flat within 10% from
 100k to 1M, at most 100 MB entering per pass at 1M, task arguments at most
 10 KB.
 
-    python benchmarks/bench_million.py [--sizes 10000 100000 1000000]
+    python benchmarks/bench_million.py [--sizes 10000 100000 1000000] [--labels-path]
 """
 
 import argparse
 import functools
+import os
 import pickle
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -127,7 +133,7 @@ def photo_regions(rng):
 
 
 def segment(X, start, stop, expected, state, keys=None, seed=None, max_samples=None,
-            below=None):
+            below=None, output=None):
     rng = np.random.default_rng(start + 3)
     n = stop - start
     regions = [photo_regions(rng) for _ in range(n)]
@@ -140,7 +146,13 @@ def segment(X, start, stop, expected, state, keys=None, seed=None, max_samples=N
         return regions, described, 0, counts
     sample = BoundedSample(max_samples, below)
     sample.offer(uniform_priorities(rng, 2 * n), np.concatenate(described))
+    if output is not None:  # written by the worker: only their number comes back
+        return 2 * n, None, 0, counts, sample
     return regions, described, 0, counts, sample
+
+
+def label_regions(store, start, stop, class_centroids, dtype):
+    """The classes, written by the worker beside the regions it did not write."""
 
 
 def rss_anon():
@@ -150,8 +162,9 @@ def rss_anon():
                 return int(line.split()[1]) * 1024
 
 
-def measure(n_images):
-    received = {name: [] for name in ("survey", "dataset_statistics", "segment")}
+def measure(n_images, labels_path=None):
+    received = {name: [] for name in ("survey", "dataset_statistics", "segment",
+                                      "label_regions")}
     arguments = []
     real_delayed = skseg._passes.delayed
 
@@ -167,7 +180,7 @@ def measure(n_images):
         arguments.append(max(len(pickle.dumps(arg, protocol=5)) for arg in task.args))
         return real_delayed(task)
 
-    for function in (survey, dataset_statistics, segment):
+    for function in (survey, dataset_statistics, segment, label_regions):
         setattr(skseg._segmenter, function.__name__, counted(function))
     skseg._passes.delayed = measured_delayed
     peak, stop = [0], threading.Event()
@@ -182,7 +195,8 @@ def measure(n_images):
     sampler = threading.Thread(target=sample_memory, daemon=True)
     sampler.start()
     start = time.perf_counter()
-    segmenter = MultilevelSegmenter(n_classes=8, refine=None, random_state=0, n_jobs=100)
+    segmenter = MultilevelSegmenter(n_classes=8, refine=None, random_state=0, n_jobs=100,
+                                    labels_path=labels_path)
     segmenter.fit(X)
     seconds = time.perf_counter() - start
     held_after = rss_anon() - before
@@ -197,11 +211,16 @@ def measure(n_images):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--labels-path", action="store_true",
+                        help="fit with labels_path (a temporary folder): the workers keep "
+                             "the per-image results")
     args = parser.parse_args()
     print(f"{'images':>9} {'peak MiB':>9} {'B/img':>6} {'kept MiB':>9} {'survey MB':>10}"
           f" {'stats MB':>9} {'per-image MB':>13} {'max arg KB':>11} {'fit s':>6}")
     for n_images in args.sizes:
-        m = measure(n_images)
+        with tempfile.TemporaryDirectory() as folder:
+            m = measure(n_images, os.path.join(folder, "labels.zarr") if args.labels_path
+                        else None)
         print(f"{n_images:>9,} {m['peak'] / 2**20:>9.0f} {m['peak'] / n_images:>6.0f}"
               f" {m['after'] / 2**20:>9.0f} {m['received']['survey'] / 1e6:>10.1f}"
               f" {m['received']['dataset_statistics'] / 1e6:>9.1f}"

@@ -339,33 +339,59 @@ def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
     return categories, statistics, samples
 
 
-def segment(X, start, stop, expected, state, keys=None, seed=None, max_samples=None,
-            below=None):
+def segment(X, start, stop, expected, state, keys=None, output=None, seed=None,
+            max_samples=None, below=None):
     """The per-image path of fit and predict: levels, consensus, pixels,
     regions and their descriptors for images ``start..stop``, and the
     chunk's :func:`level_counts`.
 
-    In fit (with ``seed``), also the chunk's sample of region descriptors
-    for the classes, of those under ``below``: a region's priority follows
-    from ``seed``, its image's content key and its number in the image, as
-    a patch's does, so the sample merged from all tasks is the same for any
-    chunking and order.
+    With ``output`` (a :class:`LabelStore`: a fit with ``labels_path``),
+    the regions and descriptors are written there, and the task returns in
+    their place the chunk's number of regions, None, and after the counts
+    its sample of region descriptors (of those under ``below``), drawn by
+    :func:`offer_regions` with ``seed``.
     """
     chunk = Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
     levels = chunk_state_levels(chunk, state)
     regions, described, no_pixels = chunk_regions(chunk, levels["consensus"], state)
     counts = level_counts(levels, chunk.on_border())
-    if seed is None:
+    if output is None:
         return regions, described, no_pixels, counts
     sample = BoundedSample(max_samples, below)
-    n_regions = [len(d) for d in described]
+    offer_regions(sample, seed, chunk.keys, described)
+    output.write_regions(start, regions, described)
+    return sum(r.n_regions for r in regions), None, no_pixels, counts, sample
+
+
+def offer_regions(sample, seed, keys, descriptors):
+    """Offer the region descriptors of some images (one array per image, one
+    content key per image) to the sample for the classes.
+
+    A region's priority follows from ``seed``, its image's content key and
+    its number in the image, as a patch's does: the sample is the same
+    whichever process draws it, for any chunking and order.
+    """
+    n_regions = [len(d) for d in descriptors]
     if sum(n_regions):
         sample.offer(
-            np.concatenate([patch_priorities(seed, key, n)
-                            for key, n in zip(chunk.keys, n_regions)]),
-            np.concatenate([d for d in described if len(d)]),
+            np.concatenate([patch_priorities(seed, key, n) for key, n in zip(keys, n_regions)]),
+            np.concatenate([d for d in descriptors if len(d)]),
         )
-    return regions, described, no_pixels, counts, sample
+
+
+def classes_of(descriptors, class_centroids, dtype):
+    """The class of each region, ``1..n_classes`` (0 is the background),
+    from its descriptor (the rows of ``descriptors``)."""
+    if not len(descriptors):
+        return np.zeros(0, dtype)
+    return (1 + nearest_centroid(descriptors, class_centroids)).astype(dtype)
+
+
+def label_regions(store, start, stop, class_centroids, dtype):
+    """The last pass of a fit with ``labels_path``: the class of each region
+    of the chunk, from the descriptors that :func:`segment` wrote to
+    ``store``, written beside them."""
+    store.write_classes(start, classes_of(store.descriptors(start), class_centroids, dtype))
 
 
 def levels_only(X, start, stop, expected, state):

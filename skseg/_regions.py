@@ -106,6 +106,21 @@ def object_regions(masks, min_size):
     return regions
 
 
+def paint_runs(shape, rows, starts, stops, values, dtype):
+    """The ``(H, W)`` map with ``values[k]`` on run ``k`` (runs in raster
+    order), 0 elsewhere."""
+    height, width = shape
+    rows = np.asarray(rows, np.int64)
+    # The image as alternating stretches of background and runs.
+    bounds = np.empty(2 * len(rows) + 2, np.int64)
+    bounds[0], bounds[-1] = 0, height * width
+    bounds[1:-1:2] = rows * width + starts
+    bounds[2:-1:2] = rows * width + stops
+    stretch_values = np.zeros(2 * len(rows) + 1, dtype)
+    stretch_values[1::2] = values
+    return np.repeat(stretch_values, np.diff(bounds)).reshape(shape)
+
+
 class Regions:
     """The object regions of one image, kept compressed as runs of pixels.
 
@@ -156,15 +171,7 @@ class Regions:
     def paint(self, values, dtype):
         """The ``(H, W)`` map with ``values[k - 1]`` on region ``k``, 0 elsewhere."""
         rows, starts, stops, ids = self.runs()
-        height, width = self.shape
-        # The image as alternating stretches of background and runs.
-        bounds = np.empty(2 * len(rows) + 2, np.int64)
-        bounds[0], bounds[-1] = 0, height * width
-        bounds[1:-1:2] = rows * width + starts
-        bounds[2:-1:2] = rows * width + stops
-        stretch_values = np.zeros(2 * len(rows) + 1, dtype)
-        stretch_values[1::2] = np.asarray(values)[ids - 1]
-        return np.repeat(stretch_values, np.diff(bounds)).reshape(self.shape)
+        return paint_runs(self.shape, rows, starts, stops, np.asarray(values)[ids - 1], dtype)
 
     def region_map(self):
         """The ``(H, W)`` int32 map: 0 for background, ``k`` on region ``k``."""

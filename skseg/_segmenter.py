@@ -15,14 +15,19 @@ images:
 4. the per-image path that ``predict`` runs too: image level (redone from
    the border prior where it inherited a border-filling mask), consensus,
    upsampling and refinement, object regions and their descriptors; with
-   counts of how the levels agree, which ``fit`` records and warns on, and
-   the content-keyed sample of region descriptors;
-5. classes: K-means of that sample; every region then gets its nearest
-   class, its descriptor read back from a temporary file, where the
-   descriptors went chunk by chunk as they came in.
+   counts of how the levels agree, which ``fit`` records and warns on;
+5. classes: K-means of a content-keyed sample of the region descriptors,
+   then every region's nearest class. By default the regions and
+   descriptors come to the fitting process, which keeps the regions for
+   ``labels_``, draws the sample, and spills the descriptors to a temporary
+   file until it assigns the classes. With ``labels_path``, the workers
+   write regions and descriptors there and send back only bounded samples,
+   and a last pass on the workers writes the classes: the fitting process
+   holds nothing per image but its category.
 """
 
 import functools
+import os
 import sys
 import tempfile
 import warnings
@@ -42,6 +47,7 @@ from ._clustering import (
     nearest_centroid,
     priority_bound,
 )
+from ._label_store import LabelStore, StoredLabelMasks
 from ._levels import (
     LEVEL_PAIRS,
     LEVELS,
@@ -58,9 +64,12 @@ from ._passes import (
     as_features,
     check_type,
     chunk_ranges,
+    classes_of,
     dataset_statistics,
+    label_regions,
     levels_only,
     map_chunks,
+    offer_regions,
     segment,
     survey,
 )
@@ -251,13 +260,24 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         dataset level, category level, image level and refinement,
         labelling) and show a progress bar over the images for each pass
         over them (in ``predict`` too).
+    labels_path : str or path-like, default=None
+        Where the workers of ``fit`` write the training images' object
+        regions, region descriptors and classes: a zarr group on a
+        filesystem that every worker sees, emptied at each fit (the masks
+        of an earlier fit there can no longer be read; a path that holds
+        anything else is refused). ``labels_`` then reads each mask
+        from there when indexed, and the process that calls ``fit``
+        receives and holds nothing per image but its category. ``None``
+        keeps the masks in memory, in ``labels_``. The masks are the same
+        either way.
 
     Attributes
     ----------
-    labels_ : LabelMasks
+    labels_ : LabelMasks or StoredLabelMasks
         Label masks of the training images: a sequence whose item ``i`` is
         the ``(H, W)`` mask of image ``i``, painted when indexed from the
-        image's regions, kept as compressed runs of pixels.
+        image's regions, kept as compressed runs of pixels (in memory; with
+        ``labels_path``, in the files there, read when indexed).
     n_features_in_ : int
         Dimension of the patch features seen in :meth:`fit`.
     dataset_centroids_ : ndarray of shape (n_dataset_clusters, d)
@@ -352,6 +372,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         "random_state": ["random_state"],
         "n_jobs": [None, Integral],
         "verbose": ["verbose"],
+        "labels_path": [None, str, os.PathLike],
     }
 
     def __init__(
@@ -387,6 +408,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         random_state=None,
         n_jobs=None,
         verbose=False,
+        labels_path=None,
     ):
         self.n_classes = n_classes
         self.max_classes = max_classes
@@ -418,6 +440,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.labels_path = labels_path
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -497,7 +520,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.category_centroids_ = self._fit_category_pairs(category_samples, statistics)
 
         # 4. The per-image path that predict runs: image level, consensus,
-        # pixels, regions and their descriptors.
+        # pixels, regions and their descriptors; 5. the classes of the
+        # regions, fitted on a sample of them, which make the masks.
         if self.region == "crop":
             self.region_encoder_ = (
                 clone(self.region_encoder).fit() if _needs_fit(self.region_encoder)
@@ -506,23 +530,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self._stage("image level, consensus and refinement "
                     f"({self.refine if self.refine and self.refine_iter else 'none'}), "
                     f"then object regions ({self.region} descriptors)")
-        with tempfile.TemporaryFile() as spill:
-            region_descriptors = _SpilledRows(spill)
-            regions, counts, region_sample = self._segment_all(
-                X, chunks, expected, region_descriptors.append, keys, seeds["classes"]
-            )
-            self._diagnose(counts)
-
-            # 5. Classes of the object regions.
-            n_regions = sum(r.n_regions for r in regions)
-            self._stage(f"labelling: {n_regions} object regions into "
-                        + ("a number of classes chosen by the silhouette"
-                           if self.n_classes == "auto" else f"{self.n_classes} classes"))
-            self._fit_classes(region_sample, n_regions, seeds["classes"])
-            self.labels_ = LabelMasks(
-                regions, [c for chunk in region_descriptors for c in self._classes_of(chunk)],
-                self._label_dtype(),
-            )
+        if self.labels_path is None:
+            self.labels_ = self._label_in_memory(X, chunks, expected, keys, seeds["classes"])
+        else:
+            self.labels_ = self._label_on_workers(X, chunks, expected, keys, seeds["classes"])
         if self.n_classes == "auto":
             self._stage(f"labelling: {self.n_classes_} classes chosen (silhouette "
                         f"{self.n_classes_scores_[self.n_classes_]:.3f})")
@@ -695,7 +706,48 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             pairs[category] = category_pair(patches, reference, max_iter=self.max_iter)
         return pairs
 
+    def _label_in_memory(self, X, chunks, expected, keys, seed):
+        """Steps 4 and 5 with the masks kept here: regions as they come in,
+        region descriptors in a temporary file until the classes are fitted,
+        their sample drawn here (they come here anyway)."""
+        regions, sample = [], BoundedSample(self.max_samples)
+        with tempfile.TemporaryFile() as spill:
+            descriptors = _SpilledRows(spill)
+
+            def keep(chunk_regions, chunk_descriptors):
+                first = len(regions)
+                regions.extend(chunk_regions)
+                descriptors.append(chunk_descriptors)
+                offer_regions(sample, seed, keys[first:len(regions)], chunk_descriptors)
+
+            counts, _ = self._segment_all(X, chunks, expected, keep, keys)
+            self._diagnose(counts)
+            self._fit_classes(sample, sum(r.n_regions for r in regions), seed)
+            classes = [c for chunk in descriptors for c in self._classes_of(chunk)]
+        return LabelMasks(regions, classes, self._label_dtype())
+
+    def _label_on_workers(self, X, chunks, expected, keys, seed):
+        """Steps 4 and 5 with the masks written by the workers to
+        ``labels_path``: the tasks of the per-image pass write regions and
+        descriptors and send back a bounded sample of the descriptors, those
+        of a last, light pass write the classes."""
+        output = LabelStore.create(self.labels_path)
+        n_regions = []
+        counts, sample = self._segment_all(
+            X, chunks, expected, lambda n, _: n_regions.append(n), keys, output, seed
+        )
+        self._diagnose(counts)
+        self._fit_classes(sample, sum(n_regions), seed)
+        dtype = self._label_dtype()
+        for _ in self._map(label_regions, output, chunks, self.class_centroids_, dtype,
+                           progress="labelling"):
+            pass
+        return StoredLabelMasks(output, [start for start, _ in chunks], len(X), dtype)
+
     def _fit_classes(self, sample, n_regions, seed):
+        self._stage(f"labelling: {n_regions} object regions into "
+                    + ("a number of classes chosen by the silhouette"
+                       if self.n_classes == "auto" else f"{self.n_classes} classes"))
         if n_regions == 0:
             raise ValueError(
                 "No foreground region was found in any image; lower min_region_size or "
@@ -721,26 +773,27 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         )
 
     # ------------------------------------------------- the per-image path
-    def _segment_all(self, X, chunks, expected, keep, keys=None, seed=None):
-        """The per-image path over X: the region maps of every image and the
-        summed level counts; each chunk's region descriptors (one array per
-        image) go to ``keep`` as they come, so that they are never all held
-        here. In fit (with ``keys`` and ``seed``), also the merged sample of
-        region descriptors, to which the tasks send only rows under its
-        bound at the time they start."""
-        regions, counts, no_pixels = [], {}, 0
+    def _segment_all(self, X, chunks, expected, keep, keys=None, output=None, seed=None):
+        """The per-image path over X, chunk by chunk: ``keep`` gets each
+        chunk's regions and region descriptors (one array per image) as they
+        come, so that this process need not hold them all. With ``output``
+        (a :class:`LabelStore`) and ``seed``, the tasks write them there and
+        ``keep`` gets the chunk's number of regions; the tasks' samples of
+        region descriptors are merged, each task sending only the rows under
+        the bound of the sample when it is dispatched. Returns the summed
+        level counts and that sample (None without ``output``)."""
+        counts, no_pixels = {}, 0
         state = self._state()
-        if seed is None:
-            sample, args = None, (expected, state)
+        keys = None if keys is None else PerImage(keys)
+        if output is None:
+            sample, args = None, (expected, state, keys)
         else:
             sample = BoundedSample(self.max_samples)
-            args = (expected, state, PerImage(keys), seed, self.max_samples,
-                    CurrentBound(sample))
+            args = (expected, state, keys, output, seed, self.max_samples, CurrentBound(sample))
         for result in self._map(segment, X, chunks, *args,
                                 progress="image level + refinement"):
             chunk_regions, chunk_descriptors, chunk_no_pixels, chunk_counts = result[:4]
-            regions.extend(chunk_regions)
-            keep(chunk_descriptors)
+            keep(chunk_regions, chunk_descriptors)
             if sample is not None:
                 sample.merge(result[4])
             no_pixels += chunk_no_pixels
@@ -748,11 +801,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 counts[name] = counts.get(name, 0) + values
         if no_pixels and self.refine is not None and self.refine_iter > 0:
             warnings.warn(
-                f"{no_pixels} of {len(regions)} images carry no pixels "
+                f"{no_pixels} of {len(X)} images carry no pixels "
                 "(ImageFeatures.image is None), so refinement is skipped for them.",
                 UserWarning,
             )
-        return regions, counts, sample
+        return counts, sample
 
     def _diagnose(self, counts):
         """Record how the foreground decision went; warn when it looks wrong.
@@ -802,15 +855,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         return np.uint8 if self.n_classes_ < 256 else np.int32
 
     def _classes_of(self, descriptors):
-        """The class (``1..n_classes_``) of each region of a chunk's images,
-        from their descriptors (one array per image)."""
-        dtype = self._label_dtype()
-        n_regions = [len(d) for d in descriptors]
-        if not sum(n_regions):
-            return [np.zeros(0, dtype) for _ in descriptors]
-        classes = 1 + nearest_centroid(np.concatenate([d for d in descriptors if len(d)]),
-                                       self.class_centroids_)
-        return np.split(classes.astype(dtype), np.cumsum(n_regions)[:-1])
+        """The classes of the regions of a chunk's images, from their
+        descriptors (one array per image)."""
+        filled = [d for d in descriptors if len(d)]
+        classes = classes_of(np.concatenate(filled) if filled else (),
+                             self.class_centroids_, self._label_dtype())
+        return np.split(classes, np.cumsum([len(d) for d in descriptors])[:-1])
 
     # -------------------------------------------------------------- predict
     def predict(self, X):
@@ -833,11 +883,14 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         """
         check_is_fitted(self, "class_centroids_")
         X = as_features(X)
-        classes = []
-        regions, _, _ = self._segment_all(
-            X, chunk_ranges(X, self.chunk_size, self.n_jobs), self._expected(X, fitted=True),
-            lambda descriptors: classes.extend(self._classes_of(descriptors)),
-        )
+        regions, classes = [], []
+
+        def keep(chunk_regions, chunk_descriptors):
+            regions.extend(chunk_regions)
+            classes.extend(self._classes_of(chunk_descriptors))
+
+        self._segment_all(X, chunk_ranges(X, self.chunk_size, self.n_jobs),
+                          self._expected(X, fitted=True), keep)
         return LabelMasks(regions, classes, self._label_dtype())
 
     def predict_levels(self, X):

@@ -83,6 +83,18 @@ def test_fit_on_dask_gives_the_serial_result_on_both_workers(client, images, ser
         assert ran.get(name) == both, (name, ran)
 
 
+def test_fit_on_dask_writing_its_masks_gives_the_serial_result(client, images, serial,
+                                                               tmp_path):
+    # With labels_path, the worker processes write regions, descriptors and
+    # classes, and the masks read back are the serial fit's.
+    with joblib.parallel_config(backend="dask"), \
+            distributed.get_task_stream(client) as stream:
+        fitted = MultilevelSegmenter(**ON_DASK, labels_path=tmp_path / "labels").fit(images[0])
+    assert_same_fit(fitted, serial[0])
+    ran = workers_by_pass(stream)
+    assert ran.get("label_regions") == set(client.scheduler_info()["workers"])
+
+
 def test_predict_on_dask_gives_the_serial_result(client, images, serial):
     reference, masks, levels = serial
     with joblib.parallel_config(backend="dask"), \

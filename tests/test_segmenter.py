@@ -676,12 +676,12 @@ def test_verbose_names_every_stage_with_a_bar_per_pass_and_is_silent_by_default(
         MultilevelSegmenter(verbose="loud").fit(X)
 
 
-def test_classes_are_fitted_on_a_sample_whose_rows_the_tasks_send_back_bounded(
-        planted, monkeypatch):
-    # The per-image pass's tasks send back a content-keyed sample of region
-    # descriptors, each only the rows under the bound of the sample merged
-    # so far: fewer rows than without the bound, and the same classes and
-    # masks as from every region's descriptor.
+def test_with_labels_path_tasks_send_back_region_samples_bounded(planted, monkeypatch,
+                                                                 tmp_path):
+    # With labels_path, the per-image pass's tasks send back a content-keyed
+    # sample of region descriptors, each only the rows under the bound of
+    # the sample merged so far: fewer rows than without the bound, and the
+    # same classes and masks as from every region's descriptor, as in memory.
     X, _ = planted
     sent = []
     real = skseg._segmenter.segment
@@ -691,16 +691,21 @@ def test_classes_are_fitted_on_a_sample_whose_rows_the_tasks_send_back_bounded(
         sent.append(len(pickle.loads(pickle.dumps(result[4]))))
         return result
 
+    def fit(name):
+        sent.clear()
+        return _seg(max_samples=10, chunk_size=2, labels_path=tmp_path / name).fit(X)
+
+    in_memory = _seg(max_samples=10).fit(X)
     monkeypatch.setattr(skseg._segmenter, "segment", counted)
-    seg = _seg(max_samples=10, chunk_size=2).fit(X)
-    bounded = sent.copy()
-    sent.clear()
+    seg, bounded = fit("bounded"), sent.copy()
     monkeypatch.setattr(skseg._passes.CurrentBound, "for_task", lambda self, start, stop: None)
-    unbounded = _seg(max_samples=10, chunk_size=2).fit(X)
-    n_regions = sum(int(seg.labels_.region_map(i).max()) for i in range(len(X)))
+    unbounded = fit("unbounded")
+    n_regions = sum(int(in_memory.labels_.region_map(i).max()) for i in range(len(X)))
     assert len(bounded) == len(sent) == 30 and max(bounded) <= 10
     assert sum(sent) == n_regions > 5 * 10
     assert sum(bounded) < 0.6 * sum(sent)
-    np.testing.assert_array_equal(seg.class_centroids_, unbounded.class_centroids_)
-    for a, b in zip(seg.labels_, unbounded.labels_):
+    for other in (unbounded, in_memory):
+        np.testing.assert_array_equal(seg.class_centroids_, other.class_centroids_)
+    masks = [np.asarray(mask) for mask in seg.labels_]
+    for a, b in zip(masks, in_memory.labels_):
         np.testing.assert_array_equal(a, b)

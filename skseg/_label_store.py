@@ -1,0 +1,173 @@
+"""Label masks that the workers of a fit write to disk, read back lazily.
+
+With ``MultilevelSegmenter(labels_path=...)``, each task of the per-image
+pass writes its chunk's object regions (as runs) and region descriptors into
+a zarr group of its own, ``chunks/<start>`` below ``labels_path``, and a
+second, light pass writes each region's class beside them: the process that
+calls ``fit`` receives none of it, only counts and a bounded sample.
+:class:`StoredLabelMasks` paints a mask from there when it is indexed.
+
+A task that is run again (its worker died) rewrites its own group whole, so
+the result does not depend on which run of a task finished.
+"""
+
+import os
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._indexing import positions
+from ._regions import paint_runs
+
+FORMAT = "skseg.labels"
+VERSION = 1
+
+
+class LabelStore:
+    """The zarr group at ``path`` that the tasks of one fit write to.
+
+    Pickles as its path and the fit's id: every worker must see the same
+    filesystem there.
+    """
+
+    def __init__(self, path, fit):
+        self.path = os.fspath(path)
+        self.fit = fit
+
+    @classmethod
+    def create(cls, path):
+        """An empty group at ``path`` for a new fit, replacing the masks an
+        earlier fit wrote there; any other content is refused, not deleted."""
+        import zarr
+
+        path = os.fspath(path)
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            try:
+                fmt = zarr.open_group(path, mode="r").attrs.get("format")
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+                fmt = None
+            if fmt != FORMAT:
+                raise ValueError(
+                    f"labels_path={path!r} exists and does not hold the masks of an earlier "
+                    "fit; give a new path (it is emptied at every fit)."
+                )
+        root = zarr.open_group(path, mode="w")
+        fit = uuid.uuid4().hex
+        root.attrs.update({"format": FORMAT, "version": VERSION, "fit": fit})
+        root.create_group("chunks")
+        return cls(path, fit)
+
+    def _chunk(self, start, mode="r"):
+        import zarr
+
+        return zarr.open_group(self.path, path=f"chunks/{start}", mode=mode)
+
+    def write_regions(self, start, regions, descriptors):
+        """The regions of the images from ``start`` on, and their descriptors
+        (one array per image)."""
+        runs = [r.runs() for r in regions]
+        images = np.array([(*r.shape, r.n_regions, len(rows))
+                           for r, (rows, *_) in zip(regions, runs)], np.int64)
+        group = self._chunk(start, mode="w")
+        group.create_array("images", data=images.reshape(-1, 4))
+        group.create_array("runs", data=np.concatenate(
+            [np.stack(r, axis=1) for r in runs] + [np.zeros((0, 4), np.int64)]
+        ).astype(np.int32))
+        filled = [d for d in descriptors if len(d)]
+        group.create_array("descriptors", data=np.concatenate(filled).astype(np.float32)
+                           if filled else np.zeros((0, 1), np.float32))
+
+    def descriptors(self, start):
+        return self._chunk(start)["descriptors"][:]
+
+    def write_classes(self, start, classes):
+        group = self._chunk(start, mode="r+")
+        group.create_array("classes", data=classes, overwrite=True)
+
+    def read(self, start):
+        """Per image of the chunk at ``start``: (H, W), its runs and the class of
+        each of its regions."""
+        import zarr
+
+        # A later fit to the same path replaced these masks: say so, rather
+        # than read its chunks as this fit's.
+        if zarr.open_group(self.path, mode="r").attrs.get("fit") != self.fit:
+            raise RuntimeError(
+                f"the masks at {self.path!r} were replaced by a later fit to the same "
+                "labels_path; fit again, or give each fit its own path."
+            )
+        group = self._chunk(start)
+        images, runs, classes = (group[name][:] for name in ("images", "runs", "classes"))
+        runs = runs.astype(np.int64)
+        run_bounds = np.concatenate([[0], np.cumsum(images[:, 3])])
+        region_bounds = np.concatenate([[0], np.cumsum(images[:, 2])])
+        return [
+            ((int(h), int(w)), runs[run_bounds[j]:run_bounds[j + 1]],
+             classes[region_bounds[j]:region_bounds[j + 1]])
+            for j, (h, w, _, _) in enumerate(images)
+        ]
+
+
+class StoredLabelMasks(Sequence):
+    """The label masks of a fit's images, read from its ``labels_path``.
+
+    Same use as :class:`LabelMasks`: ``masks[i]`` is the ``(H, W)`` label
+    array of image ``i``, painted when indexed; integer, slice and array
+    indexing (a subset is another view of the same files);
+    :meth:`region_map` and :meth:`save`. It pickles as the path and the
+    chunk layout, so the files must stay where the fit wrote them; the
+    masks of the last chunk read are kept, so reading them in order reads
+    each chunk once.
+    """
+
+    def __init__(self, store, starts, n_images, dtype, indices=None):
+        self._store = store
+        self._starts = np.asarray(starts, np.int64)
+        self._n_images = n_images
+        self._dtype = np.dtype(dtype).type
+        self._indices = indices
+        self._cached = (None, None)
+
+    def __len__(self):
+        return self._n_images if self._indices is None else len(self._indices)
+
+    def _image(self, index):
+        """(H, W), runs and classes of image ``index`` of the fit."""
+        if self._indices is not None:
+            index = int(self._indices[index])
+        chunk = int(np.searchsorted(self._starts, index, side="right") - 1)
+        start = int(self._starts[chunk])
+        if self._cached[0] != start:
+            self._cached = (start, self._store.read(start))
+        return self._cached[1][index - start]
+
+    def __getitem__(self, key):
+        indices = positions(key, len(self), "StoredLabelMasks")
+        if isinstance(indices, int):
+            shape, runs, classes = self._image(indices)
+            return paint_runs(shape, *runs.T[:3], classes[runs[:, 3] - 1], self._dtype)
+        if self._indices is not None:
+            indices = self._indices[indices]
+        return StoredLabelMasks(self._store, self._starts, self._n_images, self._dtype,
+                                indices)
+
+    def region_map(self, index):
+        """The object regions of image ``index`` (as :meth:`LabelMasks.region_map`)."""
+        shape, runs, _ = self._image(positions(index, len(self), "StoredLabelMasks"))
+        return paint_runs(shape, *runs.T[:3], runs[:, 3], np.int32)
+
+    def __repr__(self):
+        return f"StoredLabelMasks(<{len(self)} images at {self._store.path!r}>)"
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cached"] = (None, None)
+        return state
+
+    def save(self, folder, names=None, palette=None):
+        """Write every mask as a palette PNG below ``folder``
+        (:meth:`LabelMasks.save`)."""
+        from ._io import save_masks
+
+        return save_masks(self, folder, names=names, palette=palette)

@@ -1,0 +1,82 @@
+import pickle
+
+import numpy as np
+import pytest
+
+import skseg._segmenter
+from skseg import MultilevelSegmenter
+from skseg.datasets import make_patch_features
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return make_patch_features(n_images=40, n_classes=3, random_state=0)[0]
+
+
+def _seg(**kwargs):
+    return MultilevelSegmenter(n_classes=3, refine=None, random_state=0, device="cpu",
+                               max_samples=30, **kwargs)
+
+
+def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path,
+                                                               monkeypatch):
+    # With labels_path, the per-image pass's tasks write regions and
+    # descriptors and send back only their number, a light last pass writes
+    # the classes, and labels_ reads the masks back: the same masks, from
+    # any chunking and number of jobs.
+    in_memory = _seg().fit(planted)
+    returned = []
+    real = skseg._segmenter.segment
+
+    def recorded(*args):
+        result = real(*args)
+        returned.append(result[:2])
+        return result
+
+    monkeypatch.setattr(skseg._segmenter, "segment", recorded)
+    seg = _seg(labels_path=tmp_path / "labels.zarr", chunk_size=7, n_jobs=2).fit(planted)
+    assert all(isinstance(n, int) and descriptors is None for n, descriptors in returned)
+    assert sum(n for n, _ in returned) == sum(
+        int(in_memory.labels_.region_map(i).max()) for i in range(len(planted)))
+    np.testing.assert_array_equal(seg.class_centroids_, in_memory.class_centroids_)
+    assert len(seg.labels_) == len(planted)
+    for i in range(len(planted)):
+        np.testing.assert_array_equal(seg.labels_[i], in_memory.labels_[i])
+        np.testing.assert_array_equal(seg.labels_.region_map(i), in_memory.labels_.region_map(i))
+    assert seg.labels_[0].dtype == in_memory.labels_[0].dtype
+    monkeypatch.undo()
+    for i, mask in zip(range(len(planted)), seg.predict(planted)):
+        np.testing.assert_array_equal(mask, seg.labels_[i])
+
+
+def test_stored_masks_index_pickle_and_save_like_masks_in_memory(planted, tmp_path):
+    in_memory = _seg().fit(planted).labels_
+    stored = _seg(labels_path=str(tmp_path / "labels.zarr"), chunk_size=6).fit(planted).labels_
+    subset = stored[3:30][::4][[0, -1]]
+    np.testing.assert_array_equal(subset[0], in_memory[3])
+    np.testing.assert_array_equal(subset[1], in_memory[27])
+    np.testing.assert_array_equal(stored[np.arange(40) % 2 == 1][0], in_memory[1])
+    with pytest.raises(IndexError):
+        stored[40]
+    again = pickle.loads(pickle.dumps(stored))
+    np.testing.assert_array_equal(again[-1], in_memory[-1])
+    paths = stored[:3].save(tmp_path / "masks")
+    assert [p.name for p in paths] == ["0.png", "1.png", "2.png"]
+
+
+def test_labels_path_is_replaced_at_each_fit_but_never_holding_anything_else(planted,
+                                                                            tmp_path):
+    path = tmp_path / "labels.zarr"
+    first = _seg(labels_path=path, chunk_size=5).fit(planted)
+    second = _seg(labels_path=path, chunk_size=9).fit(planted[:20])
+    in_memory = _seg().fit(planted[:20])
+    assert len(second.labels_) == 20
+    np.testing.assert_array_equal(second.labels_[19], in_memory.labels_[19])
+    with pytest.raises(RuntimeError, match="replaced by a later fit"):
+        first.labels_[0]
+    taken = tmp_path / "mine"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="does not hold the masks of an earlier fit"):
+        _seg(labels_path=taken).fit(planted)
+    assert (taken / "notes.txt").read_text() == "keep me"
