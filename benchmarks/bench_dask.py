@@ -17,7 +17,12 @@ plus the end-of-pass imbalance). Targets (issue 10): speed-up >= 1.6 with 2
 workers, gaps under 5% of the task time. On a machine shared with other
 work, read the load average printed first.
 
-    python benchmarks/bench_dask.py [--n-images 4000] [--piece 500]
+With ``--store``, the same features are written to a :class:`FeatureStore`
+instead and read through it: each task then reopens the store (its
+snapshot, and only the commits its chunk reads), the per-task cost of a
+real run that a memory-mapped file hides.
+
+    python benchmarks/bench_dask.py [--n-images 4000] [--piece 500] [--store]
 
 The issue's set is 40,000 images (a 6 GB file: ``--n-images 40000``); the
 figures in docs/scaling_out.rst are from the default 4,000 on a shared,
@@ -37,7 +42,7 @@ import numpy as np
 from distributed import Client, LocalCluster, get_task_stream
 from joblib._dask import DaskDistributedBackend
 
-from skseg import ImageFeatures, MultilevelSegmenter
+from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter
 from skseg.datasets import make_patch_features
 
 GRID, N_FEATURES = (14, 14), 384
@@ -79,23 +84,36 @@ class EveryWorkerBackend(DaskDistributedBackend):
         return max(2, super().effective_n_jobs(n_jobs))
 
 
-def write_planted(folder, n_images, piece):
+def planted_pieces(n_images, piece):
+    """The planted images, a piece at a time: lists of ImageFeatures."""
     scenes, _ = make_patch_features(n_images=piece, grid=GRID, n_features=N_FEATURES,
                                     random_state=0)
+    rng = np.random.default_rng(0)
+    for start in range(0, n_images, piece):
+        yield [ImageFeatures(
+            patches=(scenes[i - start].patches + 0.2 * rng.standard_normal(
+                scenes[i - start].patches.shape, dtype=np.float32)).astype(np.float16),
+            cls=scenes[i - start].cls.astype(np.float16),
+        ) for i in range(start, min(start + piece, n_images))]
+
+
+def write_store(folder, n_images, piece):
+    store = FeatureStore(os.path.join(folder, "features.zarr"))
+    for records in planted_pieces(n_images, piece):
+        store.extend(records)
+    return store
+
+
+def write_planted(folder, n_images, piece):
     patches = np.lib.format.open_memmap(
         os.path.join(folder, "patches.npy"), mode="w+", dtype=np.float16,
         shape=(n_images, *GRID, N_FEATURES),
     )
     cls = np.lib.format.open_memmap(os.path.join(folder, "cls.npy"), mode="w+",
                                     dtype=np.float16, shape=(n_images, N_FEATURES))
-    rng = np.random.default_rng(0)
-    for start in range(0, n_images, piece):
-        stop = min(start + piece, n_images)
-        for i in range(start, stop):
-            scene = scenes[i - start]
-            patches[i] = scene.patches + 0.2 * rng.standard_normal(
-                scene.patches.shape, dtype=np.float32)
-            cls[i] = scene.cls
+    records = (record for records in planted_pieces(n_images, piece) for record in records)
+    for i, record in enumerate(records):
+        patches[i], cls[i] = record.patches, record.cls
     patches.flush()
     cls.flush()
     return MemmapFeatures(folder)
@@ -165,14 +183,17 @@ def main():
     parser.add_argument("--n-images", type=int, default=4000)
     parser.add_argument("--piece", type=int, default=500,
                         help="images per make_patch_features call")
+    parser.add_argument("--store", action="store_true",
+                        help="read the features from a FeatureStore, not a memory-mapped file")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}  cores: {os.cpu_count()}")
     folder = tempfile.mkdtemp(prefix="bench_dask_")
     try:
         start = time.perf_counter()
-        X = write_planted(folder, args.n_images, args.piece)
+        X = (write_store if args.store else write_planted)(folder, args.n_images, args.piece)
         print(f"{args.n_images} images of {GRID[0]}x{GRID[1]}x{N_FEATURES} float16 "
-              f"written in {time.perf_counter() - start:.1f} s")
+              f"written {'to a FeatureStore' if args.store else 'to a memory-mapped file'} "
+              f"in {time.perf_counter() - start:.1f} s")
         results = {0: run_in_process(X)}
         print(f"\nin process, n_jobs=1: fit {results[0]['fit']:.1f} s, predict "
               f"{results[0]['predict']:.1f} s, total {results[0]['total']:.1f} s")
