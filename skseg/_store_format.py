@@ -112,6 +112,15 @@ def commit_key(seq):
     return f"commits/{seq:012d}.json"
 
 
+# Commits gathered into one checkpoint object: a reader of the whole index
+# makes one read per checkpoint instead of one per commit.
+CHECKPOINT_COMMITS = 256
+
+
+def checkpoint_key(k):
+    return f"checkpoints/{k:012d}.json"
+
+
 # -- where a store lives --------------------------------------------------------
 
 
@@ -381,10 +390,11 @@ def _cumulative(sizes):
     return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
 
 
-def parse_commit(location, seq, data):
-    """Commit ``seq`` from its bytes, refused unless every value has its type
-    and range: they size what is read, so they are checked first."""
-    where = f"{location.url}/{commit_key(seq)}"
+def parse_commit(location, seq, data, where=None):
+    """Commit ``seq`` from its bytes (or its parsed record), refused unless
+    every value has its type and range: they size what is read, so they are
+    checked first."""
+    where = f"{location.url}/{where or commit_key(seq)}"
 
     def damaged(what):
         return CorruptedStoreError(
@@ -393,7 +403,7 @@ def parse_commit(location, seq, data):
         )
 
     try:
-        record = json.loads(data)
+        record = json.loads(data) if isinstance(data, bytes) else data
     except (ValueError, RecursionError) as exc:
         raise damaged(f"unparsable: {exc}") from None
     body = record.get("body") if isinstance(record, dict) else None
@@ -523,10 +533,15 @@ class Snapshot:
                 "without the store's recorded extraction (two writers with different "
                 "extraction parameters met); extract its features into a new store."
             )
-        if commit.seq and commit.first != self.commit(commit.seq - 1).stop:
+        # Checked against its neighbours when they are at hand: reading one
+        # commit never reads all those before it.
+        before, after = self.commits.get(commit.seq - 1), self.commits.get(commit.seq + 1)
+        if (commit.seq == 0 and commit.first != 0) \
+                or before is not None and commit.first != before.stop \
+                or after is not None and after.first != commit.stop:
             raise CorruptedStoreError(
                 f"feature store {self.location.url!r}: commit {commit.seq} starts at "
-                f"image {commit.first}, not where commit {commit.seq - 1} ends; it is "
+                f"image {commit.first}, which does not continue its neighbours; it is "
                 "damaged."
             )
         self.commits[commit.seq] = commit
@@ -560,13 +575,7 @@ class Snapshot:
         of each content key, and the distinct images' positions (None when
         all are): a content key stored twice is read once."""
         if self._index is None:
-            missing = [seq for seq in range(self.n_commits) if seq not in self.commits]
-            fetched = self.location.read_many([commit_key(seq) for seq in missing])
-            for seq in missing:  # in order: each is checked against the one before
-                data = fetched[commit_key(seq)]
-                if data is None:
-                    self.commit(seq)  # raises, naming it
-                self.accept(parse_commit(self.location, seq, data))
+            self._read_all_commits()
             commits = [self.commit(seq) for seq in range(self.n_commits)]
             columns = {name: (np.concatenate([c.columns[name] for c in commits])
                               if commits else _empty_column(name))
@@ -581,6 +590,45 @@ class Snapshot:
                 unique = np.setdiff1d(np.arange(len(columns["content_keys"])), repeated)
             self._index = columns, first, unique
         return self._index
+
+    def _read_all_commits(self):
+        """Every commit, through checkpoints where they exist; a writable
+        reader makes the checkpoints that are missing, for the next one."""
+        size = CHECKPOINT_COMMITS
+        n_full = self.n_commits // size
+        wanted = [k for k in range(n_full)
+                  if any(seq not in self.commits for seq in range(k * size, (k + 1) * size))]
+        found = self.location.read_many([checkpoint_key(k) for k in wanted])
+        for k in wanted:
+            data = found[checkpoint_key(k)]
+            try:
+                records = json.loads(data)["commits"] if data is not None else None
+            except (ValueError, RecursionError, TypeError, KeyError):
+                records = None  # damaged: the commits themselves are the truth
+            if not isinstance(records, list) or len(records) != size:
+                continue
+            try:
+                parsed = [parse_commit(self.location, k * size + offset, record,
+                                       checkpoint_key(k))
+                          for offset, record in enumerate(records)]
+            except CorruptedStoreError:
+                continue  # a damaged checkpoint: the commits themselves are the truth
+            for commit in parsed:
+                if commit.seq not in self.commits:
+                    self.accept(commit)
+        missing = [seq for seq in range(self.n_commits) if seq not in self.commits]
+        fetched = self.location.read_many([commit_key(seq) for seq in missing])
+        for seq in missing:  # in order: each is checked against the one before
+            data = fetched[commit_key(seq)]
+            if data is None:
+                self.commit(seq)  # raises, naming it
+            self.accept(parse_commit(self.location, seq, data))
+        if self.location.read_only:
+            return
+        for k in sorted({seq // size for seq in missing if seq < n_full * size}):
+            keys = [commit_key(seq) for seq in range(k * size, (k + 1) * size)]
+            records = [json.loads(fetched.get(key) or self.location.read(key)) for key in keys]
+            self.location.create(checkpoint_key(k), json.dumps({"commits": records}).encode())
 
     def unique_positions(self):
         if self.unique is None:

@@ -147,12 +147,11 @@ class Writer:
             values = np.concatenate(parts).reshape(-1, *row)
             with location.errors(f"segments/{segment}/{name}"):
                 # Features are close to incompressible; plain chunks read at disk speed.
-                array = zarr.create_array(
+                zarr.create_array(
                     self.snapshot.zarr, name=f"segments/{segment}/{name}",
-                    shape=values.shape, chunks=(chunk_rows, *row), dtype=dtype,
+                    data=values.astype(dtype, copy=False), chunks=(chunk_rows, *row),
                     compressors=None, fill_value=0, overwrite=False,
                 )
-                array[...] = values
 
     def _commit(self, segment, images):
         """Claim the next commit number for ``segment``: created exclusively,

@@ -201,6 +201,7 @@ _NOT_OPTIONS = {
     "attention": "implied by --foreground attention, the only user of it",
     "memory": "--cache / --no-cache (a FeatureStore, not this cache)",
     "store": "--cache / --no-cache",
+    "store_options": "a --cache URL takes its credentials from the environment",
     "verbose": "-q",
     "region_encoder": "built from the --model options by --region crop",
     "batch_size": "--batch-size (ViT); the pixel-stage batch never changes the masks",

@@ -897,3 +897,29 @@ def test_memory_cache_entries_respect_the_umask(tmp_path, rgb_images):
         os.umask(previous)
     entry = next((tmp_path / "cache").rglob("*.npz"))
     assert entry.stat().st_mode & 0o777 == 0o644
+
+
+def test_whole_index_reads_checkpoints_and_a_damaged_one_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store_format, "CHECKPOINT_COMMITS", 2)
+    path = tmp_path / "s"
+    for i in range(5):  # five commits: two checkpoints' worth and one more
+        FeatureStore(path).extend([_record(i)], content_keys=[f"k{i}"])
+    assert len(FeatureStore(path, read_only=True)) == 5
+    assert not (path / "checkpoints").exists()  # a read-only reader writes nothing
+    assert list(FeatureStore(path).content_keys) == [f"k{i}" for i in range(5)]
+    assert sorted(p.name for p in (path / "checkpoints").iterdir()) == [
+        f"{0:012d}.json", f"{1:012d}.json"]
+    reads = []
+    real = skseg._store_format.Location.read_many
+    monkeypatch.setattr(skseg._store_format.Location, "read_many",
+                        lambda self, keys: reads.extend(keys) or real(self, keys))
+    store = FeatureStore(path)
+    assert list(store.content_keys) == [f"k{i}" for i in range(5)]
+    # Commits 0-3 came from the checkpoints (0 was read at opening); only
+    # the commit after them was read on its own.
+    assert [key for key in reads if key.startswith("commits/")] == [f"commits/{4:012d}.json"]
+    checkpoint = path / "checkpoints" / f"{1:012d}.json"
+    checkpoint.write_text(checkpoint.read_text().replace('"k2"', '"kX"'))
+    store = FeatureStore(path)
+    assert list(store.content_keys) == [f"k{i}" for i in range(5)]
+    _assert_same(store.select(["k2"])[0], _record(2))
