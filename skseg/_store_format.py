@@ -146,6 +146,7 @@ class Location:
             self.fs = None
         else:
             self.local = False
+            self.protocol = protocol
             self.url = url.rstrip("/")
             self.fs, self.path = _filesystem(self.url, self.storage_options)
 
@@ -178,6 +179,14 @@ class Location:
         it exists; True if this call created it."""
         self.refuse_read_only()
         full = self._full(key)
+        if not self.local and self.protocol not in ATOMIC_CREATE:
+            raise OSError(
+                f"feature store {self.url!r}: skseg writes a store only where an object "
+                "can be created exclusively and atomically (a local disk, NFS, S3); "
+                f"fsspec's {self.protocol!r} filesystem is not known to offer that, and "
+                "writers there could lose each other's images. Write the store to one "
+                "of those, or open this one with read_only=True."
+            )
         with self.errors(key):
             if not self.local:
                 try:
@@ -294,6 +303,10 @@ class _TranslatedErrors:
         return False
 
 
+# fsspec filesystems whose pipe_file(mode="create") is one atomic request
+# (s3fs sends a conditional PUT, If-None-Match: *); fsspec's generic
+# fallback checks then writes, which two writers can both pass.
+ATOMIC_CREATE = {"s3", "s3a"}
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure",
            "abfs": "azure", "abfss": "azure"}
 

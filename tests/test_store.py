@@ -923,3 +923,20 @@ def test_whole_index_reads_checkpoints_and_a_damaged_one_falls_back(tmp_path, mo
     store = FeatureStore(path)
     assert list(store.content_keys) == [f"k{i}" for i in range(5)]
     _assert_same(store.select(["k2"])[0], _record(2))
+
+
+def test_urls_file_is_local_and_a_filesystem_without_exclusive_create_is_refused(tmp_path):
+    store = FeatureStore(f"file://{tmp_path}/s")
+    store.extend([_record(0)])
+    assert store.path == os.fspath(tmp_path / "s")
+    _assert_same(FeatureStore(tmp_path / "s")[0], _record(0))
+    # fsspec's in-memory filesystem checks then writes: two writers could
+    # both pass, so writing is refused before anything is written.
+    with pytest.raises(OSError, match=r"'memory://bucket/s': .*created exclusively and "
+                                      r"atomically.*read_only=True") as error:
+        FeatureStore("memory://bucket/s")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="storage_options are for URLs"):
+        FeatureStore(tmp_path / "s", storage_options={"key": "x"})
+    with pytest.raises(ValueError, match=r"'nosuchfs://x': .*nosuchfs"):
+        FeatureStore("nosuchfs://x")
