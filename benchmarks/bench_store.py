@@ -32,18 +32,19 @@ GRID = (2, 2)
 DIM = 64
 
 
-def _batch(start):
+def _batch(start, size=BATCH):
     rng = np.random.default_rng(start)
     return [ImageFeatures(rng.standard_normal((*GRID, DIM)).astype(np.float16),
                           cls=rng.standard_normal(DIM).astype(np.float16),
                           image_shape=(32, 32), patch_size=16)
-            for _ in range(BATCH)]
+            for _ in range(size)]
 
 
-def _grow(store, n):
+def _grow(store, n, size=BATCH):
     while store._snapshot.n_stored < n:
         start = store._snapshot.n_stored
-        store.extend(_batch(start), content_keys=[f"img-{start + k}" for k in range(BATCH)])
+        store.extend(_batch(start, size),
+                     content_keys=[f"img-{start + k}" for k in range(size)])
 
 
 def _median_time(operation, repeat):
@@ -55,9 +56,9 @@ def _median_time(operation, repeat):
     return float(np.median(times))
 
 
-def measure(path, n, repeat):
+def measure(path, n, repeat, grow_batch):
     writer = FeatureStore(path)
-    _grow(writer, n)
+    _grow(writer, n, grow_batch)
     stale = FeatureStore(path)  # opened before the other writer's appends below
     counter = iter(range(10**9))
 
@@ -87,6 +88,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 300_000])
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--grow-batch", type=int, default=64,
+                        help="images per commit when growing past the smallest size "
+                             "(the smallest is grown 16 at a time, as the transformer "
+                             "writes); only the commit count's logarithm matters to reads")
     parser.add_argument("--folder", default=None,
                         help="where to build the stores (default: a temporary folder)")
     args = parser.parse_args()
@@ -96,8 +101,11 @@ def main():
     try:
         for n in sorted(args.sizes):  # one store, grown from size to size
             begin = time.perf_counter()
-            results[n] = measure(path, n, args.repeat)
-            print(f"{n:>9,} images ({time.perf_counter() - begin:.0f} s to build and "
+            grow_batch = BATCH if n == min(args.sizes) else args.grow_batch
+            results[n] = measure(path, n, args.repeat, grow_batch)
+            n_commits = FeatureStore(path, read_only=True)._snapshot.n_commits
+            print(f"{n:>9,} images in {n_commits:,} commits "
+                  f"({time.perf_counter() - begin:.0f} s to build and "
                   f"measure): " + ", ".join(
                       f"{name} {value * 1e3:.1f} ms" if name != "task bytes"
                       else f"{name} {value}" for name, value in results[n].items()),

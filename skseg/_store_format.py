@@ -27,7 +27,9 @@ damaged byte raises :class:`CorruptedStoreError` naming the image and file.
 import hashlib
 import json
 import os
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +84,8 @@ CHUNK_BYTES = 2 << 20
 MAX_WIDTH = 1 << 16
 MAX_SEGMENT_IMAGES = 1 << 20
 MAX_SIDE = 1 << 20
+# Segments read at once from object storage by one call.
+READ_THREADS = 8
 
 
 class CorruptedStoreError(OSError):
@@ -239,9 +243,9 @@ class Location:
 
     def read_many(self, keys):
         """``{key: bytes or None}``, fetched concurrently from object storage."""
-        if self.local:
+        if self.local or not keys:
             return {key: self.read(key) for key in keys}
-        with self.errors(keys[0] if keys else ""):
+        with self.errors(keys[0]):
             found = self.fs.cat([self._full(key) for key in keys], on_error="return")
         return {key: (None if isinstance(found[self._full(key)], Exception)
                       else found[self._full(key)]) for key in keys}
@@ -464,7 +468,9 @@ class Snapshot:
         self.location = location
         self.zarr = location.zarr_store()
         self.commits = {}
+        self.probed = {}  # commits' bytes read while probing, not yet parsed
         self.arrays = {}
+        self.lock = threading.Lock()  # the reads of one call run in threads
         self.chunk_cache = {}
         self._index = None
         self.unique = None  # the distinct images' positions, when known
@@ -493,15 +499,26 @@ class Snapshot:
             hinted = int(json.loads(hint)["commits"]) if hint else 0
         except (ValueError, KeyError, TypeError, RecursionError):
             hinted = 0
+        # Probed by reading, not asking whether they exist: one request
+        # each, and the last one is needed anyway.
         if hinted > n:
-            if self.location.exists(commit_key(hinted - 1)):
+            if self._probe(hinted - 1):
                 n = hinted
             else:  # a hint ahead of the commits: damaged; count them
                 n = len([name for name in self.location.list("commits")
                          if name.endswith(".json")])
-        while self.location.exists(commit_key(n)):
+        while self._probe(n):
             n += 1
         return n
+
+    def _probe(self, seq):
+        """Whether commit ``seq`` exists; its bytes are kept for :meth:`commit`."""
+        if seq in self.commits or seq in self.probed:
+            return True
+        data = self.location.read(commit_key(seq))
+        if data is not None:
+            self.probed[seq] = data
+        return data is not None
 
     def refresh(self):
         """Catch up with commits made since; cheap when there were none."""
@@ -522,7 +539,7 @@ class Snapshot:
     def commit(self, seq):
         commit = self.commits.get(seq)
         if commit is None:
-            data = self.location.read(commit_key(seq))
+            data = self.probed.pop(seq, None) or self.location.read(commit_key(seq))
             if data is None:
                 self.refuse_if_gone()
                 raise CorruptedStoreError(
@@ -666,16 +683,23 @@ class Snapshot:
     def read(self, name, start, stop):
         """Rows of segment array ``name`` for stored images [start, stop),
         each image verified, and the images' row offsets in the block."""
-        blocks, sizes = [], []
-        for commit, k0, k1 in self.pieces(start, stop):
+        def piece(commit, k0, k1):
             offsets = commit.offsets[SEGMENT_ARRAYS[name].per]
             first, last = commit.first + k0, commit.first + k1 - 1
             where = f"image {first}" if first == last else f"images {first}..{last}"
             block = self._rows(commit, name, int(offsets[k0]), int(offsets[k1]), where)
             bounds = offsets[k0:k1 + 1] - offsets[k0]
             self._verify(commit, name, block, k0, bounds)
-            blocks.append(block)
-            sizes.append(np.diff(bounds))
+            return block, np.diff(bounds)
+
+        pieces = self.pieces(start, stop)
+        if self.location.local or len(pieces) < 2:
+            parts = [piece(*p) for p in pieces]
+        else:  # object storage answers in tens of milliseconds: overlap the segments
+            with ThreadPoolExecutor(min(len(pieces), READ_THREADS)) as pool:
+                parts = list(pool.map(lambda p: piece(*p), pieces))
+        blocks = [block for block, _ in parts]
+        sizes = [size for _, size in parts]
         row, _, dtype = array_shape(name, self.layout)
         block = (np.concatenate(blocks) if len(blocks) > 1 else blocks[0]) if blocks \
             else np.zeros((0, *row), dtype)
@@ -685,7 +709,8 @@ class Snapshot:
     def _array(self, commit, name, where):
         import zarr
 
-        found = self.arrays.get((commit.seq, name))
+        with self.lock:
+            found = self.arrays.get((commit.seq, name))
         if found is not None:
             return found
         row, chunk_rows, dtype = array_shape(name, self.layout)
@@ -695,7 +720,7 @@ class Snapshot:
             for part in ("segments", f"segments/{commit.segment}", path, f"{path}/c"):
                 refuse_link(self.location, self.location._full(part))
         try:
-            array = zarr.open_array(self.zarr, path=path, mode="r")
+            array = zarr.open_array(self.zarr, path=path, mode="r", zarr_format=3)
         except Exception as exc:  # missing, or metadata zarr cannot parse
             self.refuse_if_gone()
             raise self._damaged(commit, name, f"unreadable: {_one_line(exc)}", where) from None
@@ -704,9 +729,10 @@ class Snapshot:
                 or array.dtype != dtype:
             raise self._damaged(commit, name, f"shape {array.shape}, chunks "
                                 f"{array.chunks}, dtype {array.dtype}", where)
-        self.arrays[(commit.seq, name)] = array
-        if len(self.arrays) > 64:  # views over many segments: keep the recent ones
-            self.arrays.pop(next(iter(self.arrays)))
+        with self.lock:
+            self.arrays[(commit.seq, name)] = array
+            if len(self.arrays) > 64:  # views over many segments: keep the recent ones
+                self.arrays.pop(next(iter(self.arrays)))
         return array
 
     def _damaged(self, commit, name, what, where):
