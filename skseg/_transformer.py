@@ -1,5 +1,6 @@
 """ViTPatchTransformer: per-image patch attention features from a timm ViT."""
 
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
@@ -331,7 +332,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         store = None if self.store is None else self._open_store(config)
         # Every record carries its image's digest, not only cached ones: the
         # segmenter seeds its draws from it (see ImageFeatures.content_key).
-        keys = [content_hash(image) for image in X]
+        keys = self._content_keys(X)
 
         records = [cache.get(key) for key in keys]
         todo = [i for i, record in enumerate(records) if record is None]
@@ -370,6 +371,18 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         return FeatureSequence(
             self._record(record, shapes[i], X[i], keys[i]) for i, record in enumerate(records)
         )
+
+    def _content_keys(self, X):
+        """The digest of every image. Files going into a store are read and
+        hashed where the extraction runs (under joblib's Dask backend, on
+        the workers): a dataset's bytes never all pass through this process."""
+        if self.store is None or not all(isinstance(x, (str, os.PathLike)) for x in X):
+            return [content_hash(image) for image in X]
+        parts = Parallel()(
+            delayed(_hash_files)(X[start:start + _FILES_PER_HASH_TASK])
+            for start in range(0, len(X), _FILES_PER_HASH_TASK)
+        )
+        return [key for part in parts for key in part]
 
     def _open_store(self, config):
         return FeatureStore(self.store, extraction=config, storage_options=self.store_options)
@@ -431,11 +444,17 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         )
 
 
-# Batches of images per extraction task writing into a store.
+# Batches of images per extraction task writing into a store, and image
+# files per hashing task.
 _BATCHES_PER_TASK = 8
+_FILES_PER_HASH_TASK = 256
 # Threads decoding images for the forward pass, and batches decoded ahead of it.
 _DECODE_THREADS = 4
 _PREFETCH_BATCHES = 2
+
+
+def _hash_files(paths):
+    return [content_hash(path) for path in paths]
 
 
 def _extract_into_store(transformer, config, items, batches):

@@ -22,6 +22,7 @@ from sklearn.model_selection import KFold
 from sklearn.utils import _safe_indexing
 
 import skseg._store_format
+import skseg._transformer
 import skseg._store_writer
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg._store import CorruptedStoreError
@@ -940,3 +941,24 @@ def test_urls_file_is_local_and_a_filesystem_without_exclusive_create_is_refused
         FeatureStore(tmp_path / "s", storage_options={"key": "x"})
     with pytest.raises(ValueError, match=r"'nosuchfs://x': .*nosuchfs"):
         FeatureStore("nosuchfs://x")
+
+
+def test_files_going_into_a_store_are_hashed_in_the_extraction_tasks(
+        tmp_path, rgb_images, monkeypatch):
+    import threading
+
+    from joblib import parallel_config
+
+    paths = []
+    for i, image in enumerate(rgb_images * 80):  # 320 files: two hashing tasks
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.roll(image, i, axis=0)).save(paths[-1])
+    threads = set()
+    real = skseg._transformer.content_hash
+    monkeypatch.setattr(skseg._transformer, "content_hash",
+                        lambda image: threads.add(threading.get_ident()) or real(image))
+    vit = _vit(store=os.fspath(tmp_path / "s.zarr")).fit()
+    monkeypatch.setattr(vit, "_extract", lambda images, batches: iter(()))  # keys only
+    with parallel_config(backend="threading", n_jobs=2), pytest.raises(KeyError):
+        vit.transform(paths)
+    assert threads and threading.get_ident() not in threads
