@@ -1,6 +1,7 @@
 """ViTPatchTransformer: per-image patch attention features from a timm ViT."""
 
 import os
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
@@ -72,11 +73,10 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     dtype : {"float32", "float16"}, default="float32"
         Type of the returned arrays; ``"float16"`` halves their memory.
     memory : None, str, path-like or joblib.Memory, default=None
-        A folder for a per-image feature cache keyed by image content and
-        every parameter that changes the features, so no forward pass is ever
-        run twice. Entries are ``.npz`` files of plain arrays, read without
-        pickle (a joblib.Memory lends only its folder); a damaged entry is
-        computed again with a warning naming its file.
+        Deprecated in 0.1, removed in 0.2: use ``store``, which caches the
+        same way (by image content and every feature-changing parameter) and
+        also serves many writers, object storage and datasets larger than
+        memory. A folder for a per-image cache of ``.npz`` files.
     store : None, str or path-like, default=None
         The location of a :class:`FeatureStore` (a path, or an fsspec URL
         such as ``s3://bucket/features.zarr``) to write the features into,
@@ -239,6 +239,14 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self : ViTPatchTransformer
         """
         self._check_image_size()
+        if self.memory is not None:
+            warnings.warn(
+                "ViTPatchTransformer(memory=...) is deprecated in 0.1 and will be removed "
+                "in 0.2: store= is the one feature cache (content-keyed and resumable like "
+                "memory=, and it also serves many writers, object storage and datasets "
+                "larger than memory). Use store='FOLDER/features.zarr'.",
+                FutureWarning, stacklevel=2,
+            )
         if self.memory is not None and self.store is not None:
             raise ValueError("pass either memory= (a feature cache) or store= (a "
                              "FeatureStore), not both.")
