@@ -25,6 +25,7 @@ damaged byte raises :class:`CorruptedStoreError` naming the image and file.
 """
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -737,7 +738,7 @@ class Snapshot:
             except CorruptedStoreError:
                 continue  # a damaged checkpoint: the commits themselves are the truth
             known = [self.commits.get(c.seq) for c in parsed]
-            if any(a.stop != b.first for a, b in zip(parsed, parsed[1:])) or any(
+            if any(a.stop != b.first for a, b in itertools.pairwise(parsed)) or any(
                     c is not None and (c.first, c.segment) != (p.first, p.segment)
                     for c, p in zip(known, parsed)):
                 continue  # records out of place: the commits are the truth

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._features import ImageFeatures
 from . import _store_format
+from ._features import ImageFeatures
 from ._store_format import (
     FEATURE_KEY,
     IMAGE_COLUMNS,

@@ -23,8 +23,8 @@ from sklearn.model_selection import KFold
 from sklearn.utils import _safe_indexing
 
 import skseg._store_format
-import skseg._transformer
 import skseg._store_writer
+import skseg._transformer
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg._store import CorruptedStoreError
 
