@@ -25,9 +25,14 @@ damaged byte raises :class:`CorruptedStoreError` naming the image and file.
 """
 
 import hashlib
+import itertools
 import json
 import os
+import random
+import threading
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +87,11 @@ CHUNK_BYTES = 2 << 20
 MAX_WIDTH = 1 << 16
 MAX_SEGMENT_IMAGES = 1 << 20
 MAX_SIDE = 1 << 20
+MAX_GRID_SIDE = 1 << 12
+MAX_CHANNELS = 4
+MAX_SEGMENT_BYTES = 1 << 34
+# Segments read at once from object storage by one call.
+READ_THREADS = 8
 
 
 class CorruptedStoreError(OSError):
@@ -112,6 +122,15 @@ def commit_key(seq):
     return f"commits/{seq:012d}.json"
 
 
+# Commits gathered into one checkpoint object: a reader of the whole index
+# makes one read per checkpoint instead of one per commit.
+CHECKPOINT_COMMITS = 256
+
+
+def checkpoint_key(k):
+    return f"checkpoints/{k:012d}.json"
+
+
 # -- where a store lives --------------------------------------------------------
 
 
@@ -137,6 +156,7 @@ class Location:
             self.fs = None
         else:
             self.local = False
+            self.protocol = protocol
             self.url = url.rstrip("/")
             self.fs, self.path = _filesystem(self.url, self.storage_options)
 
@@ -169,15 +189,35 @@ class Location:
         it exists; True if this call created it."""
         self.refuse_read_only()
         full = self._full(key)
+        if not self.local and self.protocol not in ATOMIC_CREATE:
+            raise OSError(
+                f"feature store {self.url!r}: skseg writes a store only where an object "
+                "can be created exclusively and atomically (a local disk, NFS, S3); "
+                f"fsspec's {self.protocol!r} filesystem is not known to offer that, and "
+                "writers there could lose each other's images. Write the store to one "
+                "of those, or open this one with read_only=True."
+            )
         with self.errors(key):
             if not self.local:
-                try:
-                    self.fs.pipe_file(full, data, mode="create")
-                except FileExistsError:
-                    return False
-                return True
+                self.check_conditional_writes()
+                for attempt in range(_CONFLICT_RETRIES):
+                    try:
+                        self.fs.pipe_file(full, data, mode="create")
+                        return True
+                    except FileExistsError:
+                        # A retried PUT whose first try succeeded answers 412
+                        # too: ours if it holds our bytes (each is unique).
+                        return self.fs.cat_file(full) == data
+                    except OSError as exc:
+                        # AWS answers overlapping conditional PUTs with 409
+                        # ConditionalRequestConflict: "try again".
+                        if "ConditionalRequestConflict" not in str(exc):
+                            raise
+                        time.sleep(0.05 * 2 ** attempt * (1 + random.random()))
+                return self.fs.exists(full) and self.fs.cat_file(full) == data
             folder = os.path.dirname(full)
-            refuse_link(self, folder)
+            if folder != self.path:  # the store's own folder may be a link
+                refuse_link(self, folder)
             os.makedirs(folder, exist_ok=True)
             temporary = f"{full}.{os.getpid()}.{os.urandom(6).hex()}.partial"
             try:
@@ -187,11 +227,60 @@ class Location:
                     os.fsync(handle.fileno())
                 os.link(temporary, full)  # atomic, and fails if ``full`` exists
             except FileExistsError:
-                return False
+                # NFS may answer a retransmitted link that had succeeded with
+                # EEXIST: ours if it holds our bytes (each is unique).
+                return self.read(key) == data
+            except OSError as exc:
+                raise OSError(
+                    f"feature store {self.url!r}: cannot create {key!r} exclusively "
+                    f"({_one_line(exc)}); the store needs a filesystem with hard links "
+                    "(a local disk or NFS), or S3."
+                ) from exc
             finally:
                 if os.path.lexists(temporary):
                     os.unlink(temporary)
             return True
+
+    def check_conditional_writes(self):
+        """Refuse a server that ignores ``If-None-Match`` (some S3-compatible
+        ones do; s3fs itself vouches only for AWS): there, two writers would
+        both "create" a commit and one's images would be silently lost. Tried
+        once per location and process, on an object of its own."""
+        verdict = _CONDITIONAL_WRITES.get(self.url)
+        if verdict is None:
+            probe = f"{self.path}/probes/{os.getpid()}-{os.urandom(8).hex()}"
+            self.fs.pipe_file(probe, b"1", mode="create")
+            try:
+                self.fs.pipe_file(probe, b"2", mode="create")
+                verdict = False
+            except FileExistsError:
+                verdict = True
+            finally:
+                try:
+                    self.fs.rm_file(probe)
+                except OSError:
+                    pass
+            _CONDITIONAL_WRITES[self.url] = verdict
+        if not verdict:
+            raise OSError(
+                f"feature store {self.url!r}: its object storage ignores conditional "
+                "writes (If-None-Match), so concurrent writers could silently lose each "
+                "other's images; skseg writes stores only where they are honoured (AWS "
+                "S3, a local disk, NFS). Open it with read_only=True to read."
+            )
+
+    def sync_folder(self, prefix):
+        """Flush a local folder's files to disk (object storage has no cache
+        to flush: an object is there once its PUT has answered)."""
+        if not self.local:
+            return
+        for folder, _, files in os.walk(self._full(prefix)):
+            for name in [*files, "."]:
+                descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
 
     def put(self, key, data):
         """Write object ``key``, replacing it (only for hints)."""
@@ -221,9 +310,9 @@ class Location:
 
     def read_many(self, keys):
         """``{key: bytes or None}``, fetched concurrently from object storage."""
-        if self.local:
+        if self.local or not keys:
             return {key: self.read(key) for key in keys}
-        with self.errors(keys[0] if keys else ""):
+        with self.errors(keys[0]):
             found = self.fs.cat([self._full(key) for key in keys], on_error="return")
         return {key: (None if isinstance(found[self._full(key)], Exception)
                       else found[self._full(key)]) for key in keys}
@@ -285,6 +374,14 @@ class _TranslatedErrors:
         return False
 
 
+# fsspec filesystems whose pipe_file(mode="create") is one atomic request
+# (s3fs sends a conditional PUT, If-None-Match: *); fsspec's generic
+# fallback checks then writes, which two writers can both pass.
+ATOMIC_CREATE = {"s3", "s3a"}
+# Per location, whether its server honours conditional writes (see
+# Location.check_conditional_writes), and how often a 409 is retried.
+_CONDITIONAL_WRITES = {}
+_CONFLICT_RETRIES = 6
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure",
            "abfs": "azure", "abfss": "azure"}
 
@@ -320,10 +417,13 @@ def refuse_link(location, path):
 
 def group_metadata():
     return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {ATTRS_KEY: {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION}}}).encode()
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        # Names this store, not another made later at the same place, in pickles.
+        "store_id": os.urandom(16).hex()}}}).encode()
 
 
 def check_format(location, data):
+    """The store's id, once its zarr.json is checked to be a store of this format."""
     try:
         meta = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -342,6 +442,7 @@ def check_format(location, data):
             f"{info.get('format_version')!r}; this skseg reads version "
             f"{FORMAT_VERSION}. Extract the features again into a new store."
         )
+    return info.get("store_id")
 
 
 # -- commits --------------------------------------------------------------------
@@ -381,10 +482,11 @@ def _cumulative(sizes):
     return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
 
 
-def parse_commit(location, seq, data):
-    """Commit ``seq`` from its bytes, refused unless every value has its type
-    and range: they size what is read, so they are checked first."""
-    where = f"{location.url}/{commit_key(seq)}"
+def parse_commit(location, seq, data, where=None):
+    """Commit ``seq`` from its bytes (or its parsed record), refused unless
+    every value has its type and range: they size what is read, so they are
+    checked first."""
+    where = f"{location.url}/{where or commit_key(seq)}"
 
     def damaged(what):
         return CorruptedStoreError(
@@ -393,7 +495,7 @@ def parse_commit(location, seq, data):
         )
 
     try:
-        record = json.loads(data)
+        record = json.loads(data) if isinstance(data, bytes) else data
     except (ValueError, RecursionError) as exc:
         raise damaged(f"unparsable: {exc}") from None
     body = record.get("body") if isinstance(record, dict) else None
@@ -420,9 +522,15 @@ def parse_commit(location, seq, data):
         if len(values) != commit.n_images or kind == "int" and (
                 values.size and (values.min() < 0 or values.max() >= 1 << 32)):
             raise damaged(f"column {name}")
-    grids = commit.columns["grid_shapes"]
-    if np.any(grids < 1) or np.any(commit.columns["pixel_shapes"][:, :2] > MAX_SIDE):
+    grids, pixels = commit.columns["grid_shapes"], commit.columns["pixel_shapes"]
+    if np.any(grids < 1) or np.any(grids > MAX_GRID_SIDE) \
+            or np.any(pixels[:, :2] > MAX_SIDE) or np.any(pixels[:, 2] > MAX_CHANNELS) \
+            or commit.offsets["byte"][-1] > MAX_SEGMENT_BYTES:
         raise damaged("grid or image shapes")
+    if type(commit.first) is not int or commit.first < 0 \
+            or not (isinstance(commit.segment, str) and len(commit.segment) == 32
+                    and all(c in "0123456789abcdef" for c in commit.segment)):
+        raise damaged("its first position or segment name")
     return commit
 
 
@@ -441,26 +549,35 @@ class Snapshot:
         self.location = location
         self.zarr = location.zarr_store()
         self.commits = {}
+        self.probed = {}  # commits' bytes read while probing, not yet parsed
         self.arrays = {}
+        self.lock = threading.Lock()  # the reads of one call run in threads
         self.chunk_cache = {}
         self._index = None
         self.unique = None  # the distinct images' positions, when known
-        self.extraction = self._read_extraction()
+        self.recorded, self.extraction = self._read_extraction()
         self.n_commits = self.find_head() if n_commits is None else int(n_commits)
         self.layout = self.commit(0).layout if self.n_commits else None
 
     def _read_extraction(self):
+        """``(recorded, extraction)``: whether extraction.json exists, and the
+        parameters it records (None for records appended by hand). It is
+        created once, exclusively, before the first commit, so every writer
+        is checked against the same one."""
         data = self.location.read("extraction.json")
         if data is None:
-            return None
+            return False, None
         try:
-            extraction = json.loads(data)
-        except (ValueError, RecursionError) as exc:
+            record = json.loads(data)
+            extraction = record["extraction"]
+            if not (extraction is None or isinstance(extraction, dict)):
+                raise TypeError(f"a {type(extraction).__name__}")
+        except (ValueError, RecursionError, TypeError, KeyError) as exc:
             raise CorruptedStoreError(
                 f"feature store {self.location.url!r}: its extraction.json is damaged "
-                f"({exc}); restore the store or extract its features again."
+                f"({_one_line(exc)}); restore the store or extract its features again."
             ) from None
-        return extraction
+        return True, extraction
 
     def find_head(self, known=0):
         """The number of commits: probed forward from the hint (or ``known``)."""
@@ -468,17 +585,28 @@ class Snapshot:
         hint = self.location.read("head.json")
         try:
             hinted = int(json.loads(hint)["commits"]) if hint else 0
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
             hinted = 0
+        # Probed by reading, not asking whether they exist: one request
+        # each, and the last one is needed anyway.
         if hinted > n:
-            if self.location.exists(commit_key(hinted - 1)):
+            if self._probe(hinted - 1):
                 n = hinted
             else:  # a hint ahead of the commits: damaged; count them
                 n = len([name for name in self.location.list("commits")
                          if name.endswith(".json")])
-        while self.location.exists(commit_key(n)):
+        while self._probe(n):
             n += 1
         return n
+
+    def _probe(self, seq):
+        """Whether commit ``seq`` exists; its bytes are kept for :meth:`commit`."""
+        if seq in self.commits or seq in self.probed:
+            return True
+        data = self.location.read(commit_key(seq))
+        if data is not None:
+            self.probed[seq] = data
+        return data is not None
 
     def refresh(self):
         """Catch up with commits made since; cheap when there were none."""
@@ -488,8 +616,8 @@ class Snapshot:
             self._index = self.unique = None
             if self.layout is None:
                 self.layout = self.commit(0).layout
-        if self.extraction is None:
-            self.extraction = self._read_extraction()
+        if not self.recorded:
+            self.recorded, self.extraction = self._read_extraction()
 
     @property
     def n_stored(self):
@@ -499,7 +627,7 @@ class Snapshot:
     def commit(self, seq):
         commit = self.commits.get(seq)
         if commit is None:
-            data = self.location.read(commit_key(seq))
+            data = self.probed.pop(seq, None) or self.location.read(commit_key(seq))
             if data is None:
                 self.refuse_if_gone()
                 raise CorruptedStoreError(
@@ -523,10 +651,15 @@ class Snapshot:
                 "without the store's recorded extraction (two writers with different "
                 "extraction parameters met); extract its features into a new store."
             )
-        if commit.seq and commit.first != self.commit(commit.seq - 1).stop:
+        # Checked against its neighbours when they are at hand: reading one
+        # commit never reads all those before it.
+        before, after = self.commits.get(commit.seq - 1), self.commits.get(commit.seq + 1)
+        if (commit.seq == 0 and commit.first != 0) \
+                or before is not None and commit.first != before.stop \
+                or after is not None and after.first != commit.stop:
             raise CorruptedStoreError(
                 f"feature store {self.location.url!r}: commit {commit.seq} starts at "
-                f"image {commit.first}, not where commit {commit.seq - 1} ends; it is "
+                f"image {commit.first}, which does not continue its neighbours; it is "
                 "damaged."
             )
         self.commits[commit.seq] = commit
@@ -548,6 +681,12 @@ class Snapshot:
         pieces = []
         while start < stop:
             commit = self.commit_at(start)
+            if not commit.first <= start < commit.stop:
+                raise CorruptedStoreError(
+                    f"feature store {self.location.url!r} holds no image {start} (its "
+                    f"{self.n_commits} commits end at {self.n_stored}): the store was "
+                    "replaced or damaged since this handle was made."
+                )
             end = min(stop, commit.stop)
             pieces.append((commit, start - commit.first, end - commit.first))
             start = end
@@ -560,13 +699,7 @@ class Snapshot:
         of each content key, and the distinct images' positions (None when
         all are): a content key stored twice is read once."""
         if self._index is None:
-            missing = [seq for seq in range(self.n_commits) if seq not in self.commits]
-            fetched = self.location.read_many([commit_key(seq) for seq in missing])
-            for seq in missing:  # in order: each is checked against the one before
-                data = fetched[commit_key(seq)]
-                if data is None:
-                    self.commit(seq)  # raises, naming it
-                self.accept(parse_commit(self.location, seq, data))
+            self._read_all_commits()
             commits = [self.commit(seq) for seq in range(self.n_commits)]
             columns = {name: (np.concatenate([c.columns[name] for c in commits])
                               if commits else _empty_column(name))
@@ -581,6 +714,61 @@ class Snapshot:
                 unique = np.setdiff1d(np.arange(len(columns["content_keys"])), repeated)
             self._index = columns, first, unique
         return self._index
+
+    def _read_all_commits(self):
+        """Every commit, through checkpoints where they exist; a writable
+        reader makes the checkpoints that are missing, for the next one."""
+        size = CHECKPOINT_COMMITS
+        n_full = self.n_commits // size
+        wanted = [k for k in range(n_full)
+                  if any(seq not in self.commits for seq in range(k * size, (k + 1) * size))]
+        found = self.location.read_many([checkpoint_key(k) for k in wanted])
+        for k in wanted:
+            data = found[checkpoint_key(k)]
+            try:
+                records = json.loads(data)["commits"] if data is not None else None
+            except (ValueError, RecursionError, TypeError, KeyError):
+                records = None  # damaged: the commits themselves are the truth
+            if not isinstance(records, list) or len(records) != size:
+                continue
+            try:
+                parsed = [parse_commit(self.location, k * size + offset, record,
+                                       checkpoint_key(k))
+                          for offset, record in enumerate(records)]
+            except CorruptedStoreError:
+                continue  # a damaged checkpoint: the commits themselves are the truth
+            known = [self.commits.get(c.seq) for c in parsed]
+            if any(a.stop != b.first for a, b in itertools.pairwise(parsed)) or any(
+                    c is not None and (c.first, c.segment) != (p.first, p.segment)
+                    for c, p in zip(known, parsed)):
+                continue  # records out of place: the commits are the truth
+            for commit in parsed:
+                if commit.seq not in self.commits:
+                    self.accept(commit)
+        missing = [seq for seq in range(self.n_commits) if seq not in self.commits]
+        fetched = self.location.read_many([commit_key(seq) for seq in missing])
+        for seq in missing:  # in order: each is checked against the one before
+            data = fetched[commit_key(seq)]
+            if data is None:
+                self.commit(seq)  # raises, naming it
+            self.accept(parse_commit(self.location, seq, data))
+        if self.location.read_only:
+            return
+        for k in sorted({seq // size for seq in missing if seq < n_full * size}):
+            self.write_checkpoint(k, fetched)
+
+    def write_checkpoint(self, k, fetched=None):
+        """Gather commits of checkpoint ``k`` into one object, if this
+        location can be written: a reader's service to the next, never a
+        reason for a read to fail."""
+        keys = [commit_key(seq) for seq in range(k * CHECKPOINT_COMMITS,
+                                                 (k + 1) * CHECKPOINT_COMMITS)]
+        try:
+            records = [json.loads((fetched or {}).get(key) or self.location.read(key))
+                       for key in keys]
+            self.location.create(checkpoint_key(k), json.dumps({"commits": records}).encode())
+        except (OSError, ValueError, TypeError):
+            pass
 
     def unique_positions(self):
         if self.unique is None:
@@ -605,16 +793,23 @@ class Snapshot:
     def read(self, name, start, stop):
         """Rows of segment array ``name`` for stored images [start, stop),
         each image verified, and the images' row offsets in the block."""
-        blocks, sizes = [], []
-        for commit, k0, k1 in self.pieces(start, stop):
+        def piece(commit, k0, k1):
             offsets = commit.offsets[SEGMENT_ARRAYS[name].per]
             first, last = commit.first + k0, commit.first + k1 - 1
             where = f"image {first}" if first == last else f"images {first}..{last}"
             block = self._rows(commit, name, int(offsets[k0]), int(offsets[k1]), where)
             bounds = offsets[k0:k1 + 1] - offsets[k0]
             self._verify(commit, name, block, k0, bounds)
-            blocks.append(block)
-            sizes.append(np.diff(bounds))
+            return block, np.diff(bounds)
+
+        pieces = self.pieces(start, stop)
+        if self.location.local or len(pieces) < 2:
+            parts = [piece(*p) for p in pieces]
+        else:  # object storage answers in tens of milliseconds: overlap the segments
+            with ThreadPoolExecutor(min(len(pieces), READ_THREADS)) as pool:
+                parts = list(pool.map(lambda p: piece(*p), pieces))
+        blocks = [block for block, _ in parts]
+        sizes = [size for _, size in parts]
         row, _, dtype = array_shape(name, self.layout)
         block = (np.concatenate(blocks) if len(blocks) > 1 else blocks[0]) if blocks \
             else np.zeros((0, *row), dtype)
@@ -624,7 +819,8 @@ class Snapshot:
     def _array(self, commit, name, where):
         import zarr
 
-        found = self.arrays.get((commit.seq, name))
+        with self.lock:
+            found = self.arrays.get((commit.seq, name))
         if found is not None:
             return found
         row, chunk_rows, dtype = array_shape(name, self.layout)
@@ -634,7 +830,7 @@ class Snapshot:
             for part in ("segments", f"segments/{commit.segment}", path, f"{path}/c"):
                 refuse_link(self.location, self.location._full(part))
         try:
-            array = zarr.open_array(self.zarr, path=path, mode="r")
+            array = zarr.open_array(self.zarr, path=path, mode="r", zarr_format=3)
         except Exception as exc:  # missing, or metadata zarr cannot parse
             self.refuse_if_gone()
             raise self._damaged(commit, name, f"unreadable: {_one_line(exc)}", where) from None
@@ -643,9 +839,10 @@ class Snapshot:
                 or array.dtype != dtype:
             raise self._damaged(commit, name, f"shape {array.shape}, chunks "
                                 f"{array.chunks}, dtype {array.dtype}", where)
-        self.arrays[(commit.seq, name)] = array
-        if len(self.arrays) > 64:  # views over many segments: keep the recent ones
-            self.arrays.pop(next(iter(self.arrays)))
+        with self.lock:
+            self.arrays[(commit.seq, name)] = array
+            if len(self.arrays) > 64:  # views over many segments: keep the last opened
+                self.arrays.pop(next(iter(self.arrays)))
         return array
 
     def _damaged(self, commit, name, what, where):

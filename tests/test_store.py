@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from sklearn.utils import _safe_indexing
 
 import skseg._store_format
 import skseg._store_writer
+import skseg._transformer
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg._store import CorruptedStoreError
 
@@ -567,6 +569,10 @@ def _nested(depth):
 
 
 _HOSTILE_METADATA = {
+    "a huge patch grid": (
+        lambda path: _edit_commit(path, lambda b: b["images"]["grid_shapes"].__setitem__(
+            0, [65536, 65536])),
+        r"commit 0 is damaged \(grid or image shapes"),
     "a huge grid": (
         lambda path: _edit_commit(path, lambda b: b["images"]["pixel_shapes"][0].__setitem__(
             0, 10**7)),
@@ -761,6 +767,7 @@ def test_transformer_writes_a_store_and_skips_stored_images(
     assert n_images_through_vit(vit_forwards) == 9
 
 
+@pytest.mark.filterwarnings("ignore:ViTPatchTransformer\\(memory=:FutureWarning")
 def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, vit_forwards):
     _vit(store=tmp_path / "s").fit().transform(rgb_images[:1])
     with pytest.raises(ValueError, match=r"facet: store 'key', requested 'query'.*"
@@ -865,6 +872,7 @@ def test_segmenter_fits_and_cross_validates_on_a_store(tmp_path, rgb_images):
 
 # -- the memory= cache -----------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:ViTPatchTransformer\\(memory=:FutureWarning")
 def test_memory_cache_holds_no_pickles_and_recomputes_damaged_entries(
         tmp_path, rgb_images, vit_forwards):
     _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:2])
@@ -880,15 +888,18 @@ def test_memory_cache_holds_no_pickles_and_recomputes_damaged_entries(
     with pytest.warns(RuntimeWarning) as caught:
         again = _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:2])
     assert n_images_through_vit(vit_forwards) == 4
-    assert sorted(str(w.message).split("'")[1] for w in caught) == sorted(map(str, entries))
+    assert sorted(str(w.message).split("'")[1] for w in caught
+                  if w.category is RuntimeWarning) == sorted(map(str, entries))
+    vit = _vit(memory=tmp_path / "cache").fit()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rewritten entries read cleanly
-        cached = _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:2])
+        cached = vit.transform(rgb_images[:2])
     assert n_images_through_vit(vit_forwards) == 4
     for a, b in zip(again, cached):
         np.testing.assert_array_equal(a.patches, b.patches)
 
 
+@pytest.mark.filterwarnings("ignore:ViTPatchTransformer\\(memory=:FutureWarning")
 def test_memory_cache_entries_respect_the_umask(tmp_path, rgb_images):
     previous = os.umask(0o022)
     try:
@@ -897,3 +908,152 @@ def test_memory_cache_entries_respect_the_umask(tmp_path, rgb_images):
         os.umask(previous)
     entry = next((tmp_path / "cache").rglob("*.npz"))
     assert entry.stat().st_mode & 0o777 == 0o644
+
+
+def test_whole_index_reads_checkpoints_and_a_damaged_one_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store_format, "CHECKPOINT_COMMITS", 2)
+    path = tmp_path / "s"
+    for i in range(5):  # five commits: two checkpoints' worth and one more
+        FeatureStore(path).extend([_record(i)], content_keys=[f"k{i}"])
+    shutil.rmtree(path / "checkpoints")  # as if writers had not made them
+    assert len(FeatureStore(path, read_only=True)) == 5
+    assert not (path / "checkpoints").exists()  # a read-only reader writes nothing
+    assert list(FeatureStore(path).content_keys) == [f"k{i}" for i in range(5)]
+    assert sorted(p.name for p in (path / "checkpoints").iterdir()) == [
+        f"{0:012d}.json", f"{1:012d}.json"]
+    reads = []
+    real = skseg._store_format.Location.read_many
+    monkeypatch.setattr(skseg._store_format.Location, "read_many",
+                        lambda self, keys: reads.extend(keys) or real(self, keys))
+    store = FeatureStore(path)
+    assert list(store.content_keys) == [f"k{i}" for i in range(5)]
+    # Commits 0-3 came from the checkpoints (0 was read at opening); only
+    # the commit after them was read on its own.
+    assert [key for key in reads if key.startswith("commits/")] == [f"commits/{4:012d}.json"]
+    checkpoint = path / "checkpoints" / f"{1:012d}.json"
+    checkpoint.write_text(checkpoint.read_text().replace('"k2"', '"kX"'))
+    store = FeatureStore(path)
+    assert list(store.content_keys) == [f"k{i}" for i in range(5)]
+    _assert_same(store.select(["k2"])[0], _record(2))
+
+
+def test_urls_file_is_local_and_a_filesystem_without_exclusive_create_is_refused(tmp_path):
+    store = FeatureStore(f"file://{tmp_path}/s")
+    store.extend([_record(0)])
+    assert store.path == os.fspath(tmp_path / "s")
+    _assert_same(FeatureStore(tmp_path / "s")[0], _record(0))
+    # fsspec's in-memory filesystem checks then writes: two writers could
+    # both pass, so writing is refused before anything is written.
+    with pytest.raises(OSError, match=r"'memory://bucket/s': .*created exclusively and "
+                                      r"atomically.*read_only=True") as error:
+        FeatureStore("memory://bucket/s")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="storage_options are for URLs"):
+        FeatureStore(tmp_path / "s", storage_options={"key": "x"})
+    with pytest.raises(ValueError, match=r"'nosuchfs://x': .*nosuchfs"):
+        FeatureStore("nosuchfs://x")
+
+
+def test_files_going_into_a_store_are_hashed_in_the_extraction_tasks(
+        tmp_path, rgb_images, monkeypatch):
+    import threading
+
+    from joblib import parallel_config
+
+    paths = []
+    for i, image in enumerate(rgb_images * 80):  # 320 files: two hashing tasks
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.roll(image, i, axis=0)).save(paths[-1])
+    threads = set()
+    real = skseg._transformer.content_hash
+    monkeypatch.setattr(skseg._transformer, "content_hash",
+                        lambda image: threads.add(threading.get_ident()) or real(image))
+    vit = _vit(store=os.fspath(tmp_path / "s.zarr")).fit()
+    monkeypatch.setattr(vit, "_extract", lambda images, batches: iter(()))  # keys only
+    with parallel_config(backend="threading", n_jobs=2), pytest.raises(KeyError):
+        vit.transform(paths)
+    assert threads and threading.get_ident() not in threads
+
+
+def test_a_commit_whose_success_was_not_heard_is_not_published_twice(tmp_path, monkeypatch):
+    # NFS may answer a retransmitted link() that had succeeded with EEXIST.
+    path = tmp_path / "s"
+    FeatureStore(path).extend([_record(0)])
+    real = os.link
+
+    def lost_reply(source, target):
+        real(source, target)
+        if "commits" in os.fspath(target):
+            raise FileExistsError(target)
+
+    monkeypatch.setattr(os, "link", lost_reply)
+    assert FeatureStore(path).extend([_record(1), _record(2)]) == 2
+    monkeypatch.undo()
+    store = FeatureStore(path)
+    assert len(store) == 3 and len(list((path / "commits").iterdir())) == 2
+
+
+def test_pickles_stay_small_and_name_their_store(tmp_path):
+    path = tmp_path / "s"
+    keys = [f"k{i}" for i in range(300)]
+    FeatureStore(path).extend((_record(i % 7) for i in range(300)), content_keys=keys)
+    # Keys appended again by another writer (a retried task): scattered duplicates.
+    FeatureStore(path).extend((_record(i % 7) for i in range(0, 300, 2)),
+                              content_keys=keys[::2])
+    store = FeatureStore(path)
+    assert len(store) == 300
+    view = store.select(keys[10:12], images=[tmp_path / "a.png", tmp_path / "b.png"])
+    assert len(pickle.dumps(view)) < 1000
+    # Images given where the store has them already are not carried.
+    same = store.select(keys[:100], images=[None] * 100)
+    assert same._images is None and len(pickle.dumps(same)) < 1000
+    payload = pickle.dumps(store[5:7])
+    shutil.rmtree(path)
+    FeatureStore(path).extend([_record(i) for i in range(10)])  # another store, same place
+    with pytest.raises(FileNotFoundError, match="was replaced since"):
+        pickle.loads(payload)
+
+
+def test_a_handle_that_has_seen_the_keys_skips_them_after_other_writers(tmp_path):
+    path = tmp_path / "s"
+    mine = FeatureStore(path)
+    mine.extend([_record(0)], content_keys=["a"])
+    assert mine.missing(["a", "b"]) == [1]
+    FeatureStore(path).extend([_record(1)], content_keys=["b"])  # another writer
+    assert mine.extend([_record(0), _record(1)], content_keys=["a", "b"]) == 0
+    assert len(list((path / "commits").iterdir())) == 2
+
+
+def test_keys_and_images_must_pair_with_records(tmp_path):
+    store = FeatureStore(tmp_path / "s")
+    with pytest.raises(TypeError, match="content key of record 1 is a NoneType"):
+        store.extend([_record(0), _record(1)], content_keys=["a", None])
+    with pytest.raises(ValueError, match="more content_keys than records"):
+        store.extend([_record(2)], content_keys=["c", "d"])
+    assert list(FeatureStore(tmp_path / "s").content_keys) == ["a", "c"]
+    with pytest.raises(ValueError, match="1 images for 2 content keys"):
+        store.select(["a", "c"], images=["x.png"])
+
+
+def test_damaged_hints_and_misplaced_checkpoints_cost_reads_never_images(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store_format, "CHECKPOINT_COMMITS", 2)
+    path = tmp_path / "s"
+    for i in range(4):
+        FeatureStore(path).extend([_record(i)], content_keys=[f"k{i}"])
+    # Writers gather each full run of commits into a checkpoint.
+    assert len(list((path / "checkpoints").iterdir())) == 2
+    (path / "head.json").write_text('{"commits": 1e400}')
+    checkpoint = path / "checkpoints" / f"{1:012d}.json"
+    records = json.loads(checkpoint.read_text())["commits"]
+    checkpoint.write_text(json.dumps({"commits": records[::-1]}))  # each still signed
+    store = FeatureStore(path)
+    assert list(store.content_keys) == ["k0", "k1", "k2", "k3"]
+    _assert_same(store[3], _record(3))
+
+
+def test_a_store_in_a_linked_folder_is_created(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    FeatureStore(tmp_path / "link").extend([_record(0)])
+    _assert_same(FeatureStore(tmp_path / "real")[0], _record(0))
