@@ -132,8 +132,8 @@ def photo_regions(rng):
     return Regions(PHOTO, *map(np.concatenate, (rows, starts, stops, ids)), 2)
 
 
-def segment(X, start, stop, expected, state, keys=None, seed=None, max_samples=None,
-            below=None, output=None):
+def segment(X, start, stop, expected, state, keys=None, output=None, seed=None,
+            max_samples=None, below=None):
     rng = np.random.default_rng(start + 3)
     n = stop - start
     regions = [photo_regions(rng) for _ in range(n)]

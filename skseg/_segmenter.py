@@ -86,8 +86,9 @@ _SEEDS = ("dataset", "categories", "category_pairs", "classes")
 class _SpilledRows:
     """Chunks of per-image arrays of rows (all of one width and dtype),
     written to a (temporary) binary file as they are appended and read back
-    chunk by chunk: the region descriptors of a fit, which the fitting process would
-    otherwise hold for every image until the classes are fitted."""
+    chunk by chunk: the region descriptors of a fit, which the fitting
+    process would otherwise hold for every image until the classes are
+    fitted."""
 
     def __init__(self, file):
         self._file = file
