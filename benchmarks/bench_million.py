@@ -9,10 +9,11 @@ anything, on 100 joblib threads, so that everything around the passes is
 measured as it runs: the merging of the samples, the K-means fits, the
 per-image results kept for the labels.
 
-Printed per size: peak anonymous memory of the process during ``fit``
-(``RssAnon``, sampled in a thread) above what it held before, that per
-image, the megabytes of pickled task results entering the process per pass
-(survey, statistics, per-image path), and the largest pickled task argument.
+Printed per size, each measured in a fresh process: peak anonymous memory
+of the process during ``fit`` (``RssAnon``, sampled in a thread) above what
+it held before, that per image, the megabytes of pickled task results
+entering the process per pass (survey, statistics, per-image path), and the
+largest pickled task argument.
 With ``--labels-path``, the fit writes its masks to a temporary
 ``labels_path``: the per-image path's stand-in then sends back only the
 number of regions (the workers keep the rest), and a last pass, whose
@@ -29,6 +30,8 @@ import argparse
 import functools
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -214,18 +217,27 @@ def main():
     parser.add_argument("--labels-path", action="store_true",
                         help="fit with labels_path (a temporary folder): the workers keep "
                              "the per-image results")
+    parser.add_argument("--row", type=int, help=argparse.SUPPRESS)  # one size, here
     args = parser.parse_args()
-    print(f"{'images':>9} {'peak MiB':>9} {'B/img':>6} {'kept MiB':>9} {'survey MB':>10}"
-          f" {'stats MB':>9} {'per-image MB':>13} {'max arg KB':>11} {'fit s':>6}")
-    for n_images in args.sizes:
-        with tempfile.TemporaryDirectory() as folder:
-            m = measure(n_images, os.path.join(folder, "labels.zarr") if args.labels_path
-                        else None)
-        print(f"{n_images:>9,} {m['peak'] / 2**20:>9.0f} {m['peak'] / n_images:>6.0f}"
-              f" {m['after'] / 2**20:>9.0f} {m['received']['survey'] / 1e6:>10.1f}"
-              f" {m['received']['dataset_statistics'] / 1e6:>9.1f}"
-              f" {m['received']['segment'] / 1e6:>13.1f} {m['argument'] / 1e3:>11.1f}"
-              f" {m['seconds']:>6.0f}", flush=True)
+    if args.row is None:
+        print(f"{'images':>9} {'peak MiB':>9} {'B/img':>6} {'kept MiB':>9} {'survey MB':>10}"
+              f" {'stats MB':>9} {'per-image MB':>13} {'max arg KB':>11} {'fit s':>6}",
+              flush=True)
+        # Each size in a fresh process: memory that a smaller size freed but
+        # the allocator kept would otherwise hide part of a larger one's peak.
+        for n_images in args.sizes:
+            subprocess.run([sys.executable, __file__, "--row", str(n_images)]
+                           + ["--labels-path"] * args.labels_path, check=True)
+        return
+    n_images = args.row
+    with tempfile.TemporaryDirectory() as folder:
+        m = measure(n_images, os.path.join(folder, "labels.zarr") if args.labels_path
+                    else None)
+    print(f"{n_images:>9,} {m['peak'] / 2**20:>9.0f} {m['peak'] / n_images:>6.0f}"
+          f" {m['after'] / 2**20:>9.0f} {m['received']['survey'] / 1e6:>10.1f}"
+          f" {m['received']['dataset_statistics'] / 1e6:>9.1f}"
+          f" {m['received']['segment'] / 1e6:>13.1f} {m['argument'] / 1e3:>11.1f}"
+          f" {m['seconds']:>6.0f}", flush=True)
 
 
 if __name__ == "__main__":
