@@ -30,6 +30,9 @@ from ._store_writer import Writer
 __all__ = ["CorruptedStoreError", "FeatureStore"]
 
 _END = object()
+# Snapshots reopened from pickles in this process, by store and commit count.
+_SNAPSHOTS = {}
+_MAX_SNAPSHOTS = 8
 
 
 class FeatureStore(Sequence):
@@ -519,8 +522,17 @@ def _reopen(path, storage_options, store_id, n_commits, unique, positions, image
             f"feature store {store.path!r} is not the store this handle was made from: "
             "it was replaced since. Open the store where it is now."
         )
-    store._snapshot = Snapshot(store._location, n_commits)
-    store._snapshot.unique = unpack(unique)
+    # The tasks a worker runs on one store share what it has read of it
+    # (commits, opened arrays): a pinned snapshot never changes.
+    key = (store.path, repr(sorted(store._location.storage_options.items())), store_id,
+           n_commits)
+    snapshot = _SNAPSHOTS.pop(key, None) or Snapshot(store._location, n_commits)
+    _SNAPSHOTS[key] = snapshot  # the most recently used last
+    while len(_SNAPSHOTS) > _MAX_SNAPSHOTS:
+        _SNAPSHOTS.pop(next(iter(_SNAPSHOTS)))
+    if unique is not None:
+        snapshot.unique = unpack(unique)
+    store._snapshot = snapshot
     store._positions, store._images = unpack(positions), images
     store._requested = requested
     return store

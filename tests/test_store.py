@@ -1057,3 +1057,20 @@ def test_a_store_in_a_linked_folder_is_created(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "real")
     FeatureStore(tmp_path / "link").extend([_record(0)])
     _assert_same(FeatureStore(tmp_path / "real")[0], _record(0))
+
+
+def test_tasks_of_a_process_share_what_they_read_of_a_store(tmp_path, monkeypatch):
+    path = tmp_path / "s"
+    FeatureStore(path).extend([_record(i) for i in range(6)])
+    payloads = [pickle.dumps(FeatureStore(path)[k:k + 2]) for k in (0, 2, 4)]
+    pickle.loads(payloads[0]).records_of(0, 2)
+    reads = []
+    real = skseg._store_format.Location.read
+    monkeypatch.setattr(skseg._store_format.Location, "read",
+                        lambda self, key: reads.append(key) or real(self, key))
+    for k, payload in zip((2, 4), payloads[1:]):
+        for stored, i in zip(pickle.loads(payload), (k, k + 1)):
+            _assert_same(stored, _record(i))
+    assert reads == ["zarr.json", "zarr.json"]  # only the check that it is the same store
+    FeatureStore(path).extend([_record(6)])  # a new snapshot is read afresh
+    assert len(pickle.loads(pickle.dumps(FeatureStore(path)))) == 7
