@@ -235,7 +235,7 @@ def test_options_reach_the_estimators(tmp_path):
     assert vit.get_params() | {"verbose": None} == dict(
         model=TINY_MODEL, pretrained=False, weights=None, facet="value", layer=-2,
         attention=True, image_size=(32, 48), batch_size=16, device="auto", dtype="float16",
-        memory=None, store=None, store_options=None, verbose=None)
+        memory=None, store=None, store_options=None, n_jobs=2, verbose=None)
     params = seg.get_params(deep=False)
     encoder = params.pop("region_encoder")
     expected = dict(
