@@ -546,7 +546,8 @@ def _prepare(location):
     if data is None:
         if location.read_only:
             raise FileNotFoundError(f"no feature store at {location.url!r}.")
-        _refuse_foreign_files(location)
+        if location.read("zarr.json") is None:  # not made by another process meanwhile
+            _refuse_foreign_files(location)
         # Exclusive: a store created by another process meanwhile is kept.
         location.create("zarr.json", group_metadata())
         data = location.read("zarr.json")
@@ -558,7 +559,9 @@ def _refuse_foreign_files(location):
     # temporary file so far.
     names = location.list("") if not location.local else \
         os.listdir(location.path) if os.path.isdir(location.path) else []
-    if any(not name.endswith(".partial") for name in names):
+    # Another process's store may appear between the listing and now.
+    if any(not name.endswith(".partial") for name in names) \
+            and location.read("zarr.json") is None:
         raise ValueError(
             f"{location.url!r} is not a feature store (it has no zarr.json) and is not "
             "empty; give a new path or an existing store."
