@@ -30,6 +30,12 @@ from ._s3 import (
 TIMEOUT = 120  # seconds a writer process may take before the test gives up
 
 
+@pytest.fixture(autouse=True)
+def elsewhere(tmp_path, monkeypatch):
+    """Run in an empty folder: a URL taken for a local path lands there."""
+    monkeypatch.chdir(tmp_path)
+
+
 def spawn():
     return multiprocessing.get_context("spawn")
 
@@ -83,7 +89,9 @@ def test_a_store_on_s3_reads_back_what_was_written(s3):
     assert store.extend([planted(i) for i in range(4, 8)],
                         content_keys=[planted_key(i) for i in range(4, 8)]) == 2
     assert_planted(store, range(8))
-    assert all(key.startswith("some/prefix/features.zarr/") for key in s3.keys())
+    keys = s3.keys()  # the store is in the bucket, under its prefix, nowhere else
+    assert keys and all(key.startswith("some/prefix/features.zarr/") for key in keys)
+    assert not os.listdir()  # nothing local, in the test's working folder
     reopened = FeatureStore(url, read_only=True)
     assert_planted(reopened, range(8))
     assert reopened.missing([planted_key(3), "absent", planted_key(9)]) == [1, 2]
@@ -277,11 +285,13 @@ def test_the_transformer_writes_the_same_features_to_s3(s3, tmp_path, rgb_images
     url = s3.url("vit/features.zarr")
     remote = ViTPatchTransformer(store=url, **tiny_vit_kwargs).fit_transform(rgb_images)
     assert len(remote) == len(local) == 4
+    assert s3.keys()
     for got, want in zip(remote, local):
         np.testing.assert_array_equal(got.patches, want.patches)
         np.testing.assert_array_equal(got.cls, want.cls)
         assert got.content_key == want.content_key
     assert len(FeatureStore(url, read_only=True)) == 4
+    assert all(key.startswith("vit/features.zarr/") for key in s3.keys())
     # Again: every image is in the store already, nothing is appended.
     n_keys = len(s3.keys())
     again = ViTPatchTransformer(store=url, **tiny_vit_kwargs).fit_transform(rgb_images)
