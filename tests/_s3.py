@@ -5,8 +5,8 @@ process listening on 127.0.0.1; writer processes started by a test reach it
 through the ``AWS_*`` environment they inherit. Nothing here may reach the real
 AWS: every client is pointed at the server and given dummy credentials.
 
-The writer functions are module-level so that ``multiprocessing``'s spawn
-start method can import them in a child (``tests._s3`` imports nothing heavy).
+The writer functions are module-level so that a ``multiprocessing`` child
+can import them (``tests._s3`` itself imports only numpy).
 """
 
 import json
@@ -166,6 +166,36 @@ def assert_planted(store, ids):
 # -- writers (run in child processes) ------------------------------------------
 
 
+def writer_context():
+    """Writer processes that start in a fraction of a second.
+
+    A fork server (started once per test session) imports skseg and this
+    module once; each writer is forked from it. A forked writer holds the
+    fork server's environment, not the test's: start it through
+    :func:`in_environment`, which hands it the test's ``AWS_*`` variables.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tests._s3", "skseg", "skseg._store"])
+    return context
+
+
+def aws_environment():
+    """The ``AWS_*`` variables of this process, to hand to a writer."""
+    return {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+
+
+def in_environment(environment, target, *args):
+    """Run ``target(*args)`` with exactly the ``AWS_*`` variables ``environment``."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        del os.environ[name]
+    os.environ.update(environment)
+    clear_filesystem_caches()
+    return target(*args)
+
+
+
 def _records(batch):
     return [planted(i) for i in batch], [planted_key(i) for i in batch]
 
@@ -175,7 +205,8 @@ def append_batches(url, batches, barrier=None, storage_options=None):
     ``extend`` per batch, after every writer has reached ``barrier``."""
     from skseg import FeatureStore
 
-    store = FeatureStore(url, storage_options=storage_options)
+    options = {} if storage_options is None else {"storage_options": storage_options}
+    store = FeatureStore(url, **options)
     if barrier is not None:
         barrier.wait()
     for batch in batches:

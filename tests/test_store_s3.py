@@ -6,7 +6,6 @@ and an ``AWS_*`` environment that reaches only that server, which the writer
 processes it starts inherit.
 """
 
-import multiprocessing
 import os
 import pickle
 import queue
@@ -22,9 +21,12 @@ from ._s3 import (
     append_batches,
     append_batches_reporting,
     assert_planted,
+    aws_environment,
     clear_filesystem_caches,
+    in_environment,
     planted,
     planted_key,
+    writer_context,
 )
 
 TIMEOUT = 120  # seconds a writer process may take before the test gives up
@@ -34,10 +36,6 @@ TIMEOUT = 120  # seconds a writer process may take before the test gives up
 def elsewhere(tmp_path, monkeypatch):
     """Run in an empty folder: a URL taken for a local path lands there."""
     monkeypatch.chdir(tmp_path)
-
-
-def spawn():
-    return multiprocessing.get_context("spawn")
 
 
 def one_line(error):
@@ -133,9 +131,10 @@ def test_four_writers_at_once_store_each_image_once(s3):
         if w % 2:
             mine.reverse()
         plans.append([mine[k:k + 5] for k in range(0, 20, 5)])
-    context = spawn()
+    context = writer_context()
     barrier = context.Barrier(4, timeout=TIMEOUT)
-    writers = [context.Process(target=append_batches, args=(url, plan, barrier))
+    writers = [context.Process(target=in_environment,
+                               args=(aws_environment(), append_batches, url, plan, barrier))
                for plan in plans]
     for writer in writers:
         writer.start()
@@ -150,10 +149,11 @@ def test_four_writers_at_once_store_each_image_once(s3):
 def test_a_writer_killed_mid_append_leaves_whole_batches(s3, kill_at):
     url = s3.url()
     batches = [list(range(k, k + 6)) for k in range(0, 36, 6)]
-    context = spawn()
+    context = writer_context()
     progress = context.Queue()
-    writer = context.Process(target=append_batches_reporting,
-                             args=(url, batches, progress))
+    writer = context.Process(target=in_environment,
+                             args=(aws_environment(), append_batches_reporting, url,
+                                   batches, progress))
     writer.start()
     try:
         # Killed while extend() holds batch 2 ("midway": half its records
