@@ -9,9 +9,11 @@ The writer functions are module-level so that a ``multiprocessing`` child
 can import them (``tests._s3`` itself imports only numpy).
 """
 
+import contextlib
 import json
 import logging
 import os
+import urllib.request
 import uuid
 
 import numpy as np
@@ -105,6 +107,23 @@ class MotoS3Server:
             }],
         }
         self.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+    @contextlib.contextmanager
+    def checking_credentials(self):
+        """Within: moto checks every request's credentials against its IAM
+        users (none exist, so every access key is refused, 403)."""
+        previous = self._reset_auth("0")
+        try:
+            yield
+        finally:
+            self._reset_auth(previous)
+
+    def _reset_auth(self, count):
+        request = urllib.request.Request(
+            f"{self.endpoint}/moto-api/reset-auth", data=str(count).encode(),
+            method="POST", headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
 
     def keys(self, bucket):
         """Every object key in ``bucket``."""

@@ -74,6 +74,15 @@ def test_the_server_denies_writes_to_a_read_only_bucket(s3):
     assert s3.keys() == ["before"]
 
 
+def test_the_server_can_refuse_credentials(s3):
+    import s3fs
+
+    with s3.server.checking_credentials():
+        with pytest.raises(PermissionError):
+            s3fs.S3FileSystem().ls(s3.name)
+    assert s3fs.S3FileSystem().ls(s3.name, refresh=True) == []
+
+
 # -- writing and reading ----------------------------------------------------------
 
 
@@ -236,6 +245,16 @@ def test_missing_credentials_are_refused(s3, monkeypatch, read_only):
     url = s3.url()
     with pytest.raises(PermissionError) as error:
         FeatureStore(url, read_only=read_only)
+    assert url in one_line(error)
+    assert s3.keys() == []
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_credentials_the_server_refuses_are_refused(s3, read_only):
+    url = s3.url()
+    with s3.server.checking_credentials():  # moto knows no access key
+        with pytest.raises(PermissionError) as error:
+            FeatureStore(url, read_only=read_only)
     assert url in one_line(error)
     assert s3.keys() == []
 
