@@ -34,8 +34,18 @@ TIMEOUT = 120  # seconds a writer process may take before the test gives up
 
 @pytest.fixture(autouse=True)
 def elsewhere(tmp_path, monkeypatch):
-    """Run in an empty folder: a URL taken for a local path lands there."""
+    """Run in an empty folder (a URL taken for a local path lands there), with
+    an AWS environment that reaches no server (the ``s3`` fixture's replaces it)."""
     monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard: refused
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "none")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "none")
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def one_line(error):
