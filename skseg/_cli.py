@@ -63,6 +63,12 @@ def _seconds(text):
     return value
 
 
+def _folder_or_url(text):
+    """A URL (``s3://...``) stays a string; anything else is a local folder."""
+    return text if "://" in text and not text.startswith("file://") else Path(
+        text.removeprefix("file://"))
+
+
 def _n_classes(text):
     if text == "auto":
         return text
@@ -471,9 +477,9 @@ def _add_segment_parser(commands):
                               "(needs skseg[dask])")
     running.add_argument("--connect-timeout", type=_seconds, default=10, metavar="SECONDS",
                          help="how long --scheduler may take to answer")
-    running.add_argument("--cache", type=Path,
-                         help="folder of feature stores, one per extraction "
-                              "(default: OUTDIR/.skseg-features)")
+    running.add_argument("--cache", type=_folder_or_url,
+                         help="folder or fsspec URL (s3://bucket/prefix) of feature "
+                              "stores, one per extraction (default: OUTDIR/.skseg-features)")
     running.add_argument("--no-cache", action="store_true",
                          help="keep features in memory only, not in a store")
 

@@ -97,7 +97,11 @@ def _use_feature_store(args, vit):
     if args.no_cache:
         return
     name = f"{vit.model}-{config_digest(vit._cache_config())[:10]}.zarr"
-    vit.set_params(store=os.fspath((args.cache or args.output / ".skseg-features") / name))
+    folder = args.cache or args.output / ".skseg-features"
+    if isinstance(folder, str):  # a URL: credentials from the environment
+        vit.set_params(store=f"{folder.rstrip('/')}/{name}")
+    else:
+        vit.set_params(store=os.fspath(folder / name))
 
 
 def _build_pipeline(args):

@@ -77,12 +77,17 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         pickle (a joblib.Memory lends only its folder); a damaged entry is
         computed again with a warning naming its file.
     store : None, str or path-like, default=None
-        A :class:`FeatureStore` to write the features into, batch by batch:
+        The location of a :class:`FeatureStore` (a path, or an fsspec URL
+        such as ``s3://bucket/features.zarr``) to write the features into,
+        batch by batch:
         :meth:`transform` then returns a lazy view of the store, one image per
         input in input order, and images the store already holds (same
         content, same feature-changing parameters) are not run again. A store
         written with other feature-changing parameters is refused. For
         datasets larger than memory; not to be combined with ``memory``.
+    store_options : dict, default=None
+        fsspec ``storage_options`` for a ``store`` URL (e.g. ``endpoint_url``,
+        ``key``, ``secret``); credentials otherwise come from the environment.
     verbose : bool, default=False
         Show a progress bar.
 
@@ -156,6 +161,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         "dtype": [StrOptions({"float32", "float16"})],
         "memory": [None, str, HasMethods("__fspath__"), HasMethods(["cache"])],
         "store": [None, str, HasMethods("__fspath__")],
+        "store_options": [None, dict],
         "verbose": ["verbose"],
     }
 
@@ -174,6 +180,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         dtype="float32",
         memory=None,
         store=None,
+        store_options=None,
         verbose=False,
     ):
         self.model = model
@@ -188,6 +195,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.memory = memory
         self.store = store
+        self.store_options = store_options
         self.verbose = verbose
 
     def __sklearn_tags__(self):
@@ -320,7 +328,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         shapes = check_images(X, min_side=self.patch_size_)
         config = self._cache_config()
         cache = FeatureCache(self.memory, config)
-        store = None if self.store is None else FeatureStore(self.store, extraction=config)
+        store = None if self.store is None else self._open_store(config)
         # Every record carries its image's digest, not only cached ones: the
         # segmenter seeds its draws from it (see ImageFeatures.content_key).
         keys = [content_hash(image) for image in X]
@@ -341,9 +349,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         if store is not None:
             # Each task extracts a run of batches and appends them to the
             # store itself: under joblib's Dask backend the tasks run on the
-            # cluster's workers, which share the store's file system. A task
-            # retried after a worker died appends nothing twice: the store
-            # skips content keys it already holds.
+            # cluster's workers, which share the store's file system or
+            # object storage. A task retried after a worker died appends
+            # its images again, and the store reads each content key once.
             tasks = [batches[start:start + _BATCHES_PER_TASK]
                      for start in range(0, len(batches), _BATCHES_PER_TASK)]
             Parallel()(
@@ -354,7 +362,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             )
             # Reopened: the tasks appended through stores of their own. The
             # records point at these inputs, not where the store first saw them.
-            return FeatureStore(self.store, extraction=config).select(keys, images=X)
+            return self._open_store(config).select(keys, images=X)
         for indices, features in self._extract(X, batches):
             for i, record in zip(indices, features):
                 records[i] = record
@@ -362,6 +370,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         return FeatureSequence(
             self._record(record, shapes[i], X[i], keys[i]) for i, record in enumerate(records)
         )
+
+    def _open_store(self, config):
+        return FeatureStore(self.store, extraction=config, storage_options=self.store_options)
 
     def _extract(self, images, batches):
         """``(indices, records)`` for each batch. The next batches are decoded
@@ -437,7 +448,7 @@ def _extract_into_store(transformer, config, items, batches):
     whose write has started is committed before this returns or raises (an
     interrupted run keeps it).
     """
-    store = FeatureStore(transformer.store, extraction=config)
+    store = transformer._open_store(config)
     images = {i: image for i, (image, _, _) in items.items()}
 
     def append(indices, records):
