@@ -102,16 +102,22 @@ def test_a_store_on_s3_reads_back_what_was_written(s3):
     assert len(store) == 0
     assert store.extend([planted(i) for i in range(6)],
                         content_keys=[planted_key(i) for i in range(6)]) == 6
-    # Appended again, by a retried task: stored once.
-    assert store.extend([planted(i) for i in range(4, 8)],
-                        content_keys=[planted_key(i) for i in range(4, 8)]) == 2
+    # Appended again by a retried task, through a handle of its own: read once.
+    FeatureStore(url).extend([planted(i) for i in range(4, 8)],
+                             content_keys=[planted_key(i) for i in range(4, 8)])
+    store = FeatureStore(url)
     assert_planted(store, range(8))
+    # A handle that has looked the keys up skips those the store holds.
+    keys = [planted_key(i) for i in range(6, 10)]
+    assert store.missing(keys) == [2, 3]
+    assert store.extend([planted(i) for i in range(6, 10)], content_keys=keys) == 2
+    assert_planted(FeatureStore(url), range(10))
     keys = s3.keys()  # the store is in the bucket, under its prefix, nowhere else
     assert keys and all(key.startswith("some/prefix/features.zarr/") for key in keys)
     assert not os.listdir()  # nothing local, in the test's working folder
     reopened = FeatureStore(url, read_only=True)
-    assert_planted(reopened, range(8))
-    assert reopened.missing([planted_key(3), "absent", planted_key(9)]) == [1, 2]
+    assert_planted(reopened, range(10))
+    assert reopened.missing([planted_key(3), "absent", planted_key(19)]) == [1, 2]
     with pytest.raises(PermissionError):
         reopened.extend([planted(20)], content_keys=[planted_key(20)])
 
@@ -151,7 +157,7 @@ def test_four_writers_at_once_store_each_image_once(s3):
             mine.reverse()
         plans.append([mine[k:k + 5] for k in range(0, 20, 5)])
     context = writer_context()
-    barrier = context.Barrier(4, timeout=TIMEOUT)
+    barrier = context.Barrier(4, timeout=30)
     writers = [context.Process(target=in_environment,
                                args=(aws_environment(), append_batches, url, plan, barrier))
                for plan in plans]
@@ -234,18 +240,42 @@ def test_a_filesystem_not_installed_says_which_extra_to_install(url, module, ext
 
 
 def test_s3_without_s3fs_says_which_extra_to_install(monkeypatch):
-    import fsspec.registry
+    import fsspec.registry  # noqa: F401
 
+    registry = sys.modules["fsspec.registry"]  # fsspec.registry is a mapping
     monkeypatch.setitem(sys.modules, "s3fs", None)  # import fails
-    monkeypatch.setattr(fsspec.registry, "_registry", {
-        name: cls for name, cls in fsspec.registry._registry.items()
-        if name not in ("s3", "s3a")})
+    for protocol in ("s3", "s3a"):  # as if s3fs had never been imported
+        monkeypatch.delitem(registry._registry, protocol, raising=False)
     url = "s3://bucket/features.zarr"
     with pytest.raises(ImportError) as error:
         FeatureStore(url)
     message = one_line(error)
     assert url in message
     assert "skseg[s3]" in message
+
+
+def test_a_filesystem_without_exclusive_create_is_refused(monkeypatch):
+    import fsspec
+    import fsspec.registry  # noqa: F401
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Overwriting(MemoryFileSystem):
+        """A filesystem whose pipe_file(mode="create") overwrites, as one
+        without an exclusive create would."""
+
+        protocol = ("skseg-overwriting",)
+        store, pseudo_dirs = {}, [""]
+
+        def pipe_file(self, path, value, mode="overwrite", **kwargs):
+            return super().pipe_file(path, value, **kwargs)
+
+    registry = sys.modules["fsspec.registry"]
+    monkeypatch.setitem(registry._registry, "skseg-overwriting", Overwriting)
+    url = "skseg-overwriting://bucket/features.zarr"
+    assert type(fsspec.url_to_fs(url)[0]) is Overwriting
+    with pytest.raises((ValueError, OSError, NotImplementedError)) as error:
+        FeatureStore(url).extend([planted(0)])
+    assert url in one_line(error)
 
 
 @pytest.mark.parametrize("read_only", [False, True])
