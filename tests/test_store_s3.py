@@ -148,14 +148,14 @@ def test_credentials_from_storage_options_travel_with_the_pickle(s3, monkeypatch
 def test_four_writers_at_once_store_each_image_once(s3):
     url = s3.url()
     ids = range(40)
-    # Writer w appends images 10w .. 10w + 19 (mod 40), in batches of five,
+    # Writer w appends images 10w .. 10w + 19 (mod 40), in two batches of ten,
     # writers 1 and 3 backwards: every image is appended by two writers.
     plans = []
     for w in range(4):
         mine = [(10 * w + k) % 40 for k in range(20)]
         if w % 2:
             mine.reverse()
-        plans.append([mine[k:k + 5] for k in range(0, 20, 5)])
+        plans.append([mine[:10], mine[10:]])
     context = writer_context()
     barrier = context.Barrier(4, timeout=30)
     writers = [context.Process(target=in_environment,
@@ -173,7 +173,7 @@ def test_four_writers_at_once_store_each_image_once(s3):
 @pytest.mark.parametrize("kill_at", ["midway", "done"])
 def test_a_writer_killed_mid_append_leaves_whole_batches(s3, kill_at):
     url = s3.url()
-    batches = [list(range(k, k + 6)) for k in range(0, 36, 6)]
+    batches = [list(range(k, k + 5)) for k in range(0, 20, 5)]
     context = writer_context()
     progress = context.Queue()
     writer = context.Process(target=in_environment,
@@ -208,7 +208,7 @@ def test_a_writer_killed_mid_append_leaves_whole_batches(s3, kill_at):
     assert_planted(store, stored)
     # The same appends again complete the store, each image once.
     append_batches(url, batches)
-    assert_planted(FeatureStore(url), range(36))
+    assert_planted(FeatureStore(url), range(20))
 
 
 # -- errors: one line, naming the URL ------------------------------------------------
