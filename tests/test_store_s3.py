@@ -254,6 +254,8 @@ def test_s3_without_s3fs_says_which_extra_to_install(monkeypatch):
     assert "skseg[s3]" in message
 
 
+@pytest.mark.xfail(strict=True, reason="not refused yet (issue 20); when it is, say so "
+                   "in docs/scaling_out.rst, 'A store on object storage'")
 def test_a_filesystem_without_exclusive_create_is_refused(monkeypatch):
     import fsspec
     import fsspec.registry  # noqa: F401
