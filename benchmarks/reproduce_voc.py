@@ -14,6 +14,7 @@ standard deviation of the mIoU over the seeds.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -98,7 +99,8 @@ def main(argv=None):
     vit_params = dict(
         pretrained=not args.random_weights, weights=args.weights, facet=args.facet,
         layer=args.layer, image_size=args.image_size, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, memory=args.cache,
+        device=args.device, dtype=args.dtype,
+        store=None if args.cache is None else os.path.join(args.cache, "features.zarr"),
     )
     vit = ViTPatchTransformer(args.model, attention=args.foreground == "attention",
                               verbose=True, **vit_params)

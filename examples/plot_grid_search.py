@@ -10,8 +10,8 @@ Without labels, ``n_classes="auto"`` chooses the count instead (see
 
 The ViT forward pass is by far the most expensive step, so extract the
 features once and search the segmenter alone; a full Pipeline search with the
-transformer's ``memory=`` cache is shown at the end and runs the ViT at most
-once per image too.
+transformer's feature store (``store=``) is shown at the end and runs the ViT
+at most once per image too.
 """
 
 import sys
@@ -55,8 +55,8 @@ if "sphinx_gallery" not in sys.modules:  # run as a script: write the figure
 
 # %%
 # The same search over a whole Pipeline: parameters are prefixed with the
-# step name, and the feature cache makes every fold and candidate after the
-# first free of ViT work.
+# step name, and the feature store makes every fold and candidate after the
+# first free of ViT work: images it holds are not run again.
 import tempfile  # noqa: E402
 
 from sklearn.pipeline import Pipeline  # noqa: E402
@@ -64,7 +64,7 @@ from sklearn.pipeline import Pipeline  # noqa: E402
 with tempfile.TemporaryDirectory() as cache:
     pipeline = Pipeline([
         ("vit", ViTPatchTransformer("vit_small_patch16_224.dino", pretrained=False,
-                                    memory=cache)),
+                                    store=f"{cache}/features.zarr")),
         ("seg", MultilevelSegmenter(refine=None, random_state=0)),
     ])
     search = GridSearchCV(pipeline, {"seg__n_classes": [2, 3]}, scoring=miou_scorer,

@@ -2,9 +2,10 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from numbers import Integral
 
 import numpy as np
+
+from ._indexing import positions
 
 # What a ViT block's patch features can be read from; here, with the records
 # they fill, so that the command line lists them without importing torch.
@@ -128,23 +129,10 @@ class FeatureSequence(Sequence):
         return len(self._records)
 
     def __getitem__(self, key):
-        if isinstance(key, Integral):
-            return self._records[key]
-        if isinstance(key, slice):
-            return FeatureSequence(self._records[key])
-        key = np.asarray(key)
-        if key.dtype == bool:
-            if key.shape != (len(self),):
-                raise IndexError(
-                    f"boolean index of length {key.size} for {len(self)} images."
-                )
-            key = np.flatnonzero(key)
-        if key.ndim != 1 or (key.size and key.dtype.kind not in "iu"):
-            raise IndexError(
-                "FeatureSequence indices must be integers, slices or 1-D arrays of "
-                "integers or booleans."
-            )
-        return FeatureSequence(self._records[i] for i in key.tolist())
+        indices = positions(key, len(self), "FeatureSequence")
+        if isinstance(indices, int):
+            return self._records[indices]
+        return FeatureSequence(self._records[i] for i in indices.tolist())
 
     def __repr__(self):
         return f"FeatureSequence(<{len(self)} images>)"

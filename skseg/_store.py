@@ -71,9 +71,10 @@ class FeatureStore(Sequence):
     ----------
     location : str or path-like
         A directory (an existing store, an empty directory or a new path), or
-        an fsspec URL (``s3://``, ``gs://``, ``az://``, ``memory://``,
-        ``file://``): object storage needs its fsspec package (``skseg[s3]``
-        installs ``s3fs``) and a filesystem with exclusive create.
+        an fsspec URL (``s3://bucket/features.zarr``, ``file://``). Any fsspec
+        URL can be read; writing needs atomic exclusive creation of objects,
+        which skseg knows of on S3 (``skseg[s3]`` installs ``s3fs``); writing
+        elsewhere is refused with an error that says so.
     extraction : dict, default=None
         The feature-changing parameters of the extraction that wrote (or will
         write) the store, as JSON-compatible values. An empty store records

@@ -27,7 +27,9 @@ damaged byte raises :class:`CorruptedStoreError` naming the image and file.
 import hashlib
 import json
 import os
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +84,8 @@ CHUNK_BYTES = 2 << 20
 MAX_WIDTH = 1 << 16
 MAX_SEGMENT_IMAGES = 1 << 20
 MAX_SIDE = 1 << 20
+# Segments read at once from object storage by one call.
+READ_THREADS = 8
 
 
 class CorruptedStoreError(OSError):
@@ -112,6 +116,15 @@ def commit_key(seq):
     return f"commits/{seq:012d}.json"
 
 
+# Commits gathered into one checkpoint object: a reader of the whole index
+# makes one read per checkpoint instead of one per commit.
+CHECKPOINT_COMMITS = 256
+
+
+def checkpoint_key(k):
+    return f"checkpoints/{k:012d}.json"
+
+
 # -- where a store lives --------------------------------------------------------
 
 
@@ -137,6 +150,7 @@ class Location:
             self.fs = None
         else:
             self.local = False
+            self.protocol = protocol
             self.url = url.rstrip("/")
             self.fs, self.path = _filesystem(self.url, self.storage_options)
 
@@ -169,6 +183,14 @@ class Location:
         it exists; True if this call created it."""
         self.refuse_read_only()
         full = self._full(key)
+        if not self.local and self.protocol not in ATOMIC_CREATE:
+            raise OSError(
+                f"feature store {self.url!r}: skseg writes a store only where an object "
+                "can be created exclusively and atomically (a local disk, NFS, S3); "
+                f"fsspec's {self.protocol!r} filesystem is not known to offer that, and "
+                "writers there could lose each other's images. Write the store to one "
+                "of those, or open this one with read_only=True."
+            )
         with self.errors(key):
             if not self.local:
                 try:
@@ -221,9 +243,9 @@ class Location:
 
     def read_many(self, keys):
         """``{key: bytes or None}``, fetched concurrently from object storage."""
-        if self.local:
+        if self.local or not keys:
             return {key: self.read(key) for key in keys}
-        with self.errors(keys[0] if keys else ""):
+        with self.errors(keys[0]):
             found = self.fs.cat([self._full(key) for key in keys], on_error="return")
         return {key: (None if isinstance(found[self._full(key)], Exception)
                       else found[self._full(key)]) for key in keys}
@@ -285,6 +307,10 @@ class _TranslatedErrors:
         return False
 
 
+# fsspec filesystems whose pipe_file(mode="create") is one atomic request
+# (s3fs sends a conditional PUT, If-None-Match: *); fsspec's generic
+# fallback checks then writes, which two writers can both pass.
+ATOMIC_CREATE = {"s3", "s3a"}
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure",
            "abfs": "azure", "abfss": "azure"}
 
@@ -381,10 +407,11 @@ def _cumulative(sizes):
     return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
 
 
-def parse_commit(location, seq, data):
-    """Commit ``seq`` from its bytes, refused unless every value has its type
-    and range: they size what is read, so they are checked first."""
-    where = f"{location.url}/{commit_key(seq)}"
+def parse_commit(location, seq, data, where=None):
+    """Commit ``seq`` from its bytes (or its parsed record), refused unless
+    every value has its type and range: they size what is read, so they are
+    checked first."""
+    where = f"{location.url}/{where or commit_key(seq)}"
 
     def damaged(what):
         return CorruptedStoreError(
@@ -393,7 +420,7 @@ def parse_commit(location, seq, data):
         )
 
     try:
-        record = json.loads(data)
+        record = json.loads(data) if isinstance(data, bytes) else data
     except (ValueError, RecursionError) as exc:
         raise damaged(f"unparsable: {exc}") from None
     body = record.get("body") if isinstance(record, dict) else None
@@ -441,7 +468,9 @@ class Snapshot:
         self.location = location
         self.zarr = location.zarr_store()
         self.commits = {}
+        self.probed = {}  # commits' bytes read while probing, not yet parsed
         self.arrays = {}
+        self.lock = threading.Lock()  # the reads of one call run in threads
         self.chunk_cache = {}
         self._index = None
         self.unique = None  # the distinct images' positions, when known
@@ -470,15 +499,26 @@ class Snapshot:
             hinted = int(json.loads(hint)["commits"]) if hint else 0
         except (ValueError, KeyError, TypeError, RecursionError):
             hinted = 0
+        # Probed by reading, not asking whether they exist: one request
+        # each, and the last one is needed anyway.
         if hinted > n:
-            if self.location.exists(commit_key(hinted - 1)):
+            if self._probe(hinted - 1):
                 n = hinted
             else:  # a hint ahead of the commits: damaged; count them
                 n = len([name for name in self.location.list("commits")
                          if name.endswith(".json")])
-        while self.location.exists(commit_key(n)):
+        while self._probe(n):
             n += 1
         return n
+
+    def _probe(self, seq):
+        """Whether commit ``seq`` exists; its bytes are kept for :meth:`commit`."""
+        if seq in self.commits or seq in self.probed:
+            return True
+        data = self.location.read(commit_key(seq))
+        if data is not None:
+            self.probed[seq] = data
+        return data is not None
 
     def refresh(self):
         """Catch up with commits made since; cheap when there were none."""
@@ -499,7 +539,7 @@ class Snapshot:
     def commit(self, seq):
         commit = self.commits.get(seq)
         if commit is None:
-            data = self.location.read(commit_key(seq))
+            data = self.probed.pop(seq, None) or self.location.read(commit_key(seq))
             if data is None:
                 self.refuse_if_gone()
                 raise CorruptedStoreError(
@@ -523,10 +563,15 @@ class Snapshot:
                 "without the store's recorded extraction (two writers with different "
                 "extraction parameters met); extract its features into a new store."
             )
-        if commit.seq and commit.first != self.commit(commit.seq - 1).stop:
+        # Checked against its neighbours when they are at hand: reading one
+        # commit never reads all those before it.
+        before, after = self.commits.get(commit.seq - 1), self.commits.get(commit.seq + 1)
+        if (commit.seq == 0 and commit.first != 0) \
+                or before is not None and commit.first != before.stop \
+                or after is not None and after.first != commit.stop:
             raise CorruptedStoreError(
                 f"feature store {self.location.url!r}: commit {commit.seq} starts at "
-                f"image {commit.first}, not where commit {commit.seq - 1} ends; it is "
+                f"image {commit.first}, which does not continue its neighbours; it is "
                 "damaged."
             )
         self.commits[commit.seq] = commit
@@ -560,13 +605,7 @@ class Snapshot:
         of each content key, and the distinct images' positions (None when
         all are): a content key stored twice is read once."""
         if self._index is None:
-            missing = [seq for seq in range(self.n_commits) if seq not in self.commits]
-            fetched = self.location.read_many([commit_key(seq) for seq in missing])
-            for seq in missing:  # in order: each is checked against the one before
-                data = fetched[commit_key(seq)]
-                if data is None:
-                    self.commit(seq)  # raises, naming it
-                self.accept(parse_commit(self.location, seq, data))
+            self._read_all_commits()
             commits = [self.commit(seq) for seq in range(self.n_commits)]
             columns = {name: (np.concatenate([c.columns[name] for c in commits])
                               if commits else _empty_column(name))
@@ -581,6 +620,45 @@ class Snapshot:
                 unique = np.setdiff1d(np.arange(len(columns["content_keys"])), repeated)
             self._index = columns, first, unique
         return self._index
+
+    def _read_all_commits(self):
+        """Every commit, through checkpoints where they exist; a writable
+        reader makes the checkpoints that are missing, for the next one."""
+        size = CHECKPOINT_COMMITS
+        n_full = self.n_commits // size
+        wanted = [k for k in range(n_full)
+                  if any(seq not in self.commits for seq in range(k * size, (k + 1) * size))]
+        found = self.location.read_many([checkpoint_key(k) for k in wanted])
+        for k in wanted:
+            data = found[checkpoint_key(k)]
+            try:
+                records = json.loads(data)["commits"] if data is not None else None
+            except (ValueError, RecursionError, TypeError, KeyError):
+                records = None  # damaged: the commits themselves are the truth
+            if not isinstance(records, list) or len(records) != size:
+                continue
+            try:
+                parsed = [parse_commit(self.location, k * size + offset, record,
+                                       checkpoint_key(k))
+                          for offset, record in enumerate(records)]
+            except CorruptedStoreError:
+                continue  # a damaged checkpoint: the commits themselves are the truth
+            for commit in parsed:
+                if commit.seq not in self.commits:
+                    self.accept(commit)
+        missing = [seq for seq in range(self.n_commits) if seq not in self.commits]
+        fetched = self.location.read_many([commit_key(seq) for seq in missing])
+        for seq in missing:  # in order: each is checked against the one before
+            data = fetched[commit_key(seq)]
+            if data is None:
+                self.commit(seq)  # raises, naming it
+            self.accept(parse_commit(self.location, seq, data))
+        if self.location.read_only:
+            return
+        for k in sorted({seq // size for seq in missing if seq < n_full * size}):
+            keys = [commit_key(seq) for seq in range(k * size, (k + 1) * size)]
+            records = [json.loads(fetched.get(key) or self.location.read(key)) for key in keys]
+            self.location.create(checkpoint_key(k), json.dumps({"commits": records}).encode())
 
     def unique_positions(self):
         if self.unique is None:
@@ -605,16 +683,23 @@ class Snapshot:
     def read(self, name, start, stop):
         """Rows of segment array ``name`` for stored images [start, stop),
         each image verified, and the images' row offsets in the block."""
-        blocks, sizes = [], []
-        for commit, k0, k1 in self.pieces(start, stop):
+        def piece(commit, k0, k1):
             offsets = commit.offsets[SEGMENT_ARRAYS[name].per]
             first, last = commit.first + k0, commit.first + k1 - 1
             where = f"image {first}" if first == last else f"images {first}..{last}"
             block = self._rows(commit, name, int(offsets[k0]), int(offsets[k1]), where)
             bounds = offsets[k0:k1 + 1] - offsets[k0]
             self._verify(commit, name, block, k0, bounds)
-            blocks.append(block)
-            sizes.append(np.diff(bounds))
+            return block, np.diff(bounds)
+
+        pieces = self.pieces(start, stop)
+        if self.location.local or len(pieces) < 2:
+            parts = [piece(*p) for p in pieces]
+        else:  # object storage answers in tens of milliseconds: overlap the segments
+            with ThreadPoolExecutor(min(len(pieces), READ_THREADS)) as pool:
+                parts = list(pool.map(lambda p: piece(*p), pieces))
+        blocks = [block for block, _ in parts]
+        sizes = [size for _, size in parts]
         row, _, dtype = array_shape(name, self.layout)
         block = (np.concatenate(blocks) if len(blocks) > 1 else blocks[0]) if blocks \
             else np.zeros((0, *row), dtype)
@@ -624,7 +709,8 @@ class Snapshot:
     def _array(self, commit, name, where):
         import zarr
 
-        found = self.arrays.get((commit.seq, name))
+        with self.lock:
+            found = self.arrays.get((commit.seq, name))
         if found is not None:
             return found
         row, chunk_rows, dtype = array_shape(name, self.layout)
@@ -634,7 +720,7 @@ class Snapshot:
             for part in ("segments", f"segments/{commit.segment}", path, f"{path}/c"):
                 refuse_link(self.location, self.location._full(part))
         try:
-            array = zarr.open_array(self.zarr, path=path, mode="r")
+            array = zarr.open_array(self.zarr, path=path, mode="r", zarr_format=3)
         except Exception as exc:  # missing, or metadata zarr cannot parse
             self.refuse_if_gone()
             raise self._damaged(commit, name, f"unreadable: {_one_line(exc)}", where) from None
@@ -643,9 +729,10 @@ class Snapshot:
                 or array.dtype != dtype:
             raise self._damaged(commit, name, f"shape {array.shape}, chunks "
                                 f"{array.chunks}, dtype {array.dtype}", where)
-        self.arrays[(commit.seq, name)] = array
-        if len(self.arrays) > 64:  # views over many segments: keep the recent ones
-            self.arrays.pop(next(iter(self.arrays)))
+        with self.lock:
+            self.arrays[(commit.seq, name)] = array
+            if len(self.arrays) > 64:  # views over many segments: keep the recent ones
+                self.arrays.pop(next(iter(self.arrays)))
         return array
 
     def _damaged(self, commit, name, what, where):

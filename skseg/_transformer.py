@@ -1,5 +1,7 @@
 """ViTPatchTransformer: per-image patch attention features from a timm ViT."""
 
+import os
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
@@ -71,11 +73,10 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     dtype : {"float32", "float16"}, default="float32"
         Type of the returned arrays; ``"float16"`` halves their memory.
     memory : None, str, path-like or joblib.Memory, default=None
-        A folder for a per-image feature cache keyed by image content and
-        every parameter that changes the features, so no forward pass is ever
-        run twice. Entries are ``.npz`` files of plain arrays, read without
-        pickle (a joblib.Memory lends only its folder); a damaged entry is
-        computed again with a warning naming its file.
+        Deprecated in 0.1, removed in 0.2: use ``store``, which caches the
+        same way (by image content and every feature-changing parameter) and
+        also serves many writers, object storage and datasets larger than
+        memory. A folder for a per-image cache of ``.npz`` files.
     store : None, str or path-like, default=None
         The location of a :class:`FeatureStore` (a path, or an fsspec URL
         such as ``s3://bucket/features.zarr``) to write the features into,
@@ -238,6 +239,14 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self : ViTPatchTransformer
         """
         self._check_image_size()
+        if self.memory is not None:
+            warnings.warn(
+                "ViTPatchTransformer(memory=...) is deprecated in 0.1 and will be removed "
+                "in 0.2: store= is the one feature cache (content-keyed and resumable like "
+                "memory=, and it also serves many writers, object storage and datasets "
+                "larger than memory). Use store='FOLDER/features.zarr'.",
+                FutureWarning, stacklevel=2,
+            )
         if self.memory is not None and self.store is not None:
             raise ValueError("pass either memory= (a feature cache) or store= (a "
                              "FeatureStore), not both.")
@@ -331,7 +340,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         store = None if self.store is None else self._open_store(config)
         # Every record carries its image's digest, not only cached ones: the
         # segmenter seeds its draws from it (see ImageFeatures.content_key).
-        keys = [content_hash(image) for image in X]
+        keys = self._content_keys(X)
 
         records = [cache.get(key) for key in keys]
         todo = [i for i, record in enumerate(records) if record is None]
@@ -370,6 +379,18 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         return FeatureSequence(
             self._record(record, shapes[i], X[i], keys[i]) for i, record in enumerate(records)
         )
+
+    def _content_keys(self, X):
+        """The digest of every image. Files going into a store are read and
+        hashed where the extraction runs (under joblib's Dask backend, on
+        the workers): a dataset's bytes never all pass through this process."""
+        if self.store is None or not all(isinstance(x, (str, os.PathLike)) for x in X):
+            return [content_hash(image) for image in X]
+        parts = Parallel()(
+            delayed(_hash_files)(X[start:start + _FILES_PER_HASH_TASK])
+            for start in range(0, len(X), _FILES_PER_HASH_TASK)
+        )
+        return [key for part in parts for key in part]
 
     def _open_store(self, config):
         return FeatureStore(self.store, extraction=config, storage_options=self.store_options)
@@ -431,11 +452,17 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         )
 
 
-# Batches of images per extraction task writing into a store.
+# Batches of images per extraction task writing into a store, and image
+# files per hashing task.
 _BATCHES_PER_TASK = 8
+_FILES_PER_HASH_TASK = 256
 # Threads decoding images for the forward pass, and batches decoded ahead of it.
 _DECODE_THREADS = 4
 _PREFETCH_BATCHES = 2
+
+
+def _hash_files(paths):
+    return [content_hash(path) for path in paths]
 
 
 def _extract_into_store(transformer, config, items, batches):

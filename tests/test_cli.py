@@ -201,6 +201,7 @@ _NOT_OPTIONS = {
     "attention": "implied by --foreground attention, the only user of it",
     "memory": "--cache / --no-cache (a FeatureStore, not this cache)",
     "store": "--cache / --no-cache",
+    "store_options": "a --cache URL takes its credentials from the environment",
     "verbose": "-q",
     "region_encoder": "built from the --model options by --region crop",
     "batch_size": "--batch-size (ViT); the pixel-stage batch never changes the masks",
@@ -234,7 +235,7 @@ def test_options_reach_the_estimators(tmp_path):
     assert vit.get_params() | {"verbose": None} == dict(
         model=TINY_MODEL, pretrained=False, weights=None, facet="value", layer=-2,
         attention=True, image_size=(32, 48), batch_size=16, device="auto", dtype="float16",
-        memory=None, store=None, verbose=None)
+        memory=None, store=None, store_options=None, verbose=None)
     params = seg.get_params(deep=False)
     encoder = params.pop("region_encoder")
     expected = dict(

@@ -28,7 +28,7 @@ def _pipeline(**vit_params):
 def test_grid_search_over_a_pipeline_on_images(scenes, vit_forwards, tmp_path):
     images, masks = scenes
     search = GridSearchCV(
-        _pipeline(memory=tmp_path / "features"),
+        _pipeline(store=tmp_path / "features.zarr"),
         param_grid={"seg__n_classes": [1, 2], "seg__n_categories": [1, 2]},
         scoring=miou_scorer, cv=KFold(3), error_score="raise",
     ).fit(images, masks)
@@ -68,7 +68,7 @@ def test_cross_val_score_clone_pickle_and_parallel_search(scenes, tmp_path):
     unfitted = clone(fitted)
     assert not hasattr(unfitted.named_steps["seg"], "labels_")
     parallel = GridSearchCV(
-        _pipeline(memory=tmp_path / "features"), {"seg__n_categories": [1, 2]},
+        _pipeline(store=tmp_path / "features.zarr"), {"seg__n_categories": [1, 2]},
         scoring=miou_scorer, cv=KFold(3), n_jobs=2, error_score="raise",
     ).fit(images, masks)
     # The workers extract in other batches and with other thread counts than

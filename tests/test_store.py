@@ -22,6 +22,7 @@ from sklearn.model_selection import KFold
 from sklearn.utils import _safe_indexing
 
 import skseg._store_format
+import skseg._transformer
 import skseg._store_writer
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg._store import CorruptedStoreError
@@ -761,6 +762,7 @@ def test_transformer_writes_a_store_and_skips_stored_images(
     assert n_images_through_vit(vit_forwards) == 9
 
 
+@pytest.mark.filterwarnings("ignore:ViTPatchTransformer\\(memory=:FutureWarning")
 def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, vit_forwards):
     _vit(store=tmp_path / "s").fit().transform(rgb_images[:1])
     with pytest.raises(ValueError, match=r"facet: store 'key', requested 'query'.*"
@@ -865,6 +867,7 @@ def test_segmenter_fits_and_cross_validates_on_a_store(tmp_path, rgb_images):
 
 # -- the memory= cache -----------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:ViTPatchTransformer\\(memory=:FutureWarning")
 def test_memory_cache_holds_no_pickles_and_recomputes_damaged_entries(
         tmp_path, rgb_images, vit_forwards):
     _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:2])
@@ -880,15 +883,18 @@ def test_memory_cache_holds_no_pickles_and_recomputes_damaged_entries(
     with pytest.warns(RuntimeWarning) as caught:
         again = _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:2])
     assert n_images_through_vit(vit_forwards) == 4
-    assert sorted(str(w.message).split("'")[1] for w in caught) == sorted(map(str, entries))
+    assert sorted(str(w.message).split("'")[1] for w in caught
+                  if w.category is RuntimeWarning) == sorted(map(str, entries))
+    vit = _vit(memory=tmp_path / "cache").fit()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rewritten entries read cleanly
-        cached = _vit(memory=tmp_path / "cache").fit().transform(rgb_images[:2])
+        cached = vit.transform(rgb_images[:2])
     assert n_images_through_vit(vit_forwards) == 4
     for a, b in zip(again, cached):
         np.testing.assert_array_equal(a.patches, b.patches)
 
 
+@pytest.mark.filterwarnings("ignore:ViTPatchTransformer\\(memory=:FutureWarning")
 def test_memory_cache_entries_respect_the_umask(tmp_path, rgb_images):
     previous = os.umask(0o022)
     try:
@@ -897,3 +903,67 @@ def test_memory_cache_entries_respect_the_umask(tmp_path, rgb_images):
         os.umask(previous)
     entry = next((tmp_path / "cache").rglob("*.npz"))
     assert entry.stat().st_mode & 0o777 == 0o644
+
+
+def test_whole_index_reads_checkpoints_and_a_damaged_one_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store_format, "CHECKPOINT_COMMITS", 2)
+    path = tmp_path / "s"
+    for i in range(5):  # five commits: two checkpoints' worth and one more
+        FeatureStore(path).extend([_record(i)], content_keys=[f"k{i}"])
+    assert len(FeatureStore(path, read_only=True)) == 5
+    assert not (path / "checkpoints").exists()  # a read-only reader writes nothing
+    assert list(FeatureStore(path).content_keys) == [f"k{i}" for i in range(5)]
+    assert sorted(p.name for p in (path / "checkpoints").iterdir()) == [
+        f"{0:012d}.json", f"{1:012d}.json"]
+    reads = []
+    real = skseg._store_format.Location.read_many
+    monkeypatch.setattr(skseg._store_format.Location, "read_many",
+                        lambda self, keys: reads.extend(keys) or real(self, keys))
+    store = FeatureStore(path)
+    assert list(store.content_keys) == [f"k{i}" for i in range(5)]
+    # Commits 0-3 came from the checkpoints (0 was read at opening); only
+    # the commit after them was read on its own.
+    assert [key for key in reads if key.startswith("commits/")] == [f"commits/{4:012d}.json"]
+    checkpoint = path / "checkpoints" / f"{1:012d}.json"
+    checkpoint.write_text(checkpoint.read_text().replace('"k2"', '"kX"'))
+    store = FeatureStore(path)
+    assert list(store.content_keys) == [f"k{i}" for i in range(5)]
+    _assert_same(store.select(["k2"])[0], _record(2))
+
+
+def test_urls_file_is_local_and_a_filesystem_without_exclusive_create_is_refused(tmp_path):
+    store = FeatureStore(f"file://{tmp_path}/s")
+    store.extend([_record(0)])
+    assert store.path == os.fspath(tmp_path / "s")
+    _assert_same(FeatureStore(tmp_path / "s")[0], _record(0))
+    # fsspec's in-memory filesystem checks then writes: two writers could
+    # both pass, so writing is refused before anything is written.
+    with pytest.raises(OSError, match=r"'memory://bucket/s': .*created exclusively and "
+                                      r"atomically.*read_only=True") as error:
+        FeatureStore("memory://bucket/s")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="storage_options are for URLs"):
+        FeatureStore(tmp_path / "s", storage_options={"key": "x"})
+    with pytest.raises(ValueError, match=r"'nosuchfs://x': .*nosuchfs"):
+        FeatureStore("nosuchfs://x")
+
+
+def test_files_going_into_a_store_are_hashed_in_the_extraction_tasks(
+        tmp_path, rgb_images, monkeypatch):
+    import threading
+
+    from joblib import parallel_config
+
+    paths = []
+    for i, image in enumerate(rgb_images * 80):  # 320 files: two hashing tasks
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.roll(image, i, axis=0)).save(paths[-1])
+    threads = set()
+    real = skseg._transformer.content_hash
+    monkeypatch.setattr(skseg._transformer, "content_hash",
+                        lambda image: threads.add(threading.get_ident()) or real(image))
+    vit = _vit(store=os.fspath(tmp_path / "s.zarr")).fit()
+    monkeypatch.setattr(vit, "_extract", lambda images, batches: iter(()))  # keys only
+    with parallel_config(backend="threading", n_jobs=2), pytest.raises(KeyError):
+        vit.transform(paths)
+    assert threads and threading.get_ident() not in threads

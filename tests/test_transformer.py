@@ -250,6 +250,12 @@ def test_hooks_are_removed_even_when_the_forward_fails(rgb_images):
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in modules)
 
 
+def test_memory_is_deprecated_in_favour_of_the_store(tmp_path, rgb_images):
+    with pytest.warns(FutureWarning, match=r"memory=.*deprecated.*store="):
+        _vit(memory=tmp_path / "cache").fit()
+
+
+@pytest.mark.filterwarnings("ignore:ViTPatchTransformer\\(memory=:FutureWarning")
 def test_memory_cache_skips_forward_passes(tmp_path, rgb_images, vit_forwards):
     def calls():
         return n_images_through_vit(vit_forwards)
