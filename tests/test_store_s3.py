@@ -401,7 +401,7 @@ def test_a_dask_fit_from_s3_equals_a_local_fit(s3, tmp_path):
     serial = MultilevelSegmenter(**params).fit(local)
     # The workers are processes started now, with the test's AWS_* environment.
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client, \
             joblib.parallel_config(backend="dask"), \
             distributed.get_task_stream(client) as stream:
