@@ -29,6 +29,11 @@ from ._store_writer import Writer
 
 __all__ = ["CorruptedStoreError", "FeatureStore"]
 
+_END = object()
+# Snapshots reopened from pickles in this process, by store and commit count.
+_SNAPSHOTS = {}
+_MAX_SNAPSHOTS = 8
+
 
 class FeatureStore(Sequence):
     """A sequence of :class:`ImageFeatures` on disk or object storage, on zarr v3.
@@ -122,7 +127,7 @@ class FeatureStore(Sequence):
         self._positions = None  # None: every distinct stored image, in order
         self._images = None  # None, or per position: the file given now for that image
         self._requested = None if extraction is None else _jsonable(dict(extraction))
-        _prepare(self._location)
+        self._store_id = _prepare(self._location)
         self._snapshot = Snapshot(self._location)
         if self._requested is not None:
             self._record_extraction()
@@ -130,22 +135,30 @@ class FeatureStore(Sequence):
     # -- opening -----------------------------------------------------------
 
     def _record_extraction(self):
-        """Record the requested extraction in an empty store, or check it
-        against the recorded one."""
+        """Record this handle's extraction (None for records appended by
+        hand) if the store has none yet, then check it against the recorded
+        one. Done at opening with an extraction and before every append, so
+        no commit is ever made under another extraction than the store's."""
         snapshot = self._snapshot
-        if snapshot.extraction is None and not snapshot.n_commits \
-                and not self._location.read_only:
+        if not snapshot.recorded and not self._location.read_only:
             # Exclusive: of two writers recording theirs at once, one wins
             # and the other is checked against it below.
-            self._location.create("extraction.json",
-                                  json.dumps(self._requested, sort_keys=True).encode())
-            snapshot.refresh()
+            self._location.create("extraction.json", json.dumps(
+                {"extraction": self._requested}, sort_keys=True).encode())
+            snapshot.recorded, snapshot.extraction = snapshot._read_extraction()
         self._check_extraction()
 
     def _check_extraction(self):
         """Refuse a store whose recorded extraction is not this handle's."""
         snapshot = self._snapshot
         recorded, requested = snapshot.extraction, self._requested
+        if not snapshot.recorded:
+            if snapshot.n_commits:
+                raise CorruptedStoreError(
+                    f"feature store {self.path!r} holds images but its extraction.json "
+                    "is missing; restore the store or extract its features again."
+                )
+            return
         if requested is None:
             if recorded is not None:
                 raise ValueError(
@@ -156,13 +169,11 @@ class FeatureStore(Sequence):
                 )
             return
         if recorded is None:
-            if snapshot.n_commits:
-                raise ValueError(
-                    f"feature store {self.path!r} holds {snapshot.n_stored} images of "
-                    "unrecorded extraction parameters; it cannot be used with "
-                    f"extraction parameters {requested}."
-                )
-            return
+            raise ValueError(
+                f"feature store {self.path!r} holds images of unrecorded extraction "
+                "parameters (appended by hand); it cannot be used with extraction "
+                f"parameters {requested}."
+            )
         if recorded != requested:
             raise ValueError(
                 f"feature store {self.path!r} was written with other feature-changing "
@@ -176,11 +187,13 @@ class FeatureStore(Sequence):
         return self._snapshot.extraction
 
     def __reduce__(self):
-        # A snapshot pins what the task sees; the distinct images' positions
-        # are computed here once rather than in every task.
-        return (_reopen, (self.path, self._location.storage_options,
-                          self._snapshot.n_commits, pack(self._snapshot.unique_positions()),
-                          pack(self._positions), self._images, self._requested))
+        # A snapshot pins what the task sees. A view carries its positions;
+        # the whole store carries its distinct images' positions, computed
+        # here once rather than in every task.
+        unique = pack(self._snapshot.unique_positions()) if self._positions is None else None
+        return (_reopen, (self.path, self._location.storage_options, self._store_id,
+                          self._snapshot.n_commits, unique, pack(self._positions),
+                          self._images, self._requested))
 
     def __repr__(self):
         if self._positions is None:
@@ -212,7 +225,7 @@ class FeatureStore(Sequence):
     def _view(self, stored, images):
         view = object.__new__(FeatureStore)
         view._location, view.path = self._location, self.path
-        view._snapshot = self._snapshot
+        view._snapshot, view._store_id = self._snapshot, self._store_id
         view._requested = self._requested
         view._positions = np.asarray(stored, dtype=np.int64)
         view._images = images
@@ -406,12 +419,23 @@ class FeatureStore(Sequence):
                 raise KeyError(f"feature store {self.path!r} holds no image with content "
                                f"key {key!r} (position {position}).")
             positions[position] = stored[key]
+        if images is not None:
+            if len(images) != len(content_keys):
+                raise ValueError(f"{len(images)} images for {len(content_keys)} content "
+                                 "keys; give one image per key.")
+            # Kept only where it differs from the stored path: a view of a
+            # dataset at its extraction's place pickles small.
+            stored_paths = self._snapshot.column("image_paths", positions)
+            given = tuple(
+                path if path != stored else None
+                for path, stored in zip((os.path.abspath(os.fspath(image))
+                                         if isinstance(image, (str, os.PathLike)) else None
+                                         for image in images), stored_paths))
+            images = None if all(path is None for path in given) else given
         if images is None and self._positions is None and \
                 np.array_equal(positions, self._snapshot.unique_positions()):
             return self
-        return self._view(positions, None if images is None else tuple(
-            os.path.abspath(os.fspath(image)) if isinstance(image, (str, os.PathLike))
-            else None for image in images))
+        return self._view(positions, images)
 
     # -- writing -------------------------------------------------------------
 
@@ -455,23 +479,31 @@ class FeatureStore(Sequence):
         self._location.refuse_read_only()
         keys = iter(content_keys) if content_keys is not None else None
         snapshot = self._snapshot
+        had_index = snapshot._index is not None
         snapshot.refresh()  # another writer may have appended since we opened
-        self._check_extraction()
-        stored = snapshot._index[1] if snapshot._index is not None else {}
+        self._record_extraction()
+        # The keys this handle has seen stored, brought up to date if it had them.
+        stored = snapshot.index()[1] if had_index else {}
         writer = Writer(snapshot)
         try:
             for number, record in enumerate(records):
                 key = None
                 if keys is not None:
-                    key = next(keys, None)
-                    if key is None:
+                    key = next(keys, _END)
+                    if key is _END:
                         raise ValueError(
                             f"content_keys ran out at record {number}; give one "
                             "key per record."
                         )
+                    if not isinstance(key, str):
+                        raise TypeError(f"content key of record {number} is a "
+                                        f"{type(key).__name__}, not str.")
                     if key in stored or key in writer.keys:
                         continue
                 writer.add(record, key, number)
+            if keys is not None and next(keys, _END) is not _END:
+                raise ValueError("more content_keys than records; give one key per "
+                                 "record (the records were stored).")
             return writer.n_accepted
         finally:
             # Commit what was accepted even when a record is refused or the
@@ -479,12 +511,28 @@ class FeatureStore(Sequence):
             writer.flush()
 
 
-def _reopen(path, storage_options, n_commits, unique, positions, images, requested):
+def _reopen(path, storage_options, store_id, n_commits, unique, positions, images,
+            requested):
     store = object.__new__(FeatureStore)
     store._location = Location(path, storage_options, read_only=True)
     store.path = store._location.url
-    store._snapshot = Snapshot(store._location, n_commits)
-    store._snapshot.unique = unpack(unique)
+    store._store_id = _prepare(store._location)
+    if store._store_id != store_id:
+        raise FileNotFoundError(
+            f"feature store {store.path!r} is not the store this handle was made from: "
+            "it was replaced since. Open the store where it is now."
+        )
+    # The tasks a worker runs on one store share what it has read of it
+    # (commits, opened arrays): a pinned snapshot never changes.
+    key = (store.path, repr(sorted(store._location.storage_options.items())), store_id,
+           n_commits)
+    snapshot = _SNAPSHOTS.pop(key, None) or Snapshot(store._location, n_commits)
+    _SNAPSHOTS[key] = snapshot  # the most recently used last
+    while len(_SNAPSHOTS) > _MAX_SNAPSHOTS:
+        _SNAPSHOTS.pop(next(iter(_SNAPSHOTS)))
+    if unique is not None:
+        snapshot.unique = unpack(unique)
+    store._snapshot = snapshot
     store._positions, store._images = unpack(positions), images
     store._requested = requested
     return store
@@ -502,7 +550,7 @@ def _prepare(location):
         # Exclusive: a store created by another process meanwhile is kept.
         location.create("zarr.json", group_metadata())
         data = location.read("zarr.json")
-    check_format(location, data)
+    return check_format(location, data)
 
 
 def _refuse_foreign_files(location):

@@ -25,9 +25,12 @@ damaged byte raises :class:`CorruptedStoreError` naming the image and file.
 """
 
 import hashlib
+import itertools
 import json
 import os
+import random
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +87,9 @@ CHUNK_BYTES = 2 << 20
 MAX_WIDTH = 1 << 16
 MAX_SEGMENT_IMAGES = 1 << 20
 MAX_SIDE = 1 << 20
+MAX_GRID_SIDE = 1 << 12
+MAX_CHANNELS = 4
+MAX_SEGMENT_BYTES = 1 << 34
 # Segments read at once from object storage by one call.
 READ_THREADS = 8
 
@@ -193,13 +199,25 @@ class Location:
             )
         with self.errors(key):
             if not self.local:
-                try:
-                    self.fs.pipe_file(full, data, mode="create")
-                except FileExistsError:
-                    return False
-                return True
+                self.check_conditional_writes()
+                for attempt in range(_CONFLICT_RETRIES):
+                    try:
+                        self.fs.pipe_file(full, data, mode="create")
+                        return True
+                    except FileExistsError:
+                        # A retried PUT whose first try succeeded answers 412
+                        # too: ours if it holds our bytes (each is unique).
+                        return self.fs.cat_file(full) == data
+                    except OSError as exc:
+                        # AWS answers overlapping conditional PUTs with 409
+                        # ConditionalRequestConflict: "try again".
+                        if "ConditionalRequestConflict" not in str(exc):
+                            raise
+                        time.sleep(0.05 * 2 ** attempt * (1 + random.random()))
+                return self.fs.exists(full) and self.fs.cat_file(full) == data
             folder = os.path.dirname(full)
-            refuse_link(self, folder)
+            if folder != self.path:  # the store's own folder may be a link
+                refuse_link(self, folder)
             os.makedirs(folder, exist_ok=True)
             temporary = f"{full}.{os.getpid()}.{os.urandom(6).hex()}.partial"
             try:
@@ -209,11 +227,60 @@ class Location:
                     os.fsync(handle.fileno())
                 os.link(temporary, full)  # atomic, and fails if ``full`` exists
             except FileExistsError:
-                return False
+                # NFS may answer a retransmitted link that had succeeded with
+                # EEXIST: ours if it holds our bytes (each is unique).
+                return self.read(key) == data
+            except OSError as exc:
+                raise OSError(
+                    f"feature store {self.url!r}: cannot create {key!r} exclusively "
+                    f"({_one_line(exc)}); the store needs a filesystem with hard links "
+                    "(a local disk or NFS), or S3."
+                ) from exc
             finally:
                 if os.path.lexists(temporary):
                     os.unlink(temporary)
             return True
+
+    def check_conditional_writes(self):
+        """Refuse a server that ignores ``If-None-Match`` (some S3-compatible
+        ones do; s3fs itself vouches only for AWS): there, two writers would
+        both "create" a commit and one's images would be silently lost. Tried
+        once per location and process, on an object of its own."""
+        verdict = _CONDITIONAL_WRITES.get(self.url)
+        if verdict is None:
+            probe = f"{self.path}/probes/{os.getpid()}-{os.urandom(8).hex()}"
+            self.fs.pipe_file(probe, b"1", mode="create")
+            try:
+                self.fs.pipe_file(probe, b"2", mode="create")
+                verdict = False
+            except FileExistsError:
+                verdict = True
+            finally:
+                try:
+                    self.fs.rm_file(probe)
+                except OSError:
+                    pass
+            _CONDITIONAL_WRITES[self.url] = verdict
+        if not verdict:
+            raise OSError(
+                f"feature store {self.url!r}: its object storage ignores conditional "
+                "writes (If-None-Match), so concurrent writers could silently lose each "
+                "other's images; skseg writes stores only where they are honoured (AWS "
+                "S3, a local disk, NFS). Open it with read_only=True to read."
+            )
+
+    def sync_folder(self, prefix):
+        """Flush a local folder's files to disk (object storage has no cache
+        to flush: an object is there once its PUT has answered)."""
+        if not self.local:
+            return
+        for folder, _, files in os.walk(self._full(prefix)):
+            for name in [*files, "."]:
+                descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
 
     def put(self, key, data):
         """Write object ``key``, replacing it (only for hints)."""
@@ -311,6 +378,10 @@ class _TranslatedErrors:
 # (s3fs sends a conditional PUT, If-None-Match: *); fsspec's generic
 # fallback checks then writes, which two writers can both pass.
 ATOMIC_CREATE = {"s3", "s3a"}
+# Per location, whether its server honours conditional writes (see
+# Location.check_conditional_writes), and how often a 409 is retried.
+_CONDITIONAL_WRITES = {}
+_CONFLICT_RETRIES = 6
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure",
            "abfs": "azure", "abfss": "azure"}
 
@@ -346,10 +417,13 @@ def refuse_link(location, path):
 
 def group_metadata():
     return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {ATTRS_KEY: {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION}}}).encode()
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        # Names this store, not another made later at the same place, in pickles.
+        "store_id": os.urandom(16).hex()}}}).encode()
 
 
 def check_format(location, data):
+    """The store's id, once its zarr.json is checked to be a store of this format."""
     try:
         meta = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -368,6 +442,7 @@ def check_format(location, data):
             f"{info.get('format_version')!r}; this skseg reads version "
             f"{FORMAT_VERSION}. Extract the features again into a new store."
         )
+    return info.get("store_id")
 
 
 # -- commits --------------------------------------------------------------------
@@ -447,9 +522,15 @@ def parse_commit(location, seq, data, where=None):
         if len(values) != commit.n_images or kind == "int" and (
                 values.size and (values.min() < 0 or values.max() >= 1 << 32)):
             raise damaged(f"column {name}")
-    grids = commit.columns["grid_shapes"]
-    if np.any(grids < 1) or np.any(commit.columns["pixel_shapes"][:, :2] > MAX_SIDE):
+    grids, pixels = commit.columns["grid_shapes"], commit.columns["pixel_shapes"]
+    if np.any(grids < 1) or np.any(grids > MAX_GRID_SIDE) \
+            or np.any(pixels[:, :2] > MAX_SIDE) or np.any(pixels[:, 2] > MAX_CHANNELS) \
+            or commit.offsets["byte"][-1] > MAX_SEGMENT_BYTES:
         raise damaged("grid or image shapes")
+    if type(commit.first) is not int or commit.first < 0 \
+            or not (isinstance(commit.segment, str) and len(commit.segment) == 32
+                    and all(c in "0123456789abcdef" for c in commit.segment)):
+        raise damaged("its first position or segment name")
     return commit
 
 
@@ -474,22 +555,29 @@ class Snapshot:
         self.chunk_cache = {}
         self._index = None
         self.unique = None  # the distinct images' positions, when known
-        self.extraction = self._read_extraction()
+        self.recorded, self.extraction = self._read_extraction()
         self.n_commits = self.find_head() if n_commits is None else int(n_commits)
         self.layout = self.commit(0).layout if self.n_commits else None
 
     def _read_extraction(self):
+        """``(recorded, extraction)``: whether extraction.json exists, and the
+        parameters it records (None for records appended by hand). It is
+        created once, exclusively, before the first commit, so every writer
+        is checked against the same one."""
         data = self.location.read("extraction.json")
         if data is None:
-            return None
+            return False, None
         try:
-            extraction = json.loads(data)
-        except (ValueError, RecursionError) as exc:
+            record = json.loads(data)
+            extraction = record["extraction"]
+            if not (extraction is None or isinstance(extraction, dict)):
+                raise TypeError(f"a {type(extraction).__name__}")
+        except (ValueError, RecursionError, TypeError, KeyError) as exc:
             raise CorruptedStoreError(
                 f"feature store {self.location.url!r}: its extraction.json is damaged "
-                f"({exc}); restore the store or extract its features again."
+                f"({_one_line(exc)}); restore the store or extract its features again."
             ) from None
-        return extraction
+        return True, extraction
 
     def find_head(self, known=0):
         """The number of commits: probed forward from the hint (or ``known``)."""
@@ -497,7 +585,7 @@ class Snapshot:
         hint = self.location.read("head.json")
         try:
             hinted = int(json.loads(hint)["commits"]) if hint else 0
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
             hinted = 0
         # Probed by reading, not asking whether they exist: one request
         # each, and the last one is needed anyway.
@@ -528,8 +616,8 @@ class Snapshot:
             self._index = self.unique = None
             if self.layout is None:
                 self.layout = self.commit(0).layout
-        if self.extraction is None:
-            self.extraction = self._read_extraction()
+        if not self.recorded:
+            self.recorded, self.extraction = self._read_extraction()
 
     @property
     def n_stored(self):
@@ -593,6 +681,12 @@ class Snapshot:
         pieces = []
         while start < stop:
             commit = self.commit_at(start)
+            if not commit.first <= start < commit.stop:
+                raise CorruptedStoreError(
+                    f"feature store {self.location.url!r} holds no image {start} (its "
+                    f"{self.n_commits} commits end at {self.n_stored}): the store was "
+                    "replaced or damaged since this handle was made."
+                )
             end = min(stop, commit.stop)
             pieces.append((commit, start - commit.first, end - commit.first))
             start = end
@@ -643,6 +737,11 @@ class Snapshot:
                           for offset, record in enumerate(records)]
             except CorruptedStoreError:
                 continue  # a damaged checkpoint: the commits themselves are the truth
+            known = [self.commits.get(c.seq) for c in parsed]
+            if any(a.stop != b.first for a, b in itertools.pairwise(parsed)) or any(
+                    c is not None and (c.first, c.segment) != (p.first, p.segment)
+                    for c, p in zip(known, parsed)):
+                continue  # records out of place: the commits are the truth
             for commit in parsed:
                 if commit.seq not in self.commits:
                     self.accept(commit)
@@ -656,9 +755,20 @@ class Snapshot:
         if self.location.read_only:
             return
         for k in sorted({seq // size for seq in missing if seq < n_full * size}):
-            keys = [commit_key(seq) for seq in range(k * size, (k + 1) * size)]
-            records = [json.loads(fetched.get(key) or self.location.read(key)) for key in keys]
+            self.write_checkpoint(k, fetched)
+
+    def write_checkpoint(self, k, fetched=None):
+        """Gather commits of checkpoint ``k`` into one object, if this
+        location can be written: a reader's service to the next, never a
+        reason for a read to fail."""
+        keys = [commit_key(seq) for seq in range(k * CHECKPOINT_COMMITS,
+                                                 (k + 1) * CHECKPOINT_COMMITS)]
+        try:
+            records = [json.loads((fetched or {}).get(key) or self.location.read(key))
+                       for key in keys]
             self.location.create(checkpoint_key(k), json.dumps({"commits": records}).encode())
+        except (OSError, ValueError, TypeError):
+            pass
 
     def unique_positions(self):
         if self.unique is None:
@@ -731,7 +841,7 @@ class Snapshot:
                                 f"{array.chunks}, dtype {array.dtype}", where)
         with self.lock:
             self.arrays[(commit.seq, name)] = array
-            if len(self.arrays) > 64:  # views over many segments: keep the recent ones
+            if len(self.arrays) > 64:  # views over many segments: keep the last opened
                 self.arrays.pop(next(iter(self.arrays)))
         return array
 

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _store_format
 from ._features import ImageFeatures
 from ._store_format import (
     FEATURE_KEY,
@@ -128,6 +129,9 @@ class Writer:
         batch, self.buffer, self.buffered_bytes = self.buffer, [], 0
         segment = uuid.uuid4().hex
         self._write_segment(segment, [data for data, _ in batch])
+        # On disk before the commit that names it: after a power cut a
+        # commit never names data that was lost.
+        self.snapshot.location.sync_folder(f"segments/{segment}")
         images = {name: [columns[name] for _, columns in batch] for name in IMAGE_COLUMNS}
         self._commit(segment, images)
         self.n_committed += len(batch)
@@ -186,6 +190,9 @@ class Writer:
             seq += 1
         snapshot.layout = self.layout
         snapshot.accept(Commit(seq, body))
+        size = _store_format.CHECKPOINT_COMMITS
+        if (seq + 1) % size == 0:  # the last commit of a checkpoint
+            snapshot.write_checkpoint(seq // size)
         snapshot.n_commits = seq + 1
         snapshot._index = snapshot.unique = None
         # Only a hint for readers' probes: a stale one costs them a few more.

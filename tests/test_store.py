@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +23,8 @@ from sklearn.model_selection import KFold
 from sklearn.utils import _safe_indexing
 
 import skseg._store_format
-import skseg._transformer
 import skseg._store_writer
+import skseg._transformer
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg._store import CorruptedStoreError
 
@@ -568,6 +569,10 @@ def _nested(depth):
 
 
 _HOSTILE_METADATA = {
+    "a huge patch grid": (
+        lambda path: _edit_commit(path, lambda b: b["images"]["grid_shapes"].__setitem__(
+            0, [65536, 65536])),
+        r"commit 0 is damaged \(grid or image shapes"),
     "a huge grid": (
         lambda path: _edit_commit(path, lambda b: b["images"]["pixel_shapes"][0].__setitem__(
             0, 10**7)),
@@ -910,6 +915,7 @@ def test_whole_index_reads_checkpoints_and_a_damaged_one_falls_back(tmp_path, mo
     path = tmp_path / "s"
     for i in range(5):  # five commits: two checkpoints' worth and one more
         FeatureStore(path).extend([_record(i)], content_keys=[f"k{i}"])
+    shutil.rmtree(path / "checkpoints")  # as if writers had not made them
     assert len(FeatureStore(path, read_only=True)) == 5
     assert not (path / "checkpoints").exists()  # a read-only reader writes nothing
     assert list(FeatureStore(path).content_keys) == [f"k{i}" for i in range(5)]
@@ -967,3 +973,104 @@ def test_files_going_into_a_store_are_hashed_in_the_extraction_tasks(
     with parallel_config(backend="threading", n_jobs=2), pytest.raises(KeyError):
         vit.transform(paths)
     assert threads and threading.get_ident() not in threads
+
+
+def test_a_commit_whose_success_was_not_heard_is_not_published_twice(tmp_path, monkeypatch):
+    # NFS may answer a retransmitted link() that had succeeded with EEXIST.
+    path = tmp_path / "s"
+    FeatureStore(path).extend([_record(0)])
+    real = os.link
+
+    def lost_reply(source, target):
+        real(source, target)
+        if "commits" in os.fspath(target):
+            raise FileExistsError(target)
+
+    monkeypatch.setattr(os, "link", lost_reply)
+    assert FeatureStore(path).extend([_record(1), _record(2)]) == 2
+    monkeypatch.undo()
+    store = FeatureStore(path)
+    assert len(store) == 3 and len(list((path / "commits").iterdir())) == 2
+
+
+def test_pickles_stay_small_and_name_their_store(tmp_path):
+    path = tmp_path / "s"
+    keys = [f"k{i}" for i in range(300)]
+    FeatureStore(path).extend((_record(i % 7) for i in range(300)), content_keys=keys)
+    # Keys appended again by another writer (a retried task): scattered duplicates.
+    FeatureStore(path).extend((_record(i % 7) for i in range(0, 300, 2)),
+                              content_keys=keys[::2])
+    store = FeatureStore(path)
+    assert len(store) == 300
+    view = store.select(keys[10:12], images=[tmp_path / "a.png", tmp_path / "b.png"])
+    assert len(pickle.dumps(view)) < 1000
+    # Images given where the store has them already are not carried.
+    same = store.select(keys[:100], images=[None] * 100)
+    assert same._images is None and len(pickle.dumps(same)) < 1000
+    payload = pickle.dumps(store[5:7])
+    shutil.rmtree(path)
+    FeatureStore(path).extend([_record(i) for i in range(10)])  # another store, same place
+    with pytest.raises(FileNotFoundError, match="was replaced since"):
+        pickle.loads(payload)
+
+
+def test_a_handle_that_has_seen_the_keys_skips_them_after_other_writers(tmp_path):
+    path = tmp_path / "s"
+    mine = FeatureStore(path)
+    mine.extend([_record(0)], content_keys=["a"])
+    assert mine.missing(["a", "b"]) == [1]
+    FeatureStore(path).extend([_record(1)], content_keys=["b"])  # another writer
+    assert mine.extend([_record(0), _record(1)], content_keys=["a", "b"]) == 0
+    assert len(list((path / "commits").iterdir())) == 2
+
+
+def test_keys_and_images_must_pair_with_records(tmp_path):
+    store = FeatureStore(tmp_path / "s")
+    with pytest.raises(TypeError, match="content key of record 1 is a NoneType"):
+        store.extend([_record(0), _record(1)], content_keys=["a", None])
+    with pytest.raises(ValueError, match="more content_keys than records"):
+        store.extend([_record(2)], content_keys=["c", "d"])
+    assert list(FeatureStore(tmp_path / "s").content_keys) == ["a", "c"]
+    with pytest.raises(ValueError, match="1 images for 2 content keys"):
+        store.select(["a", "c"], images=["x.png"])
+
+
+def test_damaged_hints_and_misplaced_checkpoints_cost_reads_never_images(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(skseg._store_format, "CHECKPOINT_COMMITS", 2)
+    path = tmp_path / "s"
+    for i in range(4):
+        FeatureStore(path).extend([_record(i)], content_keys=[f"k{i}"])
+    # Writers gather each full run of commits into a checkpoint.
+    assert len(list((path / "checkpoints").iterdir())) == 2
+    (path / "head.json").write_text('{"commits": 1e400}')
+    checkpoint = path / "checkpoints" / f"{1:012d}.json"
+    records = json.loads(checkpoint.read_text())["commits"]
+    checkpoint.write_text(json.dumps({"commits": records[::-1]}))  # each still signed
+    store = FeatureStore(path)
+    assert list(store.content_keys) == ["k0", "k1", "k2", "k3"]
+    _assert_same(store[3], _record(3))
+
+
+def test_a_store_in_a_linked_folder_is_created(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    FeatureStore(tmp_path / "link").extend([_record(0)])
+    _assert_same(FeatureStore(tmp_path / "real")[0], _record(0))
+
+
+def test_tasks_of_a_process_share_what_they_read_of_a_store(tmp_path, monkeypatch):
+    path = tmp_path / "s"
+    FeatureStore(path).extend([_record(i) for i in range(6)])
+    payloads = [pickle.dumps(FeatureStore(path)[k:k + 2]) for k in (0, 2, 4)]
+    pickle.loads(payloads[0]).records_of(0, 2)
+    reads = []
+    real = skseg._store_format.Location.read
+    monkeypatch.setattr(skseg._store_format.Location, "read",
+                        lambda self, key: reads.append(key) or real(self, key))
+    for k, payload in zip((2, 4), payloads[1:]):
+        for stored, i in zip(pickle.loads(payload), (k, k + 1)):
+            _assert_same(stored, _record(i))
+    assert reads == ["zarr.json", "zarr.json"]  # only the check that it is the same store
+    FeatureStore(path).extend([_record(6)])  # a new snapshot is read afresh
+    assert len(pickle.loads(pickle.dumps(FeatureStore(path)))) == 7
