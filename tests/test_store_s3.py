@@ -289,6 +289,24 @@ def test_a_filesystem_without_exclusive_create_is_refused(monkeypatch):
     assert Overwriting.store == {}  # nothing written
 
 
+def test_a_server_that_ignores_if_none_match_is_refused(s3, monkeypatch):
+    import s3fs
+
+    real = s3fs.S3FileSystem._pipe_file
+
+    async def ignoring(self, path, data, mode="overwrite", **kwargs):
+        return await real(self, path, data, **kwargs)  # If-None-Match dropped
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_pipe_file", ignoring)
+    clear_filesystem_caches()  # new instances mirror the patched method
+    url = s3.url()
+    with pytest.raises(OSError) as error:
+        FeatureStore(url).extend([planted(0)])
+    message = one_line(error)
+    assert url in message and "If-None-Match" in message
+    assert not any("/commits/" in key or "/segments/" in key for key in s3.keys())
+
+
 @pytest.mark.parametrize("read_only", [False, True])
 def test_missing_credentials_are_refused(s3, monkeypatch, read_only):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
