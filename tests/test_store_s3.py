@@ -145,6 +145,7 @@ def test_credentials_from_storage_options_travel_with_the_pickle(s3, monkeypatch
     assert_planted(copy, range(3))
 
 
+@pytest.mark.slow
 def test_four_writers_at_once_store_each_image_once(s3):
     url = s3.url()
     ids = range(40)
@@ -179,6 +180,7 @@ def test_four_writers_at_once_store_each_image_once(s3):
 
 
 @pytest.mark.parametrize("kill_at", ["midway", "done"])
+@pytest.mark.slow
 def test_a_writer_killed_mid_append_leaves_whole_batches(s3, kill_at):
     url = s3.url()
     batches = [list(range(k, k + 5)) for k in range(0, 20, 5)]
@@ -364,6 +366,7 @@ def test_extending_a_store_in_a_read_only_bucket_is_refused(s3):
 # -- the estimators on an S3 store ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_transformer_writes_the_same_features_to_s3(s3, tmp_path, rgb_images,
                                                         tiny_vit_kwargs):
     from skseg import ViTPatchTransformer
@@ -387,6 +390,7 @@ def test_the_transformer_writes_the_same_features_to_s3(s3, tmp_path, rgb_images
     assert len(s3.keys()) == n_keys
 
 
+@pytest.mark.slow
 def test_the_transformer_takes_store_options(s3, monkeypatch, tmp_path, rgb_images,
                                              tiny_vit_kwargs):
     from skseg import ViTPatchTransformer
