@@ -467,7 +467,8 @@ def _add_segment_parser(commands):
     running.add_argument("--batch-size", type=_positive_int, default=16,
                          help="images per ViT forward pass")
     running.add_argument("--n-jobs", type=int,
-                         help="chunks of images segmented at once (None: one)")
+                         help="extraction tasks and chunks of images segmented at once "
+                              "(None: one)")
     cluster = running.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", metavar="ADDRESS",
                          help="run the ViT and the segmenter on this running Dask "

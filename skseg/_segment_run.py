@@ -115,6 +115,7 @@ def _build_pipeline(args):
         weights=None if args.weights is None else os.fspath(args.weights.resolve()),
         facet=args.facet, layer=args.layer, image_size=args.image_size,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        n_jobs=args.n_jobs,
     )
     vit = ViTPatchTransformer(args.model, attention=args.foreground == "attention",
                               verbose=not args.quiet, **vit_parameters)
@@ -149,7 +150,10 @@ def _load_pipeline(args):
     except UserError as exc:
         raise UserError(f"--load-model {exc}") from None
     vit, segmenter = (step for _, step in pipeline.steps)
-    vit.set_params(verbose=not args.quiet, batch_size=args.batch_size, device=args.device)
+    for name in ("store_options", "n_jobs"):  # saved before it had these parameters
+        vars(vit).setdefault(name, None)
+    vit.set_params(verbose=not args.quiet, batch_size=args.batch_size, device=args.device,
+                   n_jobs=args.n_jobs)
     vars(segmenter).setdefault("verbose", False)  # saved before it had the parameter
     segmenter.set_params(device=args.device, n_jobs=args.n_jobs, verbose=not args.quiet)
     return pipeline

@@ -30,6 +30,9 @@ from ._store_writer import Writer
 __all__ = ["CorruptedStoreError", "FeatureStore"]
 
 _END = object()
+# Snapshots reopened from pickles in this process, by store and commit count.
+_SNAPSHOTS = {}
+_MAX_SNAPSHOTS = 8
 
 
 class FeatureStore(Sequence):
@@ -519,8 +522,17 @@ def _reopen(path, storage_options, store_id, n_commits, unique, positions, image
             f"feature store {store.path!r} is not the store this handle was made from: "
             "it was replaced since. Open the store where it is now."
         )
-    store._snapshot = Snapshot(store._location, n_commits)
-    store._snapshot.unique = unpack(unique)
+    # The tasks a worker runs on one store share what it has read of it
+    # (commits, opened arrays): a pinned snapshot never changes.
+    key = (store.path, repr(sorted(store._location.storage_options.items())), store_id,
+           n_commits)
+    snapshot = _SNAPSHOTS.pop(key, None) or Snapshot(store._location, n_commits)
+    _SNAPSHOTS[key] = snapshot  # the most recently used last
+    while len(_SNAPSHOTS) > _MAX_SNAPSHOTS:
+        _SNAPSHOTS.pop(next(iter(_SNAPSHOTS)))
+    if unique is not None:
+        snapshot.unique = unpack(unique)
+    store._snapshot = snapshot
     store._positions, store._images = unpack(positions), images
     store._requested = requested
     return store
@@ -534,7 +546,8 @@ def _prepare(location):
     if data is None:
         if location.read_only:
             raise FileNotFoundError(f"no feature store at {location.url!r}.")
-        _refuse_foreign_files(location)
+        if location.read("zarr.json") is None:  # not made by another process meanwhile
+            _refuse_foreign_files(location)
         # Exclusive: a store created by another process meanwhile is kept.
         location.create("zarr.json", group_metadata())
         data = location.read("zarr.json")
@@ -546,7 +559,9 @@ def _refuse_foreign_files(location):
     # temporary file so far.
     names = location.list("") if not location.local else \
         os.listdir(location.path) if os.path.isdir(location.path) else []
-    if any(not name.endswith(".partial") for name in names):
+    # Another process's store may appear between the listing and now.
+    if any(not name.endswith(".partial") for name in names) \
+            and location.read("zarr.json") is None:
         raise ValueError(
             f"{location.url!r} is not a feature store (it has no zarr.json) and is not "
             "empty; give a new path or an existing store."

@@ -89,6 +89,12 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
     store_options : dict, default=None
         fsspec ``storage_options`` for a ``store`` URL (e.g. ``endpoint_url``,
         ``key``, ``secret``); credentials otherwise come from the environment.
+    n_jobs : int, default=None
+        With a ``store``, extraction tasks (each reads, hashes and runs its
+        images through the model and appends them to the store) run at once
+        on the joblib backend in effect: threads, or under Dask's, the
+        cluster's workers. Without a store the forward runs in this process.
+        Features do not depend on it.
     verbose : bool, default=False
         Show a progress bar.
 
@@ -163,6 +169,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         "memory": [None, str, HasMethods("__fspath__"), HasMethods(["cache"])],
         "store": [None, str, HasMethods("__fspath__")],
         "store_options": [None, dict],
+        "n_jobs": [None, Integral],
         "verbose": ["verbose"],
     }
 
@@ -182,6 +189,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         memory=None,
         store=None,
         store_options=None,
+        n_jobs=None,
         verbose=False,
     ):
         self.model = model
@@ -197,6 +205,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         self.memory = memory
         self.store = store
         self.store_options = store_options
+        self.n_jobs = n_jobs
         self.verbose = verbose
 
     def __sklearn_tags__(self):
@@ -363,7 +372,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             # its images again, and the store reads each content key once.
             tasks = [batches[start:start + _BATCHES_PER_TASK]
                      for start in range(0, len(batches), _BATCHES_PER_TASK)]
-            Parallel()(
+            Parallel(n_jobs=self.n_jobs)(
                 delayed(_extract_into_store)(
                     self, config, {i: (X[i], shapes[i], keys[i])
                                    for _, indices in task for i in indices}, task,
@@ -386,7 +395,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         the workers): a dataset's bytes never all pass through this process."""
         if self.store is None or not all(isinstance(x, (str, os.PathLike)) for x in X):
             return [content_hash(image) for image in X]
-        parts = Parallel()(
+        parts = Parallel(n_jobs=self.n_jobs)(
             delayed(_hash_files)(X[start:start + _FILES_PER_HASH_TASK])
             for start in range(0, len(X), _FILES_PER_HASH_TASK)
         )

@@ -32,6 +32,7 @@ def _vit(**kwargs):
     return ViTPatchTransformer(**params)
 
 
+@pytest.mark.slow
 def test_concurrent_transforms_give_the_serial_features(rgb_images):
     # Two configurations sharing one cached model, as a grid search with the
     # threading backend runs them: their hooks must never see each other's images.
@@ -63,6 +64,7 @@ def _state(name):
     return {key: value.clone() for key, value in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_weights_of_another_patch_size_are_refused_naming_the_model_they_fit(tmp_path):
     path = tmp_path / "dino_vits16.pth"
     torch.save(_state("vit_small_patch16_224.dino"), path)
@@ -75,6 +77,7 @@ def test_weights_of_another_patch_size_are_refused_naming_the_model_they_fit(tmp
     assert message.endswith("It fits the model 'vit_small_patch16_224.dino'.")
 
 
+@pytest.mark.slow
 def test_weights_with_registers_are_refused_by_a_model_without(tmp_path):
     state = _state("vit_small_patch14_reg4_dinov2.lvd142m")
     # The original DINOv2 release: register_tokens, a mask token, and a position
@@ -92,6 +95,7 @@ def test_weights_with_registers_are_refused_by_a_model_without(tmp_path):
     assert "It fits the model 'vit_small_patch14_reg4_dinov2.lvd142m'." in message
 
 
+@pytest.mark.slow
 def test_weights_of_another_width_depth_or_shape_are_refused(tmp_path):
     import timm
 
@@ -158,6 +162,7 @@ except WeightsUnavailableError as exc:
 """
 
 
+@pytest.mark.slow
 def test_unreachable_hub_fails_within_seconds(tmp_path):
     # As a user would see it: HF_ENDPOINT points at a port nobody listens on.
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
@@ -183,6 +188,7 @@ def online_hub(monkeypatch, tmp_path):
     return constants
 
 
+@pytest.mark.slow
 def test_a_hub_that_never_answers_fails_within_seconds(online_hub, monkeypatch):
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
@@ -204,6 +210,7 @@ def test_hf_hub_offline_fails_at_once(monkeypatch):
     assert info.value.model == TINY_MODEL and "weights=" in str(info.value)
 
 
+@pytest.mark.slow
 def test_weights_in_the_hub_cache_load_without_the_network(online_hub, monkeypatch, tmp_path,
                                                            rgb_images):
     from safetensors.torch import save_file

@@ -68,6 +68,7 @@ def test_globs_and_files_as_inputs(photo_folder, tmp_path):
                                                         "img5.png"]
 
 
+@pytest.mark.slow
 def test_a_voc_root_with_a_list_segments_only_the_listed_photos(tmp_path):
     voc = tmp_path / "VOC2012"
     paths = save_scenes(voc / "JPEGImages", 5, prefix="2007_00000")
@@ -236,7 +237,7 @@ def test_options_reach_the_estimators(tmp_path):
     assert vit.get_params() | {"verbose": None} == dict(
         model=TINY_MODEL, pretrained=False, weights=None, facet="value", layer=-2,
         attention=True, image_size=(32, 48), batch_size=16, device="auto", dtype="float16",
-        memory=None, store=None, store_options=None, verbose=None)
+        memory=None, store=None, store_options=None, n_jobs=2, verbose=None)
     params = seg.get_params(deep=False)
     encoder = params.pop("region_encoder")
     expected = dict(
@@ -251,6 +252,7 @@ def test_options_reach_the_estimators(tmp_path):
     assert isinstance(encoder, ViTPatchTransformer) and encoder.facet == "value"
 
 
+@pytest.mark.slow
 def test_warnings_are_one_clean_line_and_quiet_silences_them(tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 3)
@@ -332,6 +334,7 @@ def test_evaluate_names_a_bad_mask_file(damage, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_says_so(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path / "demo"), "--n-images", "6"]) == 0
     out = capsys.readouterr().out

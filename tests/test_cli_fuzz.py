@@ -148,6 +148,7 @@ def scene(tmp_path):
 
 @pytest.mark.parametrize("name, make, status, fragment, output", BROKEN + MODES + PATHS,
                          ids=[case[0].replace("\n", "\\n") for case in BROKEN + MODES + PATHS])
+@pytest.mark.slow
 def test_awkward_files_beside_good_photos(name, make, status, fragment, output, scene,
                                          tmp_path, capsys):
     photos, out = scene
@@ -165,6 +166,7 @@ def test_awkward_files_beside_good_photos(name, make, status, fragment, output, 
 
 
 @pytest.mark.parametrize("case", HOSTILE_ARGUMENTS)
+@pytest.mark.slow
 def test_hostile_arguments(case, scene, tmp_path, capsys, monkeypatch):
     photos, out = scene
     monkeypatch.chdir(tmp_path)

@@ -48,6 +48,7 @@ def test_a_rerun_of_the_same_fit_stops_at_once(tmp_path, monkeypatch, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.glob("*.png")} == stamps
 
 
+@pytest.mark.slow
 def test_a_different_fit_is_refused_then_rewrites_everything_with_force(tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 6)
@@ -116,6 +117,7 @@ def test_existing_files_without_a_record_are_not_overwritten(tmp_path, capsys):
     assert read_mask(out / "img1.png").ndim == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_and_never_leaves_a_mask_without_its_overlay(
         tmp_path, monkeypatch):
     photos = tmp_path / "photos"
@@ -153,6 +155,7 @@ def test_an_interrupted_run_resumes_and_never_leaves_a_mask_without_its_overlay(
     assert len(list(out.glob("*_overlay.jpg"))) == 4
 
 
+@pytest.mark.slow
 def test_an_interrupted_forced_refit_leaves_only_masks_of_the_new_fit(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     save_scenes(photos, 6)
@@ -201,6 +204,7 @@ _HELD_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 3)
@@ -235,6 +239,7 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path, c
     assert not [p.name for p in out.iterdir() if "holder" in p.name]
 
 
+@pytest.mark.slow
 def test_temporary_files_of_a_killed_run_are_removed_by_the_next(photo_folder, tmp_path):
     out = tmp_path / "out"
     argv = ["segment", str(photo_folder), "-o", str(out), "-r", *FAST]
@@ -247,6 +252,7 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next(photo_folder, t
     assert not [path for path in stale if path.exists()]
 
 
+@pytest.mark.slow
 def test_overlays_asked_on_a_rerun_are_drawn_from_the_masks(tmp_path, monkeypatch, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 3)
@@ -276,6 +282,7 @@ def test_overlays_asked_on_a_rerun_are_drawn_from_the_masks(tmp_path, monkeypatc
     assert json.loads((out / "classes.json").read_text()) == {"1": "cat", "2": "dog"}
 
 
+@pytest.mark.slow
 def test_legend_names_from_voc_classes_draw_them_in_voc_colours(tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 3)
@@ -307,6 +314,7 @@ def test_legend_names_from_voc_classes_draw_them_in_voc_colours(tmp_path, capsys
         assert png.getpalette()[3:6] == cluster_palette()[1].tolist()
 
 
+@pytest.mark.slow
 def test_class_names_of_another_fit_are_removed_with_its_masks(tmp_path):
     photos = tmp_path / "photos"
     save_scenes(photos, 3)
@@ -326,6 +334,7 @@ def test_class_names_of_another_fit_are_removed_with_its_masks(tmp_path):
                  *FAST]) == 2
 
 
+@pytest.mark.slow
 def test_preview_is_a_grid_of_images_and_masks(tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 5)
@@ -351,6 +360,7 @@ def test_preview_is_a_grid_of_images_and_masks(tmp_path, capsys):
     assert other.read_bytes() == b"a photo" and "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_outputs_follow_the_umask(tmp_path):
     photos = tmp_path / "photos"
     save_scenes(photos, 3)
@@ -365,6 +375,7 @@ def test_outputs_follow_the_umask(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o644, path
 
 
+@pytest.mark.slow
 def test_saved_model_predicts_new_images_without_refitting(tmp_path, vit_forwards):
     photos = tmp_path / "photos"
     save_scenes(photos, 6)
@@ -469,6 +480,7 @@ def weights_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_relative_weights_are_resolved_when_the_model_is_saved(weights_file, tmp_path,
                                                                monkeypatch):
     photos = tmp_path / "photos"
@@ -513,6 +525,7 @@ def _record_text(fit):
     + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}",
 ], ids=["not json", "outputs a list", "a list", "parameters a number", "training of lists",
         "model a number", "nested", "nested inside"])
+@pytest.mark.slow
 def test_a_damaged_record_is_one_line_and_force_recovers(content, tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 2)
@@ -527,6 +540,7 @@ def test_a_damaged_record_is_one_line_and_force_recovers(content, tmp_path, caps
         "img0.png", "img1.png"}
 
 
+@pytest.mark.slow
 def test_masks_of_another_skseg_version_are_not_kept(tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 2)
@@ -539,6 +553,7 @@ def test_masks_of_another_skseg_version_are_not_kept(tmp_path, capsys):
     assert "skseg was version 0.0.1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_workers_give_the_masks_of_a_local_run(photo_folder, tmp_path):
     pytest.importorskip("distributed")
     local, cluster = tmp_path / "local", tmp_path / "cluster"

@@ -56,6 +56,7 @@ def _export(segmented, tmp_path, format, *options):
     return target
 
 
+@pytest.mark.slow
 def test_the_segment_folder_records_its_masks_and_class_names(segmented):
     _, out = segmented
     masks = read_masks(out)  # the masks, not the overlays

@@ -103,6 +103,7 @@ def test_float_tiff_gives_the_features_of_its_8bit_image(tmp_path):
         np.testing.assert_allclose(a.patches, b.patches, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_tensors_and_batches_give_the_features_of_arrays(rgb_images):
     images = [image[:48, :48] for image in rgb_images]
     reference = _vit().fit().transform(images)
@@ -241,6 +242,7 @@ def _peak_growth(path):
     return int(result.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_large_images_never_become_floats_at_full_size(tmp_path):
     height, width = 3000, 4000
     scene = _scene(height, width)

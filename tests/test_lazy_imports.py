@@ -51,6 +51,7 @@ def _heavy_modules_loaded(*argv):
     ["segment", "photos"],  # a missing option
     ["unknown-command"],
 ])
+@pytest.mark.slow
 def test_help_and_argument_errors_import_no_heavy_library(argv):
     answer, loaded = _heavy_modules_loaded(*argv)
     assert "usage: skseg" in answer  # argparse answered, help or error

@@ -37,6 +37,7 @@ def _same_masks(left, right):
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.slow
 def test_a_fitted_pipeline_pickles_with_every_protocol(fitted, protocol):
     pipeline, new_images, predicted = fitted
     restored = pickle.loads(pickle.dumps(pipeline, protocol=protocol))
@@ -54,6 +55,7 @@ def test_skops_saves_the_whole_pipeline_trusting_only_skseg_types(fitted):
 
 
 @pytest.mark.parametrize("keep_labels", [False, True])
+@pytest.mark.slow
 def test_save_model_and_load_model_round_trip(fitted, tmp_path, keep_labels):
     pipeline, new_images, predicted = fitted
     save_model(pipeline, tmp_path / "m.skops", keep_labels=keep_labels)

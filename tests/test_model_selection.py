@@ -25,6 +25,7 @@ def _pipeline(**vit_params):
     return Pipeline([("vit", vit), ("seg", seg)])
 
 
+@pytest.mark.slow
 def test_grid_search_over_a_pipeline_on_images(scenes, vit_forwards, tmp_path):
     images, masks = scenes
     search = GridSearchCV(
@@ -44,6 +45,7 @@ def test_grid_search_over_a_pipeline_on_images(scenes, vit_forwards, tmp_path):
     assert search.score(images, masks) == pytest.approx(mean_iou(masks, best.predict(images)))
 
 
+@pytest.mark.slow
 def test_search_the_segmenter_on_features_extracted_once():
     # Three planted classes: the search must prefer n_classes=3 over 1.
     X, masks = make_patch_features(n_images=45, n_classes=3, random_state=0)
@@ -56,6 +58,7 @@ def test_search_the_segmenter_on_features_extracted_once():
     assert search.best_score_ > 0.85
 
 
+@pytest.mark.slow
 def test_cross_val_score_clone_pickle_and_parallel_search(scenes, tmp_path):
     images, masks = scenes
     scores = cross_val_score(_pipeline(), images, masks, scoring=miou_scorer, cv=KFold(3),

@@ -31,6 +31,7 @@ def _seg(n_classes="auto", **kwargs):
 
 
 @pytest.mark.parametrize("planted_classes", [3, 6, 9])
+@pytest.mark.slow
 def test_auto_recovers_the_planted_count_and_scores_as_the_true_count(planted_classes):
     # Classes of varied sizes: the rarest has about a fifth of the commonest's regions.
     X, masks = bench.planted(planted_classes, 30 * planted_classes, random_state=0)
@@ -58,6 +59,7 @@ def test_blobs_are_counted_and_candidates_stop_below_the_rows():
     assert list(scores) == [2, 3, 4]  # silhouette needs fewer clusters than rows
 
 
+@pytest.mark.slow
 def test_criterion_is_deterministic_for_a_fixed_random_state():
     X, _ = bench.planted(3, 60, random_state=1)
     a, b = _seg(max_classes=5).fit(X), _seg(max_classes=5).fit(X)
@@ -123,6 +125,7 @@ def test_a_count_with_empty_clusters_scores_worst():
     assert scores[4] == scores[5] == -1.0
 
 
+@pytest.mark.slow
 def test_n_categories_auto_alone():
     X, masks = bench.planted(3, 60, random_state=2)
     seg = _seg(3, n_categories="auto", max_classes=6).fit(X)
@@ -162,6 +165,7 @@ def test_bad_values_give_clear_errors():
     assert any("fewer than n_classes=20" in str(w.message) for w in caught)
 
 
+@pytest.mark.slow
 def test_reproduce_voc_reports_the_spread_over_seeds():
     path = BENCH.with_name("reproduce_voc.py")
     spec = importlib.util.spec_from_file_location("reproduce_voc", path)
@@ -180,6 +184,7 @@ def test_reproduce_voc_reports_the_spread_over_seeds():
     assert script.seed_spread(segmenter, X, masks, [0])[2] == 0.0
 
 
+@pytest.mark.slow
 def test_choose_n_classes_example_writes_its_figure_when_run_as_a_script(tmp_path):
     pytest.importorskip("matplotlib")
     example = BENCH.parents[1] / "examples" / "plot_choose_n_classes.py"

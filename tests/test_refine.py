@@ -275,6 +275,7 @@ def jpeg_batch(tmp_path):
     return paths, np.stack(soft).astype(np.float32), arrays
 
 
+@pytest.mark.slow
 def test_dense_crf_refines_planted_photos(tmp_path):
     # Blocky masks (patch grid of 8 x 10, thresholded) of JPEG photos: the
     # CRF moves their edges onto the objects' outlines.
@@ -292,6 +293,7 @@ def test_dense_crf_refines_planted_photos(tmp_path):
 
 
 @pytest.mark.parametrize("max_side", [64, 200])
+@pytest.mark.slow
 def test_masks_agree_with_the_previous_implementation(jpeg_batch, max_side):
     paths, soft, arrays = jpeg_batch
     before = _previous_foreground_masks(soft, (120, 160), paths, n_iter=5,
@@ -314,6 +316,7 @@ def test_masks_without_refinement_are_unchanged(jpeg_batch):
                                   _previous_foreground_masks(soft, (120, 160)))
 
 
+@pytest.mark.slow
 def test_refinement_leaves_its_inputs_alone(jpeg_batch):
     _, soft, arrays = jpeg_batch
     soft_before, arrays_before = soft.copy(), [a.copy() for a in arrays]

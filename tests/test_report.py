@@ -178,6 +178,7 @@ def test_what_cannot_be_reported_is_one_line(case, tmp_path, capsys):
         assert not (out / "report").exists()
 
 
+@pytest.mark.slow
 def test_segment_then_report_from_the_command_line(tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 4)
@@ -207,6 +208,7 @@ def _browser():
 @pytest.mark.slow
 @pytest.mark.skipif(_browser() is None, reason="no Chromium or Chrome on the PATH to render "
                                                "the report (apt-get install chromium)")
+@pytest.mark.slow
 def test_the_page_renders_in_a_headless_browser(tmp_path):
     out = _plant(tmp_path)
     (out / "classes.json").write_text(json.dumps({"1": "cat", "2": "grass", "3": "kite"}))

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from skseg.datasets import make_scenes
@@ -13,6 +14,7 @@ from .conftest import TINY_MODEL
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_voc.py"
 
 
+@pytest.mark.slow
 def test_reproduce_voc_on_a_fake_tree(tmp_path, capsys):
     voc = tmp_path / "VOCdevkit" / "VOC2012"
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):

@@ -247,6 +247,7 @@ def test_content_keys_find_stored_images(tmp_path):
     assert len(FeatureStore(tmp_path / "s")) == 9
 
 
+@pytest.mark.slow
 def test_concurrent_writers_store_each_image_once(tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -326,6 +327,7 @@ def _race(target, arguments):
     return [process.exitcode for process in processes]
 
 
+@pytest.mark.slow
 def test_processes_creating_a_store_at_once_lose_nothing(tmp_path):
     n_stores = 6
     assert _race(_create_and_append, [(tmp_path, n_stores, w) for w in (0, 1)]) == [0, 0]
@@ -336,6 +338,7 @@ def test_processes_creating_a_store_at_once_lose_nothing(tmp_path):
             _assert_same(stored, _record(int(key[1])))
 
 
+@pytest.mark.slow
 def test_two_extractions_recorded_at_once_one_is_refused(tmp_path):
     n_stores = 3
     for k in range(n_stores):
@@ -392,6 +395,7 @@ def _committed(path):
     return 2 * len(list(commits.glob("*.json"))) if commits.is_dir() else 0
 
 
+@pytest.mark.slow
 def test_a_writer_killed_at_any_moment_leaves_every_committed_image(tmp_path):
     path = tmp_path / "s"
     root = Path(__file__).resolve().parent.parent
@@ -460,6 +464,7 @@ def _interrupt_writes(monkeypatch, fail_at):
 # An append of three records writes 8 objects: three arrays' metadata and
 # chunk, the commit, the hint.
 @pytest.mark.parametrize("fail_at", range(9))
+@pytest.mark.slow
 def test_an_append_interrupted_at_any_write_keeps_the_committed_images(
         tmp_path, monkeypatch, fail_at):
     # Every write of an append, in turn, is the last one to happen.
@@ -743,6 +748,7 @@ def _vit(**kwargs):
     return ViTPatchTransformer(**params)
 
 
+@pytest.mark.slow
 def test_transformer_writes_a_store_and_skips_stored_images(
         tmp_path, rgb_images, vit_forwards):
     plain = _vit().fit().transform(rgb_images)
@@ -778,6 +784,7 @@ def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, v
     assert n_images_through_vit(vit_forwards) == 1
 
 
+@pytest.mark.slow
 def test_records_point_at_the_inputs_given_and_never_read_another_file(
         tmp_path, rgb_images, vit_forwards):
     from skseg._images import ImageError, load_rgb
@@ -811,6 +818,7 @@ def test_records_point_at_the_inputs_given_and_never_read_another_file(
         load_rgb(FeatureStore(tmp_path / "s", read_only=True)[1].image)
 
 
+@pytest.mark.slow
 def test_an_interrupted_extraction_keeps_every_batch_computed_before(
         tmp_path, rgb_images, monkeypatch):
     """Batches are appended in a background thread while the next one runs
@@ -839,6 +847,7 @@ def test_an_interrupted_extraction_keeps_every_batch_computed_before(
         np.testing.assert_allclose(got.patches, want.patches, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_failed_background_append_stops_the_extraction(tmp_path, rgb_images, monkeypatch,
                                                          vit_forwards):
     def full_disk(self, records, content_keys=None):
@@ -852,6 +861,7 @@ def test_a_failed_background_append_stops_the_extraction(tmp_path, rgb_images, m
     assert n_images_through_vit(vit_forwards) <= 4
 
 
+@pytest.mark.slow
 def test_segmenter_fits_and_cross_validates_on_a_store(tmp_path, rgb_images):
     features = _vit(store=tmp_path / "s").fit().transform(rgb_images)
     segmenter = MultilevelSegmenter(n_classes=2, refine=None, random_state=0, device="cpu")
@@ -1057,3 +1067,20 @@ def test_a_store_in_a_linked_folder_is_created(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "real")
     FeatureStore(tmp_path / "link").extend([_record(0)])
     _assert_same(FeatureStore(tmp_path / "real")[0], _record(0))
+
+
+def test_tasks_of_a_process_share_what_they_read_of_a_store(tmp_path, monkeypatch):
+    path = tmp_path / "s"
+    FeatureStore(path).extend([_record(i) for i in range(6)])
+    payloads = [pickle.dumps(FeatureStore(path)[k:k + 2]) for k in (0, 2, 4)]
+    pickle.loads(payloads[0]).records_of(0, 2)
+    reads = []
+    real = skseg._store_format.Location.read
+    monkeypatch.setattr(skseg._store_format.Location, "read",
+                        lambda self, key: reads.append(key) or real(self, key))
+    for k, payload in zip((2, 4), payloads[1:]):
+        for stored, i in zip(pickle.loads(payload), (k, k + 1)):
+            _assert_same(stored, _record(i))
+    assert reads == ["zarr.json", "zarr.json"]  # only the check that it is the same store
+    FeatureStore(path).extend([_record(6)])  # a new snapshot is read afresh
+    assert len(pickle.loads(pickle.dumps(FeatureStore(path)))) == 7

@@ -56,6 +56,7 @@ def _capture_attention(model, batch):
 
 
 @pytest.mark.parametrize("name, patch, n_prefix", FAMILIES)
+@pytest.mark.slow
 def test_patch_grid_drops_prefix_tokens(name, patch, n_prefix, rgb_images):
     vit = _vit(model=name, image_size=(4 * patch, 3 * patch), facet="token").fit()
     assert vit.patch_size_ == patch and vit.n_prefix_tokens_ == n_prefix
@@ -74,6 +75,7 @@ def test_patch_grid_drops_prefix_tokens(name, patch, n_prefix, rgb_images):
 
 
 @pytest.mark.parametrize("name, patch, n_prefix", FAMILIES)
+@pytest.mark.slow
 def test_keys_queries_and_attention_are_the_ones_attended_with(name, patch, n_prefix, rgb_images):
     size = (4 * patch, 4 * patch)
     images = rgb_images[:2]
@@ -123,6 +125,7 @@ def test_image_size_policies(image_size, shape, grid):
     assert features[0].image_shape == shape
 
 
+@pytest.mark.slow
 def test_features_do_not_depend_on_batch_or_position(rgb_images):
     # Up to float rounding only: the BLAS picks its order of summation from
     # the batch's size and the thread count. The content key, which seeds the
@@ -145,6 +148,7 @@ def test_keep_aspect_groups_sizes_into_batches(vit_forwards):
     assert [f.grid_shape for f in features] == [(3, 4), (4, 3), (3, 4)]
 
 
+@pytest.mark.slow
 def test_equivalent_inputs_give_equal_features(tmp_path):
     rng = np.random.default_rng(1)
     rgb8 = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
@@ -287,6 +291,7 @@ def _reference_features(name, images, size):
     return _vit(model=name, image_size=size).fit().transform(images)
 
 
+@pytest.mark.slow
 def test_weights_in_timm_safetensors_format_load_back(tmp_path, rgb_images):
     from safetensors.torch import save_file
 
@@ -299,6 +304,7 @@ def test_weights_in_timm_safetensors_format_load_back(tmp_path, rgb_images):
     np.testing.assert_array_equal(loaded[1].cls, reference[1].cls)
 
 
+@pytest.mark.slow
 def test_weights_in_original_dino_format_load_back(tmp_path, rgb_images):
     model = get_model(TINY_MODEL, pretrained=False, weights=None, device=torch.device("cpu"))
     # DINO's training checkpoints keep the backbone under teacher/backbone.*
@@ -312,6 +318,7 @@ def test_weights_in_original_dino_format_load_back(tmp_path, rgb_images):
     np.testing.assert_array_equal(loaded[0].patches, reference[0].patches)
 
 
+@pytest.mark.slow
 def test_weights_in_original_dinov2_format_load_back(tmp_path, rgb_images):
     name = "vit_small_patch14_reg4_dinov2.lvd142m"
     model = get_model(name, pretrained=False, weights=None, device=torch.device("cpu"))
@@ -329,6 +336,7 @@ def test_weights_in_original_dinov2_format_load_back(tmp_path, rgb_images):
     np.testing.assert_allclose(loaded[0].patches, reference[0].patches, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_unusable_weights_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _vit(weights=tmp_path / "nothing.pth").fit()
