@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed")
+# Every test here starts or uses a local cluster of worker processes.
+pytestmark = pytest.mark.slow
 
 import skseg._segmenter  # noqa: E402
 from skseg import MultilevelSegmenter  # noqa: E402
