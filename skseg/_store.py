@@ -560,7 +560,9 @@ def _refuse_foreign_files(location):
     names = location.list("") if not location.local else \
         os.listdir(location.path) if os.path.isdir(location.path) else []
     # Another process's store may appear between the listing and now.
-    if any(not name.endswith(".partial") for name in names) \
+    # A writer checks the server's conditional writes (probes/) before it
+    # creates zarr.json.
+    if any(not name.endswith(".partial") and name != "probes" for name in names) \
             and location.read("zarr.json") is None:
         raise ValueError(
             f"{location.url!r} is not a feature store (it has no zarr.json) and is not "
