@@ -16,15 +16,15 @@ from ._store_format import (
     FEATURE_KEY,
     IMAGE_COLUMNS,
     CorruptedStoreError,
-    Location,
-    Snapshot,
     array_shape,
-    check_format,
-    group_metadata,
+    check_extraction,
     pack,
+    prepare,
     runs,
     unpack,
 )
+from ._store_location import Location
+from ._store_snapshot import Snapshot
 from ._store_writer import Writer
 
 __all__ = ["CorruptedStoreError", "FeatureStore"]
@@ -127,7 +127,7 @@ class FeatureStore(Sequence):
         self._positions = None  # None: every distinct stored image, in order
         self._images = None  # None, or per position: the file given now for that image
         self._requested = None if extraction is None else _jsonable(dict(extraction))
-        self._store_id = _prepare(self._location)
+        self._store_id = prepare(self._location)
         self._snapshot = Snapshot(self._location)
         if self._requested is not None:
             self._record_extraction()
@@ -146,40 +146,7 @@ class FeatureStore(Sequence):
             self._location.create("extraction.json", json.dumps(
                 {"extraction": self._requested}, sort_keys=True).encode())
             snapshot.recorded, snapshot.extraction = snapshot._read_extraction()
-        self._check_extraction()
-
-    def _check_extraction(self):
-        """Refuse a store whose recorded extraction is not this handle's."""
-        snapshot = self._snapshot
-        recorded, requested = snapshot.extraction, self._requested
-        if not snapshot.recorded:
-            if snapshot.n_commits:
-                raise CorruptedStoreError(
-                    f"feature store {self.path!r} holds images but its extraction.json "
-                    "is missing; restore the store or extract its features again."
-                )
-            return
-        if requested is None:
-            if recorded is not None:
-                raise ValueError(
-                    f"feature store {self.path!r} holds the features of the extraction "
-                    f"{recorded}; records appended without it would pass for its "
-                    "features. Open it with FeatureStore(path, extraction=...) to "
-                    "append, or use another store path."
-                )
-            return
-        if recorded is None:
-            raise ValueError(
-                f"feature store {self.path!r} holds images of unrecorded extraction "
-                "parameters (appended by hand); it cannot be used with extraction "
-                f"parameters {requested}."
-            )
-        if recorded != requested:
-            raise ValueError(
-                f"feature store {self.path!r} was written with other feature-changing "
-                f"parameters ({_describe_difference(recorded, requested)}). Recorded: "
-                f"{recorded}; requested: {requested}. Use another store path."
-            )
+        check_extraction(self.path, self._snapshot, self._requested)
 
     @property
     def extraction(self):
@@ -516,7 +483,7 @@ def _reopen(path, storage_options, store_id, n_commits, unique, positions, image
     store = object.__new__(FeatureStore)
     store._location = Location(path, storage_options, read_only=True)
     store.path = store._location.url
-    store._store_id = _prepare(store._location)
+    store._store_id = prepare(store._location)
     if store._store_id != store_id:
         raise FileNotFoundError(
             f"feature store {store.path!r} is not the store this handle was made from: "
@@ -538,48 +505,8 @@ def _reopen(path, storage_options, store_id, n_commits, unique, positions, image
     return store
 
 
-def _prepare(location):
-    """Create an empty store at ``location`` if absent; refuse what is not a store."""
-    if location.local and os.path.isfile(location.path):
-        raise ValueError(f"{location.path!r} is a file, not a feature store.")
-    data = location.read("zarr.json")
-    if data is None:
-        if location.read_only:
-            raise FileNotFoundError(f"no feature store at {location.url!r}.")
-        if location.read("zarr.json") is None:  # not made by another process meanwhile
-            _refuse_foreign_files(location)
-        # Exclusive: a store created by another process meanwhile is kept.
-        location.create("zarr.json", group_metadata())
-        data = location.read("zarr.json")
-    return check_format(location, data)
-
-
-def _refuse_foreign_files(location):
-    # A store being created by another process has only its zarr.json's
-    # temporary file so far.
-    names = location.list("") if not location.local else \
-        os.listdir(location.path) if os.path.isdir(location.path) else []
-    # Another process's store may appear between the listing and now.
-    # A writer checks the server's conditional writes (probes/) before it
-    # creates zarr.json.
-    if any(not name.endswith(".partial") and name != "probes" for name in names) \
-            and location.read("zarr.json") is None:
-        raise ValueError(
-            f"{location.url!r} is not a feature store (it has no zarr.json) and is not "
-            "empty; give a new path or an existing store."
-        )
-
-
 def _jsonable(params):
     return None if params is None else json.loads(json.dumps(params))
-
-
-def _describe_difference(recorded, requested):
-    keys = sorted(set(recorded) | set(requested))
-    differ = [k for k in keys if recorded.get(k) != requested.get(k)]
-    return "; ".join(
-        f"{k}: store {recorded.get(k)!r}, requested {requested.get(k)!r}" for k in differ
-    )
 
 
 def _record_key(stored_key):

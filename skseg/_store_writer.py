@@ -26,8 +26,8 @@ from ._store_format import (
     commit_key,
     crc,
     extraction_digest,
-    refuse_link,
 )
+from ._store_location import refuse_link
 
 # Records buffered by extend() before one segment is written; bounds the
 # writer's memory.
@@ -142,7 +142,7 @@ class Writer:
         location = self.snapshot.location
         if location.local:
             for part in ("segments", f"segments/{segment}"):
-                refuse_link(location, location._full(part))
+                refuse_link(location, location.full_path(part))
 
         def write(name):
             row, chunk_rows, dtype = array_shape(name, self.layout)

@@ -23,6 +23,7 @@ from sklearn.model_selection import KFold
 from sklearn.utils import _safe_indexing
 
 import skseg._store_format
+import skseg._store_location
 import skseg._store_writer
 import skseg._transformer
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
@@ -276,7 +277,7 @@ def _delay_store_writes(seed):
     """Sleep a little before each object of a store is read or created, so
     that what one process read is stale when it acts on it."""
     rng = random.Random(seed)
-    location = skseg._store_format.Location
+    location = skseg._store_location.Location
     for name in ("read", "create"):
         real = getattr(location, name)
 
@@ -449,7 +450,7 @@ def _interrupt_writes(monkeypatch, fail_at):
         return await real_set(self, key, value)
 
     monkeypatch.setattr(LocalStore, "set", set_)
-    location = skseg._store_format.Location
+    location = skseg._store_location.Location
     for name in ("create", "put"):
         real = getattr(location, name)
 
@@ -932,8 +933,8 @@ def test_whole_index_reads_checkpoints_and_a_damaged_one_falls_back(tmp_path, mo
     assert sorted(p.name for p in (path / "checkpoints").iterdir()) == [
         f"{0:012d}.json", f"{1:012d}.json"]
     reads = []
-    real = skseg._store_format.Location.read_many
-    monkeypatch.setattr(skseg._store_format.Location, "read_many",
+    real = skseg._store_location.Location.read_many
+    monkeypatch.setattr(skseg._store_location.Location, "read_many",
                         lambda self, keys: reads.extend(keys) or real(self, keys))
     store = FeatureStore(path)
     assert list(store.content_keys) == [f"k{i}" for i in range(5)]
@@ -1075,8 +1076,8 @@ def test_tasks_of_a_process_share_what_they_read_of_a_store(tmp_path, monkeypatc
     payloads = [pickle.dumps(FeatureStore(path)[k:k + 2]) for k in (0, 2, 4)]
     pickle.loads(payloads[0]).records_of(0, 2)
     reads = []
-    real = skseg._store_format.Location.read
-    monkeypatch.setattr(skseg._store_format.Location, "read",
+    real = skseg._store_location.Location.read
+    monkeypatch.setattr(skseg._store_location.Location, "read",
                         lambda self, key: reads.append(key) or real(self, key))
     for k, payload in zip((2, 4), payloads[1:]):
         for stored, i in zip(pickle.loads(payload), (k, k + 1)):
