@@ -104,6 +104,27 @@ class ImageFeatures:
         return state
 
 
+def check_features(record, where):
+    """Refuse what is not an :class:`ImageFeatures` of real numbers.
+
+    The one check that the segmenter's passes and the feature store share,
+    so that whatever one accepts the other does: patches, CLS token and
+    attention of float, integer or boolean dtype (booleans read as 0 and 1).
+    """
+    if not isinstance(record, ImageFeatures):
+        raise TypeError(
+            f"{where} is a {type(record).__name__}, not ImageFeatures; pass images "
+            "through ViTPatchTransformer first."
+        )
+    for name in ("patches", "cls", "attention"):
+        values = getattr(record, name)
+        if values is not None and np.asarray(values).dtype.kind not in "biuf":
+            raise TypeError(
+                f"{where} has {name} of dtype {np.asarray(values).dtype}; they must be "
+                "real numbers (float, integer or boolean arrays)."
+            )
+
+
 class FeatureSequence(Sequence):
     """A read-only sequence of :class:`ImageFeatures`, one per image.
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _store_format
-from ._features import ImageFeatures
+from ._features import check_features
 from ._store_format import (
     FEATURE_KEY,
     IMAGE_COLUMNS,
@@ -51,12 +51,7 @@ class Writer:
 
     def _check(self, record, number):
         where = f"record {number}"
-        if not isinstance(record, ImageFeatures):
-            raise TypeError(f"{where} is a {type(record).__name__}, not ImageFeatures.")
-        for name in ("patches", "cls", "attention"):
-            value = getattr(record, name)
-            if value is not None and value.dtype.kind not in "fiu":
-                raise ValueError(f"{where}: {name} has non-numeric dtype {value.dtype}.")
+        check_features(record, where)
         layout = self.layout or {
             "feature_dim": int(record.patches.shape[2]),
             "patch_dtype": "float16" if record.patches.dtype == np.float16 else "float32",
