@@ -7,7 +7,6 @@ Files are written under a temporary name and renamed, so concurrent writers
 (joblib workers sharing one cache) never expose a half-written entry.
 """
 
-import hashlib
 import json
 import os
 import warnings
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._digest import json_digest
 from ._io import write_atomically
 
 # Bumped from joblib's pickle cache (v1): older entries are never read.
@@ -36,7 +36,7 @@ def _location(memory):
 def config_digest(config):
     """A short digest of an extraction's parameters (JSON values), which names
     the folder or store holding its features."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:32]
+    return json_digest(config)[:32]
 
 
 class FeatureCache:

@@ -24,13 +24,14 @@ carries the CRC of its body and the CRC of each of its images' arrays, so a
 damaged byte raises :class:`CorruptedStoreError` naming the image and file.
 """
 
-import hashlib
 import json
 import os
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from ._digest import json_digest
 
 FORMAT_NAME = "skseg-feature-store"
 FORMAT_VERSION = 2
@@ -329,7 +330,7 @@ def parse_commit(location, seq, data, where=None):
 def extraction_digest(extraction):
     if extraction is None:
         return None
-    return hashlib.sha1(json.dumps(extraction, sort_keys=True).encode()).hexdigest()
+    return json_digest(extraction)
 
 
 def runs(indices):

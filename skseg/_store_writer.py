@@ -6,7 +6,6 @@ A writer killed before its commit leaves a segment no commit names: invisible,
 and never read.
 """
 
-import hashlib
 import json
 import os
 import uuid
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _store_format
+from ._digest import array_digest
 from ._features import check_features
 from ._store_format import (
     FEATURE_KEY,
@@ -97,8 +97,8 @@ class Writer:
                 np.ascontiguousarray(value, dtype=np.uint8 if name == "pixels" else dtype)
                 for name, value in data.items()}
         if key is None:
-            key = record.content_key or FEATURE_KEY + _feature_digest(
-                data["patches"], record.grid_shape)
+            key = record.content_key or FEATURE_KEY + array_digest(
+                data["patches"], header=str(tuple(record.grid_shape)))
         self.keys.add(key)
         self.n_accepted += 1
         self.layout = layout
@@ -192,12 +192,6 @@ class Writer:
         snapshot._index = snapshot.unique = None
         # Only a hint for readers' probes: a stale one costs them a few more.
         location.put("head.json", json.dumps({"commits": seq + 1}).encode())
-
-
-def _feature_digest(patches, grid):
-    digest = hashlib.sha1(f"{grid}{patches.dtype.str}".encode())
-    digest.update(memoryview(patches).cast("B"))
-    return digest.hexdigest()
 
 
 def _pixel_shape(pixels):
