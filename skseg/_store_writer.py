@@ -28,10 +28,11 @@ from ._store_format import (
     extraction_digest,
 )
 from ._store_location import refuse_link
+from ._working_memory import STORE_BATCH, budget
 
-# Records buffered by extend() before one segment is written; bounds the
-# writer's memory.
-BATCH_BYTES = 64 << 20
+# Records buffered by extend() before one segment is written: as many bytes
+# as a share of the working memory allows, and at most this many images
+# (each has a line in the commit's JSON).
 BATCH_IMAGES = 4096
 # PIL modes whose array np.asarray gives loads exactly as the PIL image does.
 _ARRAY_EXACT_PIL_MODES = ("L", "RGB", "RGBA")
@@ -48,6 +49,7 @@ class Writer:
         self.keys = set()  # of every record accepted by this writer
         self.n_accepted = 0
         self.n_committed = 0
+        self.batch_bytes = budget(STORE_BATCH)
 
     def _check(self, record, number):
         where = f"record {number}"
@@ -114,7 +116,7 @@ class Writer:
                           for name in SEGMENT_ARRAYS],
         }))
         self.buffered_bytes += sum(v.nbytes for v in data.values() if v is not None)
-        if self.buffered_bytes >= BATCH_BYTES or len(self.buffer) >= BATCH_IMAGES:
+        if self.buffered_bytes >= self.batch_bytes or len(self.buffer) >= BATCH_IMAGES:
             self.flush()
 
     def flush(self):

@@ -1044,3 +1044,17 @@ def test_tasks_of_a_process_share_what_they_read_of_a_store(tmp_path, monkeypatc
     assert reads == ["zarr.json", "zarr.json"]  # only the check that it is the same store
     FeatureStore(path).extend([_record(6)])  # a new snapshot is read afresh
     assert len(pickle.loads(pickle.dumps(FeatureStore(path)))) == 7
+
+
+def test_an_append_commits_whenever_its_buffer_fills_the_working_memory_share(tmp_path):
+    import sklearn
+
+    # 8 x 8 x 256 float32 patches: 64 KiB a record, a sixteenth of 1 MiB.
+    records = [ImageFeatures(np.full((8, 8, 256), i, np.float32)) for i in range(5)]
+    with sklearn.config_context(working_memory=1):
+        FeatureStore(tmp_path / "small").extend(records)
+    FeatureStore(tmp_path / "default").extend(records)
+    assert len(list((tmp_path / "small" / "commits").iterdir())) == 5
+    assert len(list((tmp_path / "default" / "commits").iterdir())) == 1
+    for name in ("small", "default"):
+        assert [f.patches[0, 0, 0] for f in FeatureStore(tmp_path / name)] == list(range(5))
