@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from skseg import MultilevelSegmenter, ViTPatchTransformer
-from skseg._cli import build_parser, main
-from skseg._segment_run import _build_pipeline
+from skseg._cli.parser import build_parser, main
+from skseg._cli.segment import _build_pipeline
 
 from ._cli_helpers import FAST, photo_folder, save_scenes  # noqa: F401
 from .conftest import TINY_MODEL, n_images_through_vit
@@ -387,11 +387,11 @@ def test_segment_shows_every_stage_the_auto_choice_and_the_random_weights(tmp_pa
 def test_dask_log_lines_are_one_line_warnings_during_a_cluster_run(quiet, capsys):
     import logging
 
-    from skseg._cli import _dask_logs_as_warnings
+    from skseg._cli.messages import dask_logs_as_warnings
 
     worker = logging.getLogger("distributed.worker")
     before = (logging.getLogger("distributed").handlers[:], worker.handlers[:])
-    with _dask_logs_as_warnings(quiet):
+    with dask_logs_as_warnings(quiet):
         worker.info("Start worker at tcp://127.0.0.1:1")
         worker.warning("Worker is at 85%% memory usage.\n  Pausing %s.", "work")
         logging.getLogger("distributed.nanny").error("Worker process %d was killed", 7)

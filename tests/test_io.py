@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skseg._io import (
-    _lab,
-    grid_sheet,
-    read_label_png,
-    remove_stale_temporaries,
-    save_label_png,
-    write_atomically,
-)
+from skseg._io import read_label_png, remove_stale_temporaries, save_label_png, write_atomically
+from skseg._palettes import _lab
+from skseg._pictures import grid_sheet
 from skseg.io import (
     cluster_palette,
     contact_sheet,
