@@ -281,6 +281,24 @@ def test_module_entry_point():
     assert "segment" in result.stdout and "evaluate" in result.stdout
 
 
+def test_the_library_never_imports_the_command_line():
+    # The dependency goes one way: skseg._cli uses skseg.io and the
+    # estimators, never the reverse (only ``python -m skseg`` starts it).
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "skseg"
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if relative.parts[0] == "_cli" or relative == Path("__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            names = [getattr(node, "module", None) or "", *(a.name for a in node.names)]
+            assert not any("_cli" in name.split(".") for name in names), (relative, names)
+
+
 def test_segment_shows_every_stage_the_auto_choice_and_the_random_weights(tmp_path,
                                                                           capsys):
     photos = tmp_path / "photos"
