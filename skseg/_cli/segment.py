@@ -233,8 +233,8 @@ def _plan(record, fit, images, digests, args):
 def _remind_random_weights(args, vit):
     if not vit.pretrained and vit.weights is None:
         say(args, f"The ViT ({vit.model}) has RANDOM weights: the masks only show that "
-                   "the tool runs. For real masks pass --weights FILE, or leave out "
-                   "--random-weights where the hub (or its cache) is reachable.")
+                  "the tool runs. For real masks pass --weights FILE, or leave out "
+                  "--random-weights where the hub (or its cache) is reachable.")
 
 
 def _chosen_counts(segmenter):
@@ -312,7 +312,7 @@ def _run_segment(args, images):
         if args.preview:
             done.append("rewrote the preview")
         say(args, f"All {len(kept)} masks in {output} were made by this same fit; "
-                   f"{' and '.join(done) or 'nothing to do'} (--force rewrites them).")
+                  f"{' and '.join(done) or 'nothing to do'} (--force rewrites them).")
         if skipped_before:
             print(f"skseg: {len(skipped_before)} input(s) could not be read in that run and "
                   "were skipped.", file=sys.stderr)
@@ -351,8 +351,8 @@ def _run_segment(args, images):
     redrawn = complete_overlays(args, kept_images, new, legend) if args.overlay else 0
     write_record(output, new)
     say(args, f"Wrote {len(todo)} masks to {output}"
-               + (f"; kept {len(kept)} made by this same fit" if kept else "")
-               + (f" and {describe_redrawn(redrawn)}" if redrawn else "") + ".")
+              + (f"; kept {len(kept)} made by this same fit" if kept else "")
+              + (f" and {describe_redrawn(redrawn)}" if redrawn else "") + ".")
     status = 0
     if args.save_model:
         try:
