@@ -166,11 +166,12 @@ def timed(owner, name, stage):
 import skseg._cli
 totals["import skseg._cli (argument parsing's)"] = time.perf_counter() - started
 begin = time.perf_counter()
-import torch, sklearn, timm, skseg._segment_run, skseg._segmenter, skseg._transformer
+import torch, sklearn, timm, skseg._cli.segment, skseg._segmenter, skseg._transformer
 totals["import torch, scikit-learn, timm, skseg"] = time.perf_counter() - begin
 import skseg._backbone, skseg._passes, skseg._refine, skseg._regions, skseg._store
 from skseg import MultilevelSegmenter as M, ViTPatchTransformer as V, FeatureStore
-run, seg, tr = skseg._segment_run, skseg._segmenter, skseg._transformer
+run, seg, tr = skseg._cli.segment, skseg._segmenter, skseg._transformer
+out = skseg._cli.segment_outputs
 for owner, name, stage in [
     (run, "_build_pipeline", "build the pipeline (no model yet)"),
     (run, "_prepare_backbone", "build the ViT"),
@@ -191,10 +192,11 @@ for owner, name, stage in [
     (skseg._passes, "object_regions", "fit: object regions"),
     (M, "_fit_classes", "fit: classes (K-means of regions)"),
     (M, "_label", "fit: labels"),
-    (run, "_write_masks", "writes: all"),
-    (run, "save_label_png", "writes: mask PNGs (with painting)"),
-    (run, "_write_overlay", "writes: overlays"),
+    (run, "write_masks", "writes: all"),
+    (out, "save_label_png", "writes: mask PNGs (with painting)"),
+    (out, "_write_overlay", "writes: overlays"),
     (run, "write_record", "writes: run record"),
+    (out, "write_record", "writes: run record"),
 ]:
     timed(owner, name, stage)
 import skseg._regions

@@ -39,7 +39,7 @@ def _matched_colours(truths, predictions):
 
 
 def _figure(images, truths, predictions, baseline, path):
-    from ._io import grid_sheet
+    from ._pictures import grid_sheet
 
     grid_sheet(list(zip(images, truths, predictions, baseline)),
                   ("image", "ground truth", "skseg", "plain K-means"), path,

@@ -28,10 +28,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from ._inputs import UserError
 from ._io import (
     CLASS_NAMES_FILE,
-    cluster_palette,
     inside,
     read_class_names,
     read_label_png,
@@ -40,6 +38,7 @@ from ._io import (
     save_label_png,
     write_atomically,
 )
+from ._palettes import cluster_palette
 
 FORMATS = ("coco", "voc", "hf")
 # Formats each layout may take an image in as it is (PIL format names).
@@ -51,7 +50,7 @@ def _pycocotools_mask():
     try:
         from pycocotools import mask
     except ImportError:
-        raise UserError("COCO export needs pycocotools: pip install 'skseg[coco]'.") from None
+        raise ValueError("COCO export needs pycocotools: pip install 'skseg[coco]'.") from None
     return mask
 
 
@@ -151,26 +150,23 @@ def _segment_outputs(folder):
 
     record = read_record(folder)
     if record is None:
-        raise UserError(f"{folder} holds no {RECORD_NAME}: export reads the output folder "
-                        "of 'skseg segment' (skseg.io.to_coco takes masks and file names).")
+        raise ValueError(f"{folder} holds no {RECORD_NAME}: export reads the output folder "
+                         "of 'skseg segment' (skseg.io.to_coco takes masks and file names).")
     if not record["outputs"]:
-        raise UserError(f"{folder} holds no masks yet.")
+        raise ValueError(f"{folder} holds no masks yet.")
     outputs = []
     for name in sorted(record["outputs"]):
-        try:
-            mask = inside(folder, name)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        mask = inside(folder, name)
         entry = record["outputs"][name]
         image = entry.get("input")
         if not isinstance(image, str) or not Path(image).is_file():
-            raise UserError(f"the image of {mask}, {image!r}, is not found (a relative path "
-                            "is read from the current folder, as skseg segment was given it).")
+            raise ValueError(f"the image of {mask}, {image!r}, is not found (a relative path "
+                             "is read from the current folder, as skseg segment was given it).")
         if not mask.is_file():
-            raise UserError(f"{mask} is listed in the run record but missing.")
+            raise ValueError(f"{mask} is listed in the run record but missing.")
         if not image_unchanged(entry):
-            raise UserError(f"the image of {mask}, {image}, has changed since skseg segment "
-                            "made the mask; segment it again before exporting.")
+            raise ValueError(f"the image of {mask}, {image}, has changed since skseg segment "
+                             "made the mask; segment it again before exporting.")
         outputs.append((PurePosixPath(name), Path(image)))
     return outputs
 
@@ -179,11 +175,11 @@ def _check_export_folder(out, folder):
     """A new or empty folder, outside the segment folder."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not an empty folder; export into a "
-                        "new one.")
+        raise ValueError(f"{out} already exists and is not an empty folder; export into a "
+                         "new one.")
     if Path(os.path.realpath(out)).is_relative_to(os.path.realpath(folder)):
-        raise UserError(f"{out} is inside {folder}, which export only reads; choose a folder "
-                        "outside it.")
+        raise ValueError(f"{out} is inside {folder}, which export only reads; choose a folder "
+                         "outside it.")
 
 
 def _image_as_is(path, shape, formats):
@@ -219,8 +215,8 @@ def _place_image(out, relative, source, shape, formats, link):
 
     rgb = (load_rgb(source) * 255).round().astype(np.uint8)
     if rgb.shape[:2] != tuple(shape):
-        raise UserError(f"{source} is {rgb.shape[0]} x {rgb.shape[1]} pixels but its mask "
-                        f"{shape[0]} x {shape[1]}: the image changed after it was segmented.")
+        raise ValueError(f"{source} is {rgb.shape[0]} x {rgb.shape[1]} pixels but its mask "
+                         f"{shape[0]} x {shape[1]}: the image changed after it was segmented.")
     relative = relative.with_suffix(".jpg" if jpeg_only else ".png")
     save_image(Image.fromarray(rgb), _target(out, relative),
                **({"quality": 95} if jpeg_only else {}))
@@ -234,8 +230,8 @@ def _flat_ids(names):
     for name in names:
         image_id = "__".join(name.with_suffix("").parts)
         if image_id in seen:
-            raise UserError(f"{seen[image_id]} and {name} would both be {image_id} in a VOC "
-                            "layout, which has no folders.")
+            raise ValueError(f"{seen[image_id]} and {name} would both be {image_id} in a VOC "
+                             "layout, which has no folders.")
         seen[image_id] = name
         ids.append(image_id)
     return ids

@@ -18,7 +18,6 @@ import heapq
 import html
 import json
 import os
-import sys
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -26,19 +25,19 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from ._inputs import UserError, one_line
 from ._io import (
-    cluster_palette,
-    overlay,
+    CLASS_NAMES_FILE,
+    inside,
     read_class_names,
     read_label_png,
     save_image,
     write_atomically,
 )
+from ._palettes import cluster_palette
+from ._pictures import overlay
 from ._run_record import hold_output, image_unchanged, read_record
 
 REPORT_FOLDER = "report"
-CLASS_NAMES_FILE = "classes.json"
 # Pictures on the page are shrunk so that their longer side is at most this.
 _PICTURE_SIDE = 480
 _CROP_HEIGHT = 96
@@ -58,8 +57,8 @@ def _read_class_names(path):
     try:
         return read_class_names(path)
     except ValueError as exc:
-        raise UserError(f"{one_line(exc)} Write it as a JSON object of class ids to "
-                        'names, such as {"1": "dog"}.') from None
+        raise ValueError(f"{exc} Write it as a JSON object of class ids to "
+                         'names, such as {"1": "dog"}.') from None
 
 
 def _write_template(path, labels):
@@ -135,10 +134,10 @@ def _outlined_crop(rgb, region, colour):
     size = (max(1, min(2 * _CROP_HEIGHT, round(width * scale))), _CROP_HEIGHT)
     picture = Image.fromarray((rgb[top:bottom, left:right] * 255).round().astype(np.uint8))
     picture = np.asarray(picture.resize(size, Image.Resampling.BILINEAR)).astype(np.float32)
-    inside = np.asarray(Image.fromarray(region[top:bottom, left:right]).resize(
+    in_region = np.asarray(Image.fromarray(region[top:bottom, left:right]).resize(
         size, Image.Resampling.NEAREST))
-    picture[~inside] *= 0.45
-    outline = inside & ~ndimage.binary_erosion(inside, iterations=2, border_value=1)
+    picture[~in_region] *= 0.45
+    outline = in_region & ~ndimage.binary_erosion(in_region, iterations=2, border_value=1)
     picture[outline] = colour
     return Image.fromarray(picture.round().astype(np.uint8))
 
@@ -169,14 +168,13 @@ def _survey(output, record, names, class_names, *, n_examples, max_images, quiet
     from tqdm.auto import tqdm
 
     from ._images import load_rgb
-    from ._segment_run import _inside
 
     report = output / REPORT_FOLDER
     summaries, shown, unreadable = {}, [], []
     total_pixels, background = 0, 0
     for order, name in enumerate(tqdm(names, desc="report", unit="img", disable=quiet)):
         entry = record["outputs"][name]
-        mask = read_label_png(_inside(output, name))
+        mask = read_label_png(inside(output, name))
         counts = np.bincount(mask.ravel().astype(np.int64))
         total_pixels += mask.size
         background += int(counts[0])
@@ -208,7 +206,7 @@ def _survey(output, record, names, class_names, *, n_examples, max_images, quiet
                 heapq.heapreplace(examples, example)
         if order < max_images:
             link = PurePosixPath("images") / PurePosixPath(name).with_suffix(".jpg")
-            save_image(overlay(rgb, small, class_names=class_names), _inside(report, link),
+            save_image(overlay(rgb, small, class_names=class_names), inside(report, link),
                        quality=_JPEG_QUALITY)
             shown.append((name, link))
     return summaries, total_pixels, background, shown, unreadable
@@ -328,26 +326,24 @@ def write_report(output, *, n_examples=8, max_images=200, quiet=False):
     """Write ``output/report/index.html`` from the masks ``skseg segment``
     wrote into ``output``; return its path and whether a ``classes.json``
     template was written."""
-    from ._segment_run import _inside
-
     output = Path(output)
     if not output.is_dir():
-        raise UserError(f"{output} is not a folder.")
+        raise ValueError(f"{output} is not a folder.")
     with hold_output(output):
         record = read_record(output)
         if record is None or not record["outputs"]:
-            raise UserError(f"{output} holds no masks written by skseg segment (no "
-                            "record of a run in it); run skseg segment -o "
-                            f"{output} first.")
+            raise ValueError(f"{output} holds no masks written by skseg segment (no "
+                             "record of a run in it); run skseg segment -o "
+                             f"{output} first.")
         report = output / REPORT_FOLDER
         if report.is_symlink() or (report.exists() and not report.is_dir()):
-            raise UserError(f"{report} is not a folder skseg report wrote; remove it or "
-                            "move it away.")
+            raise ValueError(f"{report} is not a folder skseg report wrote; remove it or "
+                             "move it away.")
         names = _mask_names(record)
-        inside = [name for name in names if PurePosixPath(name).parts[0] == REPORT_FOLDER]
-        if inside:
-            raise UserError(f"{output} holds masks in {report} (e.g. {output / inside[0]}), "
-                            "where the report goes; segment into another -o.")
+        misplaced = [name for name in names if PurePosixPath(name).parts[0] == REPORT_FOLDER]
+        if misplaced:
+            raise ValueError(f"{output} holds masks in {report} (e.g. {output / misplaced[0]}), "
+                             "where the report goes; segment into another -o.")
         names_path = output / CLASS_NAMES_FILE
         class_names = _read_class_names(names_path)
         given = {label: name for label, name in class_names.items()
@@ -361,7 +357,7 @@ def write_report(output, *, n_examples=8, max_images=200, quiet=False):
             crops[label] = []
             for k, example in enumerate(sorted(summary.examples, reverse=True)):
                 link = PurePosixPath("classes") / f"{label}-{k}.jpg"
-                save_image(example.picture, _inside(report, link), quality=_JPEG_QUALITY)
+                save_image(example.picture, inside(report, link), quality=_JPEG_QUALITY)
                 written.add(report / link)
                 crops[label].append((link, example.name))
         template_written = _write_template(names_path, sorted(summaries))
@@ -375,19 +371,3 @@ def write_report(output, *, n_examples=8, max_images=200, quiet=False):
         _remove_leftovers(report, written)
     return index, template_written, sorted(summaries)
 
-
-def run_report(args):
-    """Run ``skseg report``; return the exit status."""
-    index, template_written, labels = write_report(
-        args.output, n_examples=args.examples, max_images=args.max_images, quiet=args.quiet)
-    if not args.quiet:
-        names_path = Path(args.output) / CLASS_NAMES_FILE
-        print(f"Wrote {index}: {len(labels)} classes.", file=sys.stderr)
-        if template_written:
-            print(f"Name the classes in {names_path} (a template with ids "
-                  f"{', '.join(map(str, labels))} was written), then run skseg report "
-                  "again.", file=sys.stderr)
-        else:
-            print(f"Class names come from {names_path}; edit it and run skseg report "
-                  "again to update the page.", file=sys.stderr)
-    return 0

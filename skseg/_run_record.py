@@ -1,4 +1,4 @@
-"""What produced the masks in an output folder, and saved pipelines.
+"""What produced the masks in an output folder.
 
 ``OUTDIR/.skseg-run.json`` records the fit behind the masks (the parameters and
 the training images' content, or the saved model's content) and, per output,
@@ -7,9 +7,6 @@ the record before computing anything, so masks of two different fits never
 mix in one folder. Outputs written since the record was last rewritten are
 lines of ``OUTDIR/.skseg-run.journal``, one appended per mask: a run of any
 length rewrites the whole record a few times, not once every few masks.
-
-Fitted pipelines are saved with :mod:`skops.io`, which builds only the types
-it is told to trust and never runs code from the file.
 """
 
 import contextlib
@@ -20,7 +17,6 @@ import time
 from pathlib import Path
 
 from ._io import write_atomically
-from ._inputs import UserError
 
 RECORD_NAME = ".skseg-run.json"
 JOURNAL_NAME = ".skseg-run.journal"
@@ -125,8 +121,8 @@ def read_record(output):
                 raise ValueError(f"no {table} table")
     except (OSError, ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-        raise UserError(f"{path} is not a skseg run record ({reason}); remove it, or use "
-                        "--force to rewrite every output.") from None
+        raise ValueError(f"{path} is not a skseg run record ({reason}); remove it, or use "
+                         "--force to rewrite every output.") from None
     _replay_journal(Path(output), record)
     return record
 
@@ -219,9 +215,9 @@ def hold_output(output):
     try:
         lock.acquire()
     except Timeout:
-        raise UserError(f"{output} is being written by another skseg run "
-                        f"({_holder(output)}); wait for it to finish, or choose another "
-                        "-o.") from None
+        raise ValueError(f"{output} is being written by another skseg run "
+                         f"({_holder(output)}); wait for it to finish, or choose another "
+                         "-o.") from None
     try:
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -261,123 +257,3 @@ def write_record(output, record):
     text = json.dumps(record, indent=1, sort_keys=True).encode()
     write_atomically(Path(output) / RECORD_NAME, lambda handle: handle.write(text))
     (Path(output) / JOURNAL_NAME).unlink(missing_ok=True)  # its lines are in the record
-
-
-# Every type a saved skseg pipeline holds that skops does not trust by itself
-# (it trusts scikit-learn's and numpy's): what skseg.io.load_model trusts, and
-# what a user passes to skops.io.load.
-TRUSTED_TYPES = (
-    "skseg._transformer.ViTPatchTransformer",
-    "skseg._segmenter.MultilevelSegmenter",
-    "skseg._regions.LabelMasks",
-    "skseg._regions.Regions",
-)
-
-
-def _check_pipeline(pipeline, what):
-    """A fitted ViTPatchTransformer + MultilevelSegmenter pipeline, or an error
-    saying ``what`` is not one."""
-    from sklearn.pipeline import Pipeline
-
-    from ._segmenter import MultilevelSegmenter
-    from ._transformer import ViTPatchTransformer
-
-    steps = getattr(pipeline, "steps", None)
-    if (not isinstance(pipeline, Pipeline) or len(steps) != 2
-            or not isinstance(steps[0][1], ViTPatchTransformer)
-            or not isinstance(steps[1][1], MultilevelSegmenter)
-            or not hasattr(steps[1][1], "class_centroids_")):
-        raise UserError(f"{what} (not a fitted ViTPatchTransformer + MultilevelSegmenter "
-                        "pipeline).")
-
-
-def save_model(pipeline, path, *, keep_labels=False):
-    """Save a fitted pipeline in the skops format, which loads without
-    running code from the file.
-
-    What ``skseg segment --save-model`` writes; :func:`load_model` (or
-    ``skops.io.load(path, trusted=skseg.io.TRUSTED_TYPES)``) reads it. The
-    file is written atomically. The ViT itself is never saved, only its
-    name and parameters: loading builds it again (from the same weights
-    file, stored as an absolute path, or the hub cache).
-
-    Parameters
-    ----------
-    pipeline : sklearn.pipeline.Pipeline
-        A fitted :class:`~skseg.ViTPatchTransformer` +
-        :class:`~skseg.MultilevelSegmenter` pipeline.
-    path : path-like
-        The file written (``.skops`` by convention).
-    keep_labels : bool, default=False
-        Also save the training masks (``labels_``, compressed). Predicting
-        needs only the centroids, and the masks can outweigh them many times.
-
-    Raises
-    ------
-    ValueError
-        ``pipeline`` is not a fitted skseg pipeline.
-
-    See Also
-    --------
-    load_model : Read it back.
-    """
-    import copy
-
-    import skops.io
-
-    _check_pipeline(pipeline, f"cannot save {type(pipeline).__name__} as a skseg model")
-    saved = pipeline
-    if not keep_labels:
-        segmenter = copy.copy(pipeline.steps[-1][1])
-        # Predicting needs the centroids, not the training masks.
-        vars(segmenter).pop("labels_", None)
-        saved = copy.copy(pipeline)
-        saved.steps = [*pipeline.steps[:-1], (pipeline.steps[-1][0], segmenter)]
-    data = skops.io.dumps(saved)
-    write_atomically(path, lambda handle: handle.write(data))
-
-
-def load_model(path):
-    """Read a pipeline saved by :func:`save_model` (or ``skseg segment
-    --save-model``).
-
-    Only the types of :data:`TRUSTED_TYPES` and those skops trusts by itself
-    (scikit-learn's, numpy's) are built, and no code from the file ever runs:
-    any other file is refused.
-
-    Parameters
-    ----------
-    path : path-like
-
-    Returns
-    -------
-    pipeline : sklearn.pipeline.Pipeline
-        The fitted pipeline, ready to ``predict``.
-
-    Raises
-    ------
-    ValueError
-        The file cannot be read, or is not a skseg model (one line, naming
-        the file and, for a skops file, the foreign types it holds).
-    """
-    import skops.io
-
-    not_a_model = f"{path} is not a model saved by skseg"
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path} cannot be read: {exc.strerror}.") from None
-    try:
-        untrusted = skops.io.get_untrusted_types(data=data)
-    except Exception:  # skops raises zip, JSON and key errors alike for foreign files
-        raise UserError(f"{not_a_model}.") from None
-    foreign = sorted(set(untrusted) - set(TRUSTED_TYPES))
-    if foreign:
-        raise UserError(f"{not_a_model}: it holds types a saved skseg model never holds "
-                        f"({', '.join(foreign[:3])}); refusing to load it.")
-    try:
-        pipeline = skops.io.loads(data, trusted=untrusted)
-    except Exception as exc:
-        raise UserError(f"{not_a_model} ({type(exc).__name__}).") from None
-    _check_pipeline(pipeline, not_a_model)
-    return pipeline

@@ -17,17 +17,10 @@ trusted=skseg.io.TRUSTED_TYPES)``. They also pickle, with every protocol.
 """
 
 from ._export import FORMATS, export, to_coco
-from ._io import (
-    cluster_palette,
-    contact_sheet,
-    overlay,
-    read_class_names,
-    read_masks,
-    save_class_names,
-    save_masks,
-    voc_palette,
-)
-from ._run_record import TRUSTED_TYPES, load_model, save_model
+from ._io import read_class_names, read_masks, save_class_names, save_masks
+from ._model_files import TRUSTED_TYPES, load_model, save_model
+from ._palettes import cluster_palette, voc_palette
+from ._pictures import contact_sheet, overlay
 
 __all__ = [
     "FORMATS",

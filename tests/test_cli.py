@@ -1,8 +1,6 @@
-"""The skseg command line: options, help, messages, evaluate and demo."""
+"""The skseg command line: options, help, messages, segment runs and demo."""
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 
@@ -11,8 +9,8 @@ import pytest
 from PIL import Image
 
 from skseg import MultilevelSegmenter, ViTPatchTransformer
-from skseg._cli import build_parser, main
-from skseg._segment_run import _build_pipeline
+from skseg._cli.parser import build_parser, main
+from skseg._cli.segment import _build_pipeline
 
 from ._cli_helpers import FAST, photo_folder, save_scenes  # noqa: F401
 from .conftest import TINY_MODEL, n_images_through_vit
@@ -268,72 +266,6 @@ def test_warnings_are_one_clean_line_and_quiet_silences_them(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-def _mask_folders(tmp_path, n=3):
-    truth, pred = tmp_path / "gt", tmp_path / "pred"
-    for folder in (truth, pred):
-        folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        mask = rng.integers(0, 3, (10, 12)).astype(np.uint8)
-        mask[0] = 255
-        Image.fromarray(mask).save(truth / f"{i}.png")
-        Image.fromarray(np.choose(np.minimum(mask, 3), [7, 4, 9, 7]).astype(np.uint8)).save(
-            pred / f"{i}.png")
-    return truth, pred
-
-
-def test_evaluate_reports_matched_miou(tmp_path, capsys):
-    truth, pred = _mask_folders(tmp_path)
-    assert main(["evaluate", str(pred), str(truth), "--json", "--class-names", "voc"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["mean_iou"] == 1.0 and report["n_images"] == 3 and report["n_missing"] == 0
-    assert report["assignment"] == {"4": 1, "7": 0, "9": 2}
-    assert report["class_names"]["2"] == "bicycle"
-    assert main(["evaluate", str(pred), str(truth)]) == 0
-    assert "mean IoU        100.00" in capsys.readouterr().out
-
-
-def test_evaluate_with_nothing_to_score_is_an_error(tmp_path, capsys):
-    truth, pred = _mask_folders(tmp_path)
-    for mask in truth.iterdir():
-        Image.fromarray(np.full((10, 12), 255, np.uint8)).save(mask)
-    assert main(["evaluate", str(pred), str(truth)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--ignore-index 255: there is nothing to score" in err
-
-
-def test_evaluate_allow_missing_scores_what_is_there(tmp_path, capsys):
-    truth, pred = _mask_folders(tmp_path)
-    (pred / "2.png").unlink()
-    assert main(["evaluate", str(pred), str(truth)]) == 2
-    assert "2.png" in capsys.readouterr().err
-    assert main(["evaluate", str(pred), str(truth), "--allow-missing", "--json"]) == 0
-    captured = capsys.readouterr()
-    report = json.loads(captured.out)
-    assert report["n_images"] == 2 and report["n_missing"] == 1
-    assert "1 of 3 predictions are missing" in captured.err
-    for path in pred.glob("*.png"):
-        path.unlink()
-    assert main(["evaluate", str(pred), str(truth), "--allow-missing"]) == 2
-    assert "none of the 3" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("damage", ["truncated", "other size", "colour"])
-def test_evaluate_names_a_bad_mask_file(damage, tmp_path, capsys):
-    truth, pred = _mask_folders(tmp_path)
-    if damage == "truncated":
-        data = (pred / "1.png").read_bytes()
-        (pred / "1.png").write_bytes(data[: len(data) // 2])
-    elif damage == "other size":
-        Image.fromarray(np.zeros((5, 5), np.uint8)).save(pred / "1.png")
-    else:
-        Image.new("RGB", (12, 10)).save(pred / "1.png")
-    assert main(["evaluate", str(pred), str(truth)]) == 2
-    err = capsys.readouterr().err
-    assert str(pred / "1.png") in err and len(err.strip().splitlines()) == 1
-    assert "Traceback" not in err
-
-
 @pytest.mark.slow
 def test_demo_runs_offline_and_says_so(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path / "demo"), "--n-images", "6"]) == 0
@@ -349,20 +281,22 @@ def test_module_entry_point():
     assert "segment" in result.stdout and "evaluate" in result.stdout
 
 
-def test_evaluate_pairs_masks_by_file_name_when_paths_differ(tmp_path, capsys):
-    truth, pred = _mask_folders(tmp_path)
-    (pred / "JPEGImages").mkdir()
-    for mask in sorted(pred.glob("*.png"))[1:]:
-        mask.rename(pred / "JPEGImages" / mask.name)  # 0.png stays paired by path
-    assert main(["evaluate", str(pred), str(truth), "--json"]) == 0
-    captured = capsys.readouterr()
-    assert json.loads(captured.out)["mean_iou"] == 1.0
-    assert "paired 3 of 3 ground-truth masks with a prediction (2 by file name" in captured.err
-    (pred / "other").mkdir()
-    (pred / "other" / "1.png").write_bytes((pred / "JPEGImages" / "1.png").read_bytes())
-    assert main(["evaluate", str(pred), str(truth)]) == 2
-    err = capsys.readouterr().err
-    assert "its file name is not enough to pair it" in err and err.count("\n") == 1
+def test_the_library_never_imports_the_command_line():
+    # The dependency goes one way: skseg._cli uses skseg.io and the
+    # estimators, never the reverse (only ``python -m skseg`` starts it).
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "skseg"
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if relative.parts[0] == "_cli" or relative == Path("__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            names = [getattr(node, "module", None) or "", *(a.name for a in node.names)]
+            assert not any("_cli" in name.split(".") for name in names), (relative, names)
 
 
 def test_segment_shows_every_stage_the_auto_choice_and_the_random_weights(tmp_path,
@@ -381,28 +315,3 @@ def test_segment_shows_every_stage_the_auto_choice_and_the_random_weights(tmp_pa
                 "writing"):
         assert f"{bar}: 100%" in err
     assert "--n-classes auto chose " in err and "(silhouette, higher is better; best " in err
-
-
-@pytest.mark.parametrize("quiet", [False, True])
-def test_dask_log_lines_are_one_line_warnings_during_a_cluster_run(quiet, capsys):
-    import logging
-
-    from skseg._cli import _dask_logs_as_warnings
-
-    worker = logging.getLogger("distributed.worker")
-    before = (logging.getLogger("distributed").handlers[:], worker.handlers[:])
-    with _dask_logs_as_warnings(quiet):
-        worker.info("Start worker at tcp://127.0.0.1:1")
-        worker.warning("Worker is at 85%% memory usage.\n  Pausing %s.", "work")
-        logging.getLogger("distributed.nanny").error("Worker process %d was killed", 7)
-        logging.getLogger("dask.config").warning("a setting")
-        # Workers started now configure their logging from the environment.
-        assert os.environ["DASK_DISTRIBUTED__ADMIN__LOG_FORMAT"].startswith(
-            "skseg: warning: ")
-    err = capsys.readouterr().err
-    assert err == ("" if quiet else
-                   "skseg: warning: Worker is at 85% memory usage. Pausing work.\n"
-                   "skseg: warning: Worker process 7 was killed\n"
-                   "skseg: warning: a setting\n")
-    assert (logging.getLogger("distributed").handlers, worker.handlers) == before
-    assert "DASK_DISTRIBUTED__ADMIN__LOG_FORMAT" not in os.environ

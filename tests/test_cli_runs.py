@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 from sklearn.pipeline import Pipeline
 
-import skseg._segment_run
-from skseg._cli import build_parser, main
+import skseg._cli.segment
+import skseg._cli.segment_outputs
+from skseg._cli.parser import build_parser, main
 from skseg._run_record import RECORD_NAME
 from skseg.io import cluster_palette, voc_palette
 
@@ -32,7 +33,7 @@ def _no_model_may_be_built(monkeypatch):
     def refuse(vit):
         raise AssertionError("the ViT was built")
 
-    monkeypatch.setattr(skseg._segment_run, "_prepare_backbone", refuse)
+    monkeypatch.setattr(skseg._cli.segment, "_prepare_backbone", refuse)
 
 
 def test_a_rerun_of_the_same_fit_stops_at_once(tmp_path, monkeypatch, capsys):
@@ -123,7 +124,7 @@ def test_an_interrupted_run_resumes_and_never_leaves_a_mask_without_its_overlay(
     photos = tmp_path / "photos"
     save_scenes(photos, 4)
     out = tmp_path / "out"
-    real_save = skseg._segment_run.save_label_png
+    real_save = skseg._cli.segment_outputs.save_label_png
     calls = []
 
     def interrupted(mask, path):
@@ -132,7 +133,7 @@ def test_an_interrupted_run_resumes_and_never_leaves_a_mask_without_its_overlay(
             raise KeyboardInterrupt
         real_save(mask, path)
 
-    monkeypatch.setattr(skseg._segment_run, "save_label_png", interrupted)
+    monkeypatch.setattr(skseg._cli.segment_outputs, "save_label_png", interrupted)
     argv = ["segment", str(photos), "-o", str(out), "--overlay", *FAST]
     assert main(argv) == 130
     masks = sorted(out.glob("img?.png"))
@@ -145,7 +146,7 @@ def test_an_interrupted_run_resumes_and_never_leaves_a_mask_without_its_overlay(
     assert sorted(record["outputs"]) == [mask.name for mask in masks]
     assert not [path for path in out.iterdir() if path.name.endswith(".tmp")]
     stamps = {mask: mask.stat().st_mtime_ns for mask in masks}
-    monkeypatch.setattr(skseg._segment_run, "save_label_png", real_save)
+    monkeypatch.setattr(skseg._cli.segment_outputs, "save_label_png", real_save)
     assert main(argv) == 0
     assert {mask: mask.stat().st_mtime_ns for mask in masks} == stamps  # only the rest
     fresh = tmp_path / "fresh"
@@ -189,17 +190,17 @@ _HELD_RUN = textwrap.dedent("""
     import time
     from pathlib import Path
 
-    import skseg._segment_run
+    import skseg._cli.segment
     from skseg._cli import main
 
-    real = skseg._segment_run._write_masks
+    real = skseg._cli.segment.write_masks
 
     def waiting(*args, **kwargs):
         while not Path(sys.argv[1]).exists():
             time.sleep(0.05)
         return real(*args, **kwargs)
 
-    skseg._segment_run._write_masks = waiting
+    skseg._cli.segment.write_masks = waiting
     sys.exit(main(sys.argv[2:]))
 """)
 
@@ -413,7 +414,7 @@ def test_save_model_never_overwrites_and_never_loses_the_masks(tmp_path, monkeyp
     def full_disk(pipeline, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(skseg._segment_run, "save_model", full_disk)
+    monkeypatch.setattr(skseg._cli.segment, "save_model", full_disk)
     assert main([*argv, "--force"]) == 2
     err = capsys.readouterr().err
     assert "masks are written" in err and "No space left" in err

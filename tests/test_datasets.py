@@ -126,7 +126,7 @@ def test_load_image_folder(tmp_path):
 
 
 def test_a_recursive_folder_skips_the_mask_folders_as_the_command_line_does(tmp_path):
-    from skseg._inputs import find_inputs
+    from skseg._cli.inputs import find_inputs
 
     voc = tmp_path / "VOC2012"
     for name in ("JPEGImages/x.jpg", "JPEGImages/y.jpg", "SegmentationClass/x.png",

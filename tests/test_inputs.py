@@ -1,11 +1,12 @@
-"""skseg._inputs: which files a command line reads, and where their outputs go."""
+"""skseg._cli.inputs: which files a command line reads, and where their outputs go."""
 
 import os
 
 import pytest
 from PIL import Image
 
-from skseg._inputs import UserError, find_inputs
+from skseg._cli.inputs import find_inputs
+from skseg._cli.messages import UserError
 
 
 def _image(path):

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from skseg._cli import main
-from skseg._io import cluster_palette, save_label_png
+from skseg._io import save_label_png
 from skseg._report import write_report
 from skseg._run_record import describe_fit, new_record, write_record
+from skseg.io import cluster_palette
 
 from ._cli_helpers import FAST, save_scenes, tree_state
 

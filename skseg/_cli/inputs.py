@@ -1,4 +1,4 @@
-"""The command line's inputs: files, folders and globs expanded to images, each
+"""``skseg segment``'s inputs: files, folders and globs expanded to images, each
 with the name of its output below OUTDIR.
 
 Every image is found once (two spellings of one file are one input), a walk
@@ -12,16 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .datasets import IMAGE_SUFFIXES, skipped_folder
-
-
-class UserError(ValueError):
-    """A mistake the user can fix; printed as one line, never a traceback."""
-
-
-def one_line(text):
-    """A message with its line breaks and runs of spaces made single spaces."""
-    return " ".join(str(text).split())
+from ..datasets import IMAGE_SUFFIXES, skipped_folder
+from .messages import UserError
 
 
 @dataclass(frozen=True)

@@ -7,51 +7,51 @@ preview), so a late error never loses them.
 """
 
 import contextlib
-import json
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from ._weights import WeightsUnavailableError
-from ._cache import config_digest
-from ._images import check_each_image, content_hash, load_rgb
-from ._inputs import UserError, find_inputs, one_line, overlay_name
-from ._io import (
-    CLASS_NAMES_FILE,
-    contact_sheet,
-    inside,
-    matched_palette,
-    overlay,
-    read_class_names,
-    read_label_png,
-    remove_stale_temporaries,
-    save_class_names,
-    save_image,
-    save_label_png,
-)
-from ._run_record import (
+from .._cache import config_digest
+from .._images import check_each_image, content_hash
+from .._io import inside, remove_stale_temporaries
+from .._model_files import load_model, save_model
+from .._run_record import (
     describe_fit,
     fit_differences,
     hold_output,
-    load_model,
     new_record,
     read_record,
-    record_output,
     result_parameters,
-    save_model,
     write_record,
 )
+from .._weights import WeightsUnavailableError
+from .inputs import find_inputs
+from .messages import UserError, dask_logs_as_warnings, one_line, print_error, say
+from .segment_outputs import (
+    complete_overlays,
+    describe_redrawn,
+    read_legend,
+    remove_outputs,
+    update_class_names,
+    write_masks,
+    write_preview,
+)
 
-_PREVIEW_IMAGES = 48
-_PREVIEW_PAIRS_PER_ROW = 4
-# Threads writing masks and overlays (PNG and JPEG encoding release the GIL).
-_WRITE_THREADS = min(4, os.cpu_count() or 1)
 
+def run(args):
+    """Run ``skseg segment``, on a Dask cluster when ``--scheduler`` or
+    ``--workers`` asks for one; return the exit status."""
+    with contextlib.ExitStack() as stack:
+        if args.scheduler is not None or args.workers is not None:
+            from .._dask import dask_backend
 
-def _say(args, message):
-    if not args.quiet:
-        print(message, file=sys.stderr)
+            stack.enter_context(dask_logs_as_warnings(args.quiet))
+            try:
+                stack.enter_context(dask_backend(args.scheduler, args.workers,
+                                                 connect_timeout=args.connect_timeout))
+            except ImportError as exc:
+                raise UserError(one_line(exc)) from None
+        return run_segment(args)
 
 
 def _check_writable_folder(description, folder):
@@ -81,14 +81,6 @@ def _check_side_file(option, path, images, force, written_before):
     _check_writable_folder(f"{option} {path}: its folder", Path(path).parent)
 
 
-def _inside(output, relative):
-    """``output / relative``, refused if a link below OUTDIR leads it elsewhere."""
-    try:
-        return inside(output, relative)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-
-
 def _use_feature_store(args, vit):
     """Features go into a FeatureStore under OUTDIR (or ``--cache``), one per
     extraction: reruns skip the images it holds, and the segmenter reads it
@@ -107,7 +99,7 @@ def _use_feature_store(args, vit):
 def _build_pipeline(args):
     from sklearn.pipeline import Pipeline
 
-    from . import MultilevelSegmenter, ViTPatchTransformer
+    from .. import MultilevelSegmenter, ViTPatchTransformer
 
     vit_parameters = dict(
         pretrained=not args.random_weights,
@@ -147,7 +139,7 @@ def _load_pipeline(args):
                         "which a loaded model keeps.")
     try:
         pipeline = load_model(args.load_model)
-    except UserError as exc:
+    except ValueError as exc:
         raise UserError(f"--load-model {exc}") from None
     vit, segmenter = (step for _, step in pipeline.steps)
     for name in ("store_options", "n_jobs"):  # saved before it had these parameters
@@ -207,61 +199,6 @@ def _check_images(images, vit, args):
     return good, skipped
 
 
-@dataclass(frozen=True)
-class _Legend:
-    """How overlays and the preview name and colour the labels."""
-
-    names: dict | None = None  # label id to class name
-    palette: object = None  # for skseg._io.resolve_palette
-    key: dict | None = None  # what the record notes of an overlay drawn with it
-
-
-def _legend(args):
-    """Label names from ``--legend-names``: an ``evaluate --json`` output
-    (each label named by its matched class, and drawn in that class's VOC
-    colour when evaluate named VOC's classes), or a ``classes.json``."""
-    path = args.legend_names
-    if path is None:
-        return _Legend()
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise UserError(f"--legend-names {path} cannot be read as JSON "
-                        f"({one_line(exc)}).") from None
-    if isinstance(report, dict) and "assignment" in report:
-        try:
-            assignment = {int(label): int(cls) for label, cls in report["assignment"].items()}
-            names = {int(cls): str(name)
-                     for cls, name in report.get("class_names", {}).items()}
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise UserError(f"--legend-names {path} is not the output of 'skseg evaluate "
-                            f"--json' ({one_line(exc)}).") from None
-        matched = {label: cls for label, cls in assignment.items() if cls >= 0}
-        legend = {label: names.get(cls, f"class {cls}") for label, cls in matched.items()}
-        voc = report.get("classes") == "voc"
-        palette = matched_palette(matched, "voc") if voc else None
-    else:
-        try:
-            legend = read_class_names(path)
-        except ValueError as exc:
-            raise UserError(f"--legend-names {path} is neither the output of 'skseg "
-                            f"evaluate --json' nor a classes.json ({one_line(exc)}).") from None
-        voc, palette = False, None
-    key = {"names": {str(k): v for k, v in legend.items()},
-           "palette": "voc" if voc else "clusters"}
-    return _Legend(legend, palette, key)
-
-
-def _update_class_names(output, legend, other_fit):
-    """``OUTDIR/classes.json`` names the labels of the masks there: written
-    from ``--legend-names``, removed when it named another fit's labels."""
-    path = _inside(output, CLASS_NAMES_FILE)
-    if legend.names is not None:
-        save_class_names(legend.names, path)
-    elif other_fit:
-        path.unlink(missing_ok=True)
-
-
 def _plan(record, fit, images, digests, args):
     """Which masks stay (made by this same fit from the same image), which
     inputs were skipped before, and which outputs of another fit to remove."""
@@ -293,61 +230,11 @@ def _plan(record, fit, images, digests, args):
     return kept, skipped_before, []
 
 
-def _complete_overlays(args, images, record, legend):
-    """Draw the overlays the kept masks lack (or that had another legend);
-    return how many were drawn."""
-    drawn = 0
-    for image in images:
-        entry = record["outputs"][image.mask_name.as_posix()]
-        picture = _inside(args.output, image.overlay_name)
-        if entry.get("overlay") == legend.key and picture.is_file():
-            continue
-        _write_overlay(image, read_label_png(_inside(args.output, image.mask_name)), legend,
-                       picture)
-        entry["overlay"] = legend.key
-        drawn += 1
-    return drawn
-
-
-def _redrawn(count):
-    """What redrawing ``count`` overlays of kept masks was, for a message."""
-    return f"redrew {count} overlay{'' if count == 1 else 's'}" if count else ""
-
-
-def _write_overlay(image, mask, legend, picture):
-    save_image(overlay(load_rgb(image.path), mask, class_names=legend.names,
-                       palette=legend.palette), picture, quality=90)
-
-
-def _remove_outputs(output, names, keep):
-    """Delete the masks (and overlays) of another fit, but those named in ``keep``."""
-    for name in names:
-        if name in keep:
-            continue
-        relative = PurePosixPath(name)
-        for file in (relative, overlay_name(relative)):
-            try:
-                _inside(output, file).unlink(missing_ok=True)
-            except UserError:  # a planted record must not delete outside OUTDIR
-                continue
-
-
-def _write_preview(args, images, record, legend):
-    shown = images[:_PREVIEW_IMAGES]
-    contact_sheet([image.path for image in shown],
-                  [read_label_png(args.output / image.mask_name) for image in shown],
-                  args.preview, names=[image.name.as_posix() for image in shown],
-                  class_names=legend.names, palette=legend.palette,
-                  columns=_PREVIEW_PAIRS_PER_ROW)
-    record["preview"] = os.path.realpath(args.preview)
-    _say(args, f"Preview of {len(shown)} of {len(images)} images: {args.preview}")
-
-
 def _remind_random_weights(args, vit):
     if not vit.pretrained and vit.weights is None:
-        _say(args, f"The ViT ({vit.model}) has RANDOM weights: the masks only show that "
-                   "the tool runs. For real masks pass --weights FILE, or leave out "
-                   "--random-weights where the hub (or its cache) is reachable.")
+        say(args, f"The ViT ({vit.model}) has RANDOM weights: the masks only show that "
+                  "the tool runs. For real masks pass --weights FILE, or leave out "
+                  "--random-weights where the hub (or its cache) is reachable.")
 
 
 def _chosen_counts(segmenter):
@@ -387,11 +274,11 @@ def run_segment(args):
 def _run_segment(args, images):
     output = args.output
     # This run holds OUTDIR: what an earlier, killed run was writing is debris.
-    for folder in {output} | {_inside(output, image.mask_name).parent for image in images}:
+    for folder in {output} | {inside(output, image.mask_name).parent for image in images}:
         remove_stale_temporaries(folder)
     try:
         record = read_record(output)
-    except UserError:
+    except ValueError:
         if not args.force:
             raise
         record = None
@@ -401,14 +288,14 @@ def _run_segment(args, images):
         _check_side_file("--preview", args.preview, images, args.force,
                          record and record.get("preview"))
     for image in images:
-        _inside(output, image.mask_name)
-    legend = _legend(args)
+        inside(output, image.mask_name)
+    legend = read_legend(args)
     pipeline = _load_pipeline(args) if args.load_model else _build_pipeline(args)
     digests = [_digest(image.path) for image in images]
     fit = describe_fit(model=content_hash(args.load_model)) if args.load_model else \
         describe_fit(parameters=result_parameters(pipeline), training=digests)
     kept, skipped_before, stale = _plan(record, fit, images, digests, args)
-    _update_class_names(output, legend, record is not None and record["fit"] != fit)
+    update_class_names(output, legend, record is not None and record["fit"] != fit)
 
     same_fit = record is not None and record["fit"] == fit
     new = new_record(fit)
@@ -417,15 +304,15 @@ def _run_segment(args, images):
         new["preview"] = record.get("preview")
     kept_images = [images[index] for index in sorted(kept)]
     if len(kept) + len(skipped_before) == len(images) and not args.save_model:
-        redrawn = _complete_overlays(args, kept_images, new, legend) if args.overlay else 0
+        redrawn = complete_overlays(args, kept_images, new, legend) if args.overlay else 0
         if args.preview:
-            _write_preview(args, kept_images, new, legend)
+            write_preview(args, kept_images, new, legend)
         write_record(output, new)
-        done = [_redrawn(redrawn)] if redrawn else []
+        done = [describe_redrawn(redrawn)] if redrawn else []
         if args.preview:
             done.append("rewrote the preview")
-        _say(args, f"All {len(kept)} masks in {output} were made by this same fit; "
-                   f"{' and '.join(done) or 'nothing to do'} (--force rewrites them).")
+        say(args, f"All {len(kept)} masks in {output} were made by this same fit; "
+                  f"{' and '.join(done) or 'nothing to do'} (--force rewrites them).")
         if skipped_before:
             print(f"skseg: {len(skipped_before)} input(s) could not be read in that run and "
                   "were skipped.", file=sys.stderr)
@@ -443,42 +330,42 @@ def _run_segment(args, images):
     # The other fit's outputs go before the record stops listing them: an
     # interrupted run leaves them listed (and removed again by the next
     # --force), never on disk and forgotten.
-    _remove_outputs(output, stale, new["outputs"])
+    remove_outputs(output, stale, new["outputs"])
     write_record(output, new)  # before any mask, so that every mask is accounted for
     kept_set = set(kept_images)
     todo = [image for image in good if image not in kept_set]
     _remind_random_weights(args, vit)
     if args.load_model:
-        _say(args, f"Loaded {args.load_model}; predicting {len(todo)} images.")
+        say(args, f"Loaded {args.load_model}; predicting {len(todo)} images.")
         labels = pipeline.predict([image.path for image in todo]) if todo else []
     else:
-        _say(args, f"Fitting on {len(good)} images with {args.model}.")
+        say(args, f"Fitting on {len(good)} images with {args.model}.")
         pipeline.fit([image.path for image in good])
         for line in _chosen_counts(pipeline.named_steps["seg"]):
-            _say(args, line)
+            say(args, line)
         position = {image: k for k, image in enumerate(good)}
         # A lazy LabelMasks: each mask is made when written, one at a time.
         labels = pipeline.named_steps["seg"].labels_[[position[image] for image in todo]]
     previous_outputs = record["outputs"] if record else {}
-    _write_masks(args, todo, labels, new, previous_outputs, digest_of, legend)
-    redrawn = _complete_overlays(args, kept_images, new, legend) if args.overlay else 0
+    write_masks(args, todo, labels, new, previous_outputs, digest_of, legend)
+    redrawn = complete_overlays(args, kept_images, new, legend) if args.overlay else 0
     write_record(output, new)
-    _say(args, f"Wrote {len(todo)} masks to {output}"
-               + (f"; kept {len(kept)} made by this same fit" if kept else "")
-               + (f" and {_redrawn(redrawn)}" if redrawn else "") + ".")
+    say(args, f"Wrote {len(todo)} masks to {output}"
+              + (f"; kept {len(kept)} made by this same fit" if kept else "")
+              + (f" and {describe_redrawn(redrawn)}" if redrawn else "") + ".")
     status = 0
     if args.save_model:
         try:
             vit.set_params(store=None)  # this run's store is no part of the model
             save_model(pipeline, args.save_model)
-            _say(args, f"Saved the fitted pipeline to {args.save_model}.")
+            say(args, f"Saved the fitted pipeline to {args.save_model}.")
         except OSError as exc:
-            print(f"skseg: error: the masks are written, but --save-model "
-                  f"{args.save_model} failed: {one_line(exc)}", file=sys.stderr)
+            print_error(f"the masks are written, but --save-model {args.save_model} "
+                        f"failed: {exc}")
             status = 2
     if args.preview:
-        _write_preview(args, [image for image in images
-                              if image.mask_name.as_posix() in new["outputs"]], new, legend)
+        write_preview(args, [image for image in images
+                             if image.mask_name.as_posix() in new["outputs"]], new, legend)
         write_record(output, new)
     if skipped:
         print(f"skseg: {len(skipped)} input(s) could not be read and were skipped.",
@@ -487,68 +374,3 @@ def _run_segment(args, images):
     return status
 
 
-def _write_masks(args, todo, labels, record, previous_outputs, digest_of, legend):
-    """Write the masks (and overlays) of ``todo`` in threads, recording each
-    in ``record`` once its files are written.
-
-    Each image's overlay is written before its mask, so a mask on disk always
-    has its overlay beside it. Interrupted or failed, the writes not started
-    are dropped, those started are finished, and the record accounts for
-    every mask written; files appear whole or not at all (atomic writes).
-    """
-    from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from tqdm.auto import tqdm
-
-    def write(image, mask):
-        name = image.mask_name.as_posix()
-        picture = _inside(args.output, image.overlay_name)
-        if args.overlay:
-            _write_overlay(image, mask, legend, picture)
-        elif previous_outputs.get(name, {}).get("overlay", False) is not False:
-            picture.unlink(missing_ok=True)  # it showed the mask being replaced
-        save_label_png(mask, _inside(args.output, image.mask_name))
-        return image
-
-    in_flight = set()  # submitted writes not yet recorded
-
-    def record_finished(return_when):
-        """Wait for writes of ``in_flight`` to finish (the first, or all) and
-        record those that did; raise the first error. A write leaves
-        ``in_flight`` only once recorded, so that a stop at any moment leaves
-        every finished write to the ``finally`` below."""
-        done, _ = wait(in_flight, return_when=return_when)
-        error = None
-        for future in done:
-            if not future.cancelled():
-                if future.exception() is not None:
-                    error = error or future.exception()
-                else:
-                    image = future.result()
-                    record_output(args.output, record, image.mask_name.as_posix(),
-                                  {"input": os.path.abspath(image.path),
-                                   "sha1": digest_of[image],
-                                   "overlay": legend.key if args.overlay else False})
-                    progress.update()
-            in_flight.discard(future)
-        if error is not None:
-            raise error
-
-    try:
-        with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool, tqdm(
-                total=len(todo), desc="writing", unit="img", disable=args.quiet) as progress:
-            try:
-                # Masks are painted here, one at a time, as the writers need them.
-                for image, mask in zip(todo, labels):
-                    if len(in_flight) >= 2 * _WRITE_THREADS:
-                        record_finished(FIRST_COMPLETED)
-                    in_flight.add(pool.submit(write, image, mask))
-                record_finished(ALL_COMPLETED)
-            finally:  # stopped: drop the writes not started, finish and record the others
-                for future in in_flight:
-                    future.cancel()
-                # The first error is the one raised; a second Ctrl-C still stops.
-                with contextlib.suppress(Exception):
-                    record_finished(ALL_COMPLETED)
-    finally:  # interrupted or not, the record accounts for every mask written
-        write_record(args.output, record)
