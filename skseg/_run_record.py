@@ -16,6 +16,7 @@ import socket
 import time
 from pathlib import Path
 
+from ._digest import file_digest
 from ._io import write_atomically
 
 RECORD_NAME = ".skseg-run.json"
@@ -155,11 +156,8 @@ def _replay_journal(output, record):
 def image_unchanged(entry):
     """Whether the image an output was made from is still at its recorded
     path with the content it had (False when it moved, went or changed)."""
-    import hashlib
-
     try:
-        with open(entry["input"], "rb") as image:
-            return hashlib.file_digest(image, "sha1").hexdigest() == entry.get("sha1")
+        return file_digest(entry["input"]) == entry.get("sha1")
     except (OSError, KeyError, TypeError):
         return False
 
