@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._features import ImageFeatures
-from ._images import ExtractedImagePath
 from ._indexing import positions as _positions
 from ._store_format import (
     FEATURE_KEY,
@@ -24,15 +23,11 @@ from ._store_format import (
     unpack,
 )
 from ._store_location import Location
-from ._store_snapshot import Snapshot
+from ._store_snapshot import Snapshot, pinned_snapshot
 from ._store_writer import Writer
 
 __all__ = ["CorruptedStoreError", "FeatureStore"]
 
-_END = object()
-# Snapshots reopened from pickles in this process, by store and commit count.
-_SNAPSHOTS = {}
-_MAX_SNAPSHOTS = 8
 
 
 class FeatureStore(Sequence):
@@ -145,7 +140,7 @@ class FeatureStore(Sequence):
             # and the other is checked against it below.
             self._location.create("extraction.json", json.dumps(
                 {"extraction": self._requested}, sort_keys=True).encode())
-            snapshot.recorded, snapshot.extraction = snapshot._read_extraction()
+            snapshot.recorded, snapshot.extraction = snapshot.read_extraction()
         check_extraction(self.path, self._snapshot, self._requested)
 
     @property
@@ -197,29 +192,6 @@ class FeatureStore(Sequence):
         view._positions = np.asarray(stored, dtype=np.int64)
         view._images = images
         return view
-
-    def _image(self, i, columns, k, given=None):
-        """Image ``k`` of ``columns`` (stored image ``i``); ``given``, a path,
-        names where its file is now."""
-        snapshot = self._snapshot
-        if columns["image_paths"][k]:
-            path = given or str(columns["image_paths"][k])
-            if snapshot.extraction is None:  # hand-made records: keys of any kind
-                return path
-            # Every key of an extraction's store is its image's content_hash.
-            return ExtractedImagePath(path, str(columns["content_keys"][k]))
-        dtype = str(columns["pixel_dtypes"][k])
-        if not dtype:
-            return None
-        raw, _ = snapshot.read("pixels", i, i + 1)
-        shape = tuple(int(s) for s in columns["pixel_shapes"][k])
-        try:
-            return raw.view(np.dtype(dtype)).reshape(shape if shape[2] else shape[:2])
-        except (TypeError, ValueError) as exc:  # checksummed, so written this way
-            raise CorruptedStoreError(
-                f"feature store {self.path!r}: the pixels of image {i} do not fit their "
-                f"recorded dtype {dtype!r} and shape {shape}; the store is damaged."
-            ) from exc
 
     # -- bulk reads --------------------------------------------------------------
 
@@ -305,7 +277,7 @@ class FeatureStore(Sequence):
                 cls=None if cls is None else cls[k],
                 attention=None if attention is None else attention[rows].reshape(h, w),
                 image_shape=tuple(int(v) for v in columns["image_shapes"][k]),
-                image=self._image(i, columns, k, given[k]),
+                image=self._snapshot.image(i, columns, k, given[k]),
                 patch_size=int(columns["patch_sizes"][k]) or None,
                 content_key=_record_key(str(columns["content_keys"][k])),
             ))
@@ -410,8 +382,8 @@ class FeatureStore(Sequence):
         """Append records, streaming, committing every few thousand images.
 
         The iterable is consumed one record at a time and never held whole;
-        a bounded batch (at most 64 MB of patches) is written and committed
-        at a time. If a record is refused, the records before it are stored
+        a bounded batch (a sixteenth of scikit-learn's ``working_memory``, 64
+        MiB by default) is written and committed at a time. If a record is refused, the records before it are stored
         and everything stored before stays intact.
 
         Parameters
@@ -444,38 +416,13 @@ class FeatureStore(Sequence):
         if self._positions is not None:
             raise TypeError("a view of a FeatureStore cannot be extended; extend the store.")
         self._location.refuse_read_only()
-        keys = iter(content_keys) if content_keys is not None else None
         snapshot = self._snapshot
-        had_index = snapshot._index is not None
+        had_index = snapshot.has_index
         snapshot.refresh()  # another writer may have appended since we opened
         self._record_extraction()
         # The keys this handle has seen stored, brought up to date if it had them.
         stored = snapshot.index()[1] if had_index else {}
-        writer = Writer(snapshot)
-        try:
-            for number, record in enumerate(records):
-                key = None
-                if keys is not None:
-                    key = next(keys, _END)
-                    if key is _END:
-                        raise ValueError(
-                            f"content_keys ran out at record {number}; give one "
-                            "key per record."
-                        )
-                    if not isinstance(key, str):
-                        raise TypeError(f"content key of record {number} is a "
-                                        f"{type(key).__name__}, not str.")
-                    if key in stored or key in writer.keys:
-                        continue
-                writer.add(record, key, number)
-            if keys is not None and next(keys, _END) is not _END:
-                raise ValueError("more content_keys than records; give one key per "
-                                 "record (the records were stored).")
-            return writer.n_accepted
-        finally:
-            # Commit what was accepted even when a record is refused or the
-            # iterable raises: a failed append never loses stored images.
-            writer.flush()
+        return Writer(snapshot).append(records, content_keys, stored)
 
 
 def _reopen(path, storage_options, store_id, n_commits, unique, positions, images,
@@ -489,14 +436,7 @@ def _reopen(path, storage_options, store_id, n_commits, unique, positions, image
             f"feature store {store.path!r} is not the store this handle was made from: "
             "it was replaced since. Open the store where it is now."
         )
-    # The tasks a worker runs on one store share what it has read of it
-    # (commits, opened arrays): a pinned snapshot never changes.
-    key = (store.path, repr(sorted(store._location.storage_options.items())), store_id,
-           n_commits)
-    snapshot = _SNAPSHOTS.pop(key, None) or Snapshot(store._location, n_commits)
-    _SNAPSHOTS[key] = snapshot  # the most recently used last
-    while len(_SNAPSHOTS) > _MAX_SNAPSHOTS:
-        _SNAPSHOTS.pop(next(iter(_SNAPSHOTS)))
+    snapshot = pinned_snapshot(store._location, store_id, n_commits)
     if unique is not None:
         snapshot.unique = unpack(unique)
     store._snapshot = snapshot

@@ -27,7 +27,25 @@ from ._store_format import (
     parse_commit,
     runs,
 )
+from ._images import ExtractedImagePath
 from ._store_location import one_line, refuse_link
+
+# Snapshots reopened from pickles in this process, by store and commit count.
+_PINNED = {}
+_MAX_PINNED = 8
+
+
+def pinned_snapshot(location, store_id, n_commits):
+    """The snapshot of a store's first ``n_commits`` commits, shared by the
+    tasks a worker runs on it: a pinned snapshot never changes, so what one
+    task has read of it (commits, opened arrays) serves the next."""
+    key = (location.url, repr(sorted(location.storage_options.items())), store_id,
+           n_commits)
+    snapshot = _PINNED.pop(key, None) or Snapshot(location, n_commits)
+    _PINNED[key] = snapshot  # the most recently used last
+    while len(_PINNED) > _MAX_PINNED:
+        _PINNED.pop(next(iter(_PINNED)))
+    return snapshot
 
 
 class Snapshot:
@@ -48,11 +66,11 @@ class Snapshot:
         self.chunk_cache = {}
         self._index = None
         self.unique = None  # the distinct images' positions, when known
-        self.recorded, self.extraction = self._read_extraction()
+        self.recorded, self.extraction = self.read_extraction()
         self.n_commits = self.find_head() if n_commits is None else int(n_commits)
         self.layout = self.commit(0).layout if self.n_commits else None
 
-    def _read_extraction(self):
+    def read_extraction(self):
         """``(recorded, extraction)``: whether extraction.json exists, and the
         parameters it records (None for records appended by hand). It is
         created once, exclusively, before the first commit, so every writer
@@ -110,7 +128,7 @@ class Snapshot:
             if self.layout is None:
                 self.layout = self.commit(0).layout
         if not self.recorded:
-            self.recorded, self.extraction = self._read_extraction()
+            self.recorded, self.extraction = self.read_extraction()
 
     @property
     def n_stored(self):
@@ -186,6 +204,11 @@ class Snapshot:
         return pieces
 
     # -- the whole index ---------------------------------------------------------
+
+    @property
+    def has_index(self):
+        """Whether the per-image index of the whole store has been read."""
+        return self._index is not None
 
     def index(self):
         """Every commit's columns over the whole store, the first position
@@ -368,6 +391,28 @@ class Snapshot:
             self.refuse_if_gone()
             raise self._damaged(commit, name, one_line(exc), where) from None
         return cached[3][low - cached[1]:high - cached[1]].copy()
+
+    def image(self, i, columns, k, given=None):
+        """Image ``k`` of ``columns`` (stored image ``i``); ``given``, a path,
+        names where its file is now."""
+        if columns["image_paths"][k]:
+            path = given or str(columns["image_paths"][k])
+            if self.extraction is None:  # hand-made records: keys of any kind
+                return path
+            # Every key of an extraction's store is its image's content_hash.
+            return ExtractedImagePath(path, str(columns["content_keys"][k]))
+        dtype = str(columns["pixel_dtypes"][k])
+        if not dtype:
+            return None
+        raw, _ = self.read("pixels", i, i + 1)
+        shape = tuple(int(s) for s in columns["pixel_shapes"][k])
+        try:
+            return raw.view(np.dtype(dtype)).reshape(shape if shape[2] else shape[:2])
+        except (TypeError, ValueError) as exc:  # checksummed, so written this way
+            raise CorruptedStoreError(
+                f"feature store {self.location.url!r}: the pixels of image {i} do not fit their "
+                f"recorded dtype {dtype!r} and shape {shape}; the store is damaged."
+            ) from exc
 
     def _verify(self, commit, name, block, k0, bounds):
         """Image k0 + k of ``commit`` is block[bounds[k]:bounds[k + 1]]."""

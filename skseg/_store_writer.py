@@ -34,6 +34,7 @@ from ._working_memory import STORE_BATCH, budget
 # as a share of the working memory allows, and at most this many images
 # (each has a line in the commit's JSON).
 BATCH_IMAGES = 4096
+_END = object()
 # PIL modes whose array np.asarray gives loads exactly as the PIL image does.
 _ARRAY_EXACT_PIL_MODES = ("L", "RGB", "RGBA")
 
@@ -82,12 +83,39 @@ class Writer:
             )
         return layout
 
+    def append(self, records, content_keys, stored):
+        """Add records (and their keys, if given) and commit them; a key
+        in ``stored`` or seen before in this call is skipped. The number
+        of records accepted."""
+        keys = iter(content_keys) if content_keys is not None else None
+        try:
+            for number, record in enumerate(records):
+                key = None
+                if keys is not None:
+                    key = next(keys, _END)
+                    if key is _END:
+                        raise ValueError(
+                            f"content_keys ran out at record {number}; give one "
+                            "key per record."
+                        )
+                    if not isinstance(key, str):
+                        raise TypeError(f"content key of record {number} is a "
+                                        f"{type(key).__name__}, not str.")
+                    if key in stored or key in self.keys:
+                        continue
+                self.add(record, key, number)
+            if keys is not None and next(keys, _END) is not _END:
+                raise ValueError("more content_keys than records; give one key per "
+                                 "record (the records were stored).")
+            return self.n_accepted
+        finally:
+            # Commit what was accepted even when a record is refused or the
+            # iterable raises: a failed append never loses stored images.
+            self.flush()
+
     def add(self, record, key, number):
         layout = self._check(record, number)
         image_path, pixels = _image_reference(record.image, number)
-        if key is not None and not isinstance(key, str):
-            raise TypeError(f"content key of record {number} is a {type(key).__name__}, "
-                            "not str.")
         dtype = np.dtype(layout["patch_dtype"])
         data = {
             "patches": record.patches.reshape(-1, record.patches.shape[2]),
