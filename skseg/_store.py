@@ -383,8 +383,9 @@ class FeatureStore(Sequence):
 
         The iterable is consumed one record at a time and never held whole;
         a bounded batch (a sixteenth of scikit-learn's ``working_memory``, 64
-        MiB by default) is written and committed at a time. If a record is refused, the records before it are stored
-        and everything stored before stays intact.
+        MiB by default) is written and committed at a time. If a record is
+        refused, the records before it are stored and everything stored
+        before stays intact.
 
         Parameters
         ----------
@@ -412,6 +413,9 @@ class FeatureStore(Sequence):
         ------
         ValueError
             For a record that does not fit the store, naming it.
+        TypeError
+            For a record that is not :class:`ImageFeatures` of real numbers,
+            or a content key that is not a str, naming it.
         """
         if self._positions is not None:
             raise TypeError("a view of a FeatureStore cannot be extended; extend the store.")

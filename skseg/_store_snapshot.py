@@ -176,6 +176,13 @@ class Snapshot:
         self.commits[commit.seq] = commit
         return commit
 
+    def published(self, commit, layout):
+        """Take in a commit this process has just made, the next one."""
+        self.layout = layout
+        self.accept(commit)
+        self.n_commits = commit.seq + 1
+        self._index = self.unique = None
+
     def commit_at(self, position):
         """The commit holding stored image ``position``, found by bisection."""
         low, high = 0, self.n_commits

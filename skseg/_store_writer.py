@@ -19,6 +19,7 @@ from ._features import check_features
 from ._store_format import (
     FEATURE_KEY,
     IMAGE_COLUMNS,
+    MAX_SEGMENT_BYTES,
     SEGMENT_ARRAYS,
     Commit,
     array_shape,
@@ -50,7 +51,8 @@ class Writer:
         self.keys = set()  # of every record accepted by this writer
         self.n_accepted = 0
         self.n_committed = 0
-        self.batch_bytes = budget(STORE_BATCH)
+        # Capped well below what a reader accepts of one segment.
+        self.batch_bytes = min(budget(STORE_BATCH), MAX_SEGMENT_BYTES // 16)
 
     def _check(self, record, number):
         where = f"record {number}"
@@ -213,13 +215,10 @@ class Writer:
             if location.create(commit_key(seq), data):
                 break
             seq += 1
-        snapshot.layout = self.layout
-        snapshot.accept(Commit(seq, body))
+        snapshot.published(Commit(seq, body), self.layout)
         size = _store_format.CHECKPOINT_COMMITS
         if (seq + 1) % size == 0:  # the last commit of a checkpoint
             snapshot.write_checkpoint(seq // size)
-        snapshot.n_commits = seq + 1
-        snapshot._index = snapshot.unique = None
         # Only a hint for readers' probes: a stale one costs them a few more.
         location.put("head.json", json.dumps({"commits": seq + 1}).encode())
 

@@ -14,8 +14,6 @@ pass, 64 MiB of records before a store commits them, 16 MiB for a block of
 distances to centroids or a strip of an image being resized).
 """
 
-from sklearn import get_config
-
 PASS_CHUNK = 1 / 32
 STORE_BATCH = 1 / 16
 DISTANCE_BLOCK = 1 / 64
@@ -24,6 +22,8 @@ IMAGE_STRIP = 1 / 64
 
 def budget(share):
     """Bytes that ``share`` of the working memory allows."""
+    from sklearn import get_config  # not at import: the store loads without it
+
     return int(get_config()["working_memory"] * (1 << 20) * share)
 
 
