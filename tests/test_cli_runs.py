@@ -501,6 +501,7 @@ def test_relative_weights_are_resolved_when_the_model_is_saved(weights_file, tmp
                                       read_mask(tmp_path / "b" / name))
 
 
+@pytest.mark.slow  # builds every DINO ViT family on the meta device to word the error
 def test_weights_of_another_architecture_are_one_line(weights_file, tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 2)
