@@ -79,29 +79,21 @@ def test_a_different_fit_is_refused_then_rewrites_everything_with_force(tmp_path
         np.testing.assert_array_equal(rewritten[name], expected[name])
 
 
-def test_outputs_of_another_fit_not_in_the_new_run_are_removed_with_force(tmp_path):
+def test_force_removes_outputs_of_another_fit_but_nothing_outside_the_folder(tmp_path):
     photos = tmp_path / "photos"
     save_scenes(photos, 4)
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep me")
     out = tmp_path / "out"
     assert main(["segment", str(photos), "-o", str(out), "--overlay", *FAST]) == 0
+    # A record planted to name a file outside the output folder as an output.
+    record = json.loads((out / RECORD_NAME).read_text())
+    record["outputs"]["../victim.png"] = {"input": "x", "sha1": "0", "overlay": False}
+    (out / RECORD_NAME).write_text(json.dumps(record))
     assert main(["segment", str(photos), "-o", str(out), "--exclude", "img3.png", "--force",
                  *FAST]) == 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "img0.png", "img1.png", "img2.png"]  # stale overlays gone too: not redrawn
-
-
-def test_a_planted_record_cannot_delete_outside_the_output_folder(tmp_path):
-    photos = tmp_path / "photos"
-    save_scenes(photos, 3)
-    victim = tmp_path / "victim.png"
-    victim.write_bytes(b"keep me")
-    out = tmp_path / "out"
-    assert main(["segment", str(photos), "-o", str(out), *FAST]) == 0
-    record = json.loads((out / RECORD_NAME).read_text())
-    record["outputs"]["../victim.png"] = {"input": "x", "sha1": "0", "overlay": False}
-    (out / RECORD_NAME).write_text(json.dumps(record))
-    assert main(["segment", str(photos), "-o", str(out), "--force", *FAST, "--n-classes",
-                 "3"]) == 0
     assert victim.read_bytes() == b"keep me"
 
 
@@ -501,6 +493,7 @@ def test_relative_weights_are_resolved_when_the_model_is_saved(weights_file, tmp
                                       read_mask(tmp_path / "b" / name))
 
 
+@pytest.mark.slow  # builds every DINO ViT family on the meta device to word the error
 def test_weights_of_another_architecture_are_one_line(weights_file, tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 2)

@@ -211,18 +211,21 @@ def test_to_coco_annotates_each_class_of_each_mask(tmp_path):
             to_coco([bad], ["a.jpg"])
 
 
-def test_export_refuses_an_image_changed_since_it_was_segmented(tmp_path, capsys):
-    photos, out = tmp_path / "photos", tmp_path / "out"
-    save_scenes(photos, 2)
-    assert main(["segment", str(photos), "-o", str(out), "-q", *FAST]) == 0
-    changed = sorted(photos.iterdir())[0]
-    with Image.open(changed) as image:
-        edited = np.asarray(image)[::-1].copy()  # same size, other content
-    Image.fromarray(edited).save(changed)
-    assert main(["export", str(out), "-o", str(tmp_path / "e"), "--format", "hf"]) == 2
+def test_export_refuses_an_image_changed_since_it_was_segmented(segmented, tmp_path, capsys):
+    photos, out = segmented
+    changed = photos / "img0.png"
+    original = changed.read_bytes()
+    try:
+        with Image.open(changed) as image:
+            edited = np.asarray(image)[::-1].copy()  # same size, other content
+        Image.fromarray(edited).save(changed)
+        assert main(["export", str(out), "-o", str(tmp_path / "e"), "--format", "hf"]) == 2
+    finally:
+        changed.write_bytes(original)  # the other tests' segment folder, as it was
     err = capsys.readouterr().err
     assert "has changed since skseg segment made the mask" in err and changed.name in err
     assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
 
 
 def test_export_from_python_is_the_command_line_export(segmented, tmp_path):

@@ -96,6 +96,7 @@ def test_the_server_can_refuse_credentials(s3):
 # -- writing and reading ----------------------------------------------------------
 
 
+@pytest.mark.slow  # dozens of server round trips; the pickling test stays in the fast run
 def test_a_store_on_s3_reads_back_what_was_written(s3):
     url = s3.url("some/prefix/features.zarr")
     store = FeatureStore(url)
@@ -133,6 +134,7 @@ def test_a_store_on_s3_pickles_and_reopens_read_only(s3):
         pickle.loads(pickle.dumps(store)).extend([planted(9)])
 
 
+@pytest.mark.slow  # dozens of server round trips; the pickling test stays in the fast run
 def test_credentials_from_storage_options_travel_with_the_pickle(s3, monkeypatch):
     options = s3.server.storage_options()
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
@@ -349,6 +351,7 @@ def test_creating_a_store_in_a_read_only_bucket_is_refused(s3):
     assert s3.keys() == []
 
 
+@pytest.mark.slow  # dozens of server round trips; the pickling test stays in the fast run
 def test_extending_a_store_in_a_read_only_bucket_is_refused(s3):
     url = s3.url()
     FeatureStore(url).extend([planted(i) for i in range(3)],
