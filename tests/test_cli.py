@@ -218,13 +218,7 @@ def test_the_help_lists_every_command_with_what_it_does(capsys):
         assert re.search(rf"^    {command} +\S", text, re.MULTILINE), command
 
 
-@pytest.mark.parametrize("command", [
-    *COMMANDS[:-1],
-    pytest.param("export", marks=pytest.mark.xfail(
-        strict=True, reason="bug: export's parser has argparse's formatter, not "
-                            "_HelpFormatter, so its required -o and --format show "
-                            "'(default: None)'")),
-])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_help_describes_every_option_and_shows_its_default(command, capsys):
     text = _help([command], capsys)
     entries = _help_entries(text)

@@ -261,7 +261,7 @@ def build_parser():
     export = commands.add_parser(
         "export", help="the masks of a segment output folder as a COCO, VOC or Hugging "
                        "Face dataset", allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         description="Write the masks of OUTDIR (the output folder of 'skseg segment') and "
                     "their images as a dataset other tools read, its classes named by "
                     "OUTDIR/classes.json. OUTDIR and the images are only read.")
