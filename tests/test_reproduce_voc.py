@@ -125,7 +125,8 @@ def test_the_command_line_uses_only_public_names_of_other_packages():
     import ast
 
     root = Path(__file__).resolve().parents[1] / "skseg"
-    for path in [*(root / "_cli").glob("*.py"), root / "_run_record.py", root / "_io.py"]:
+    for path in [*(root / "_cli").glob("*.py"), *(root / f"_{name}.py" for name in (
+            "run_record", "io", "pictures", "palettes", "model_files", "export", "report"))]:
         # The level of a relative import naming a module of skseg itself.
         level = len(path.relative_to(root).parts)
         tree = ast.parse(path.read_text())
