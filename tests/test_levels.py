@@ -425,10 +425,10 @@ def test_a_redone_image_level_takes_the_side_off_the_border_as_foreground():
 
 def test_split_by_score_ranks_scores_of_any_numeric_type_by_value():
     # Unsigned scores (e.g. counts) are ranked by value, not by their
-    # wrapped-around negation.
+    # wrapped-around negation (which would put a score of 0 first).
     for dtype in (np.uint8, np.int64, np.float32):
         np.testing.assert_array_equal(
-            split_by_score(np.array([9, 1, 8], dtype), np.array([10, 10, 10])),
+            split_by_score(np.array([9, 0, 8], dtype), np.array([10, 10, 10])),
             [True, False, True],
         )
 
@@ -473,6 +473,13 @@ def test_split_by_score_keeps_equal_scores_together_below_the_top():
     # cut has any evidence, and still the tied pair is not split.
     np.testing.assert_array_equal(split_by_score(np.array([2.0, 2.0, 1.0]), np.array([0, 0, 3])),
                                   [True, True, False])
+    # Billions of patches: a one-patch cluster tied with a big one makes the
+    # cut between them as good as the best to within rounding; it is still
+    # not taken.
+    np.testing.assert_array_equal(
+        split_by_score(np.array([3.0, 1.0, 1.0, 0.0]), np.array([10**9, 10**10, 1, 10**10])),
+        [True, True, True, False],
+    )
 
 
 def test_border_ratios_depend_on_shares_not_on_counts():
@@ -511,21 +518,31 @@ def test_image_level_on_equal_agreement_keeps_the_side_grown_from_the_category()
 
 
 def test_a_redone_split_even_on_the_border_keeps_the_side_grown_from_the_interior():
-    # A 5 x 5 grid: A (e0) on columns 0-1 and patch (0, 2), B (e1) elsewhere.
-    # Each side holds 8 of the 16 border patches. The category took it all
-    # as foreground, so the image level is redone from the border prior;
-    # the interior is mostly B, B grows from it, and with the border evenly
-    # shared B (the side grown from the interior) is the foreground.
-    a = np.zeros((5, 5), bool)
-    a[:, :2] = True
-    a[0, 2] = True
-    a = a.ravel()
-    border = border_patches((5, 5))
-    assert (a & border).sum() == (~a & border).sum() == 8
-    X = torch.from_numpy(np.where(a[:, None], [1.0, 0.0], [0.0, 1.0]).astype(np.float32)[None])
-    everything = torch.ones(1, 25, dtype=torch.bool)
-    foreground = image_foreground(X, everything, torch.zeros(1, 2), border, max_iter=10)
-    np.testing.assert_array_equal(foreground[0], ~a)
+    # A 4 x 4 grid of P (e0) on 6 border patches, Q (e1) on the other 6 and
+    # on 3 of the 4 interior patches, and R (3 e1) on the last. The category
+    # took P and Q: the 2-means from it keeps P + Q | R, whose foreground
+    # fills the border, so the image level is redone from the border prior.
+    # From the interior (mostly Q) it ends on P | Q + R: each side holds 6
+    # of the 12 border patches, and the side grown from the interior, Q + R,
+    # stays the foreground.
+    p = np.zeros((4, 4), bool)
+    p[0, :] = True
+    p[1:3, 0] = True
+    r = np.zeros((4, 4), bool)
+    r[2, 2] = True
+    p, r = p.ravel(), r.ravel()
+    border = border_patches((4, 4))
+    assert (p & border).sum() == (~p & border).sum() == 6
+    X = np.where(p[:, None], [1.0, 0.0], [0.0, 1.0])
+    X[r] = [0.0, 3.0]
+    X = torch.from_numpy(X.astype(np.float32)[None])
+    foreground = image_foreground(X, torch.from_numpy(~r[None]), torch.zeros(1, 2), border,
+                                  max_iter=10)
+    np.testing.assert_array_equal(foreground[0], ~p)
+    # Without the border check the inherited P + Q would have stayed.
+    kept = image_foreground(X, torch.from_numpy(~r[None]), torch.zeros(1, 2),
+                            np.zeros_like(border), max_iter=10)
+    np.testing.assert_array_equal(kept[0], ~r)
 
 
 def test_group_indices_in_order_of_first_appearance():
@@ -628,3 +645,13 @@ def test_chunk_levels_equal_each_image_alone():
         for name in ("dataset", "category", "image", "consensus"):
             np.testing.assert_array_equal(together[name][rows], levels[name], err_msg=name)
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_chunk_levels_on_a_gpu_equal_those_on_the_cpu():
+    chunk, _ = _four_images()
+    fitted = _fitted()
+    cpu = chunk_levels(chunk, *fitted, consensus="vote", max_iter=10, device=torch.device("cpu"))
+    gpu = chunk_levels(chunk, *fitted, consensus="vote", max_iter=10, device=torch.device("cuda"))
+    for name in ("dataset", "category", "image", "consensus", "category_index"):
+        np.testing.assert_array_equal(gpu[name], cpu[name], err_msg=name)
