@@ -15,7 +15,9 @@ from skseg._levels import (
     level_counts,
     category_foreground,
     category_pair,
+    chunk_levels,
     combine_levels,
+    group_indices,
     image_foreground,
     oriented_pair,
     split_by_score,
@@ -419,3 +421,237 @@ def test_a_redone_image_level_takes_the_side_off_the_border_as_foreground():
     inherited = torch.from_numpy(~obj[None])  # the category took the background
     foreground = image_foreground(X, inherited, torch.zeros(1, 2), border, max_iter=10)
     np.testing.assert_array_equal(foreground[0], obj)
+
+
+def test_split_by_score_ranks_scores_of_any_numeric_type_by_value():
+    # Unsigned scores (e.g. counts) are ranked by value, not by their
+    # wrapped-around negation (which would put a score of 0 first).
+    for dtype in (np.uint8, np.int64, np.float32):
+        np.testing.assert_array_equal(
+            split_by_score(np.array([9, 0, 8], dtype), np.array([10, 10, 10])),
+            [True, False, True],
+        )
+
+
+def test_split_by_score_with_no_patches_at_all_splits_by_score_alone():
+    # Every cluster empty: the clusters count alike, so the split is Otsu's
+    # on the scores themselves ({5, 4} | {0}, not the first alone).
+    np.testing.assert_array_equal(split_by_score(np.array([5.0, 4.0, 0.0]), np.zeros(3)),
+                                  [True, True, False])
+    np.testing.assert_array_equal(split_by_score(np.array([0.0, 1.0, 5.0]), np.zeros(3)),
+                                  [False, False, True])
+
+
+def test_split_by_score_depends_on_relative_weights_only():
+    # Patch counts or their shares (all below one) give the same split,
+    # including the rule that an empty cluster is background.
+    cases = [
+        (np.array([10.0, 4.0, 0.0]), np.array([1, 100, 100])),
+        (np.array([10.0, 4.0, 0.0]), np.array([100, 100, 1])),
+        (np.array([9.0, 1.0, 0.1, 0.0]), np.array([0, 10, 10, 10])),
+        (np.array([5.0, 3.0, 2.9, 0.0]), np.array([3, 1, 1, 4])),
+    ]
+    for scores, counts in cases:
+        expected = split_by_score(scores, counts)
+        for scale in (1e-3, 1 / counts.sum(), 7.0):
+            np.testing.assert_array_equal(split_by_score(scores, counts * scale), expected)
+    # A single-patch cluster counts as evidence, like any cluster with patches.
+    np.testing.assert_array_equal(
+        split_by_score(np.array([9.0, 5.0, 0.0]), np.array([0, 1, 10])), [False, True, False]
+    )
+
+
+def test_split_by_score_keeps_equal_scores_together_below_the_top():
+    # Sorted scores 3 | 1, 1 | 0 with most weight on the tied pair: the best
+    # unconstrained cut would separate the pair; it is never cut, wherever
+    # it lies in the order.
+    scores = np.array([3.0, 1.0, 1.0, 0.0])
+    for weights in ([1, 50, 1, 50], [50, 1, 50, 1], [1, 1, 1, 1], [5, 1, 100, 3]):
+        foreground = split_by_score(scores, np.array(weights))
+        assert foreground[1] == foreground[2], weights
+    # Tied clusters without patches, with the only patches below them: no
+    # cut has any evidence, and still the tied pair is not split.
+    np.testing.assert_array_equal(split_by_score(np.array([2.0, 2.0, 1.0]), np.array([0, 0, 3])),
+                                  [True, True, False])
+    # Billions of patches: a one-patch cluster tied with a big one makes the
+    # cut between them as good as the best to within rounding; it is still
+    # not taken.
+    np.testing.assert_array_equal(
+        split_by_score(np.array([3.0, 1.0, 1.0, 0.0]), np.array([10**9, 10**10, 1, 10**10])),
+        [True, True, True, False],
+    )
+
+
+def test_border_ratios_depend_on_shares_not_on_counts():
+    counts, border = np.array([30, 50, 20]), np.array([60, 30, 10])
+    expected = border_ratios(counts, border)
+    np.testing.assert_allclose(border_ratios(counts / counts.sum(), border / border.sum()),
+                               expected)
+    # A single patch, on the border: it is there exactly as often as chance.
+    np.testing.assert_allclose(border_ratios(np.array([1, 0]), np.array([1, 0])), [1, 0])
+
+
+def test_attention_rule_judges_a_single_patch_cluster_by_its_attention():
+    # Mean attention 0.9 (one patch) against 0.5 (ten patches).
+    np.testing.assert_array_equal(
+        attention_foreground(np.array([1, 10]), np.array([0.9, 5.0])), [True, False]
+    )
+
+
+def test_border_share_of_a_one_patch_border():
+    # A 1 x 1 grid: its only patch is the whole border.
+    border = border_patches((1, 1))
+    np.testing.assert_array_equal(border, [True])
+    np.testing.assert_allclose(border_share(np.array([[True], [False]]), border), [1, 0])
+
+
+def test_image_level_on_equal_agreement_keeps_the_side_grown_from_the_category():
+    # Blob A {0, 1} and blob B {10, 11}; the category says {0, 10}. The
+    # 2-means started from it ends on A | B, and A and B agree equally with
+    # the category (IoU 1/3 each): the side grown from the category's
+    # foreground (0 and 1 nearer its mean 5 than the rest's mean 6) stays.
+    values = np.array([0.0, 1.0, 10.0, 11.0], np.float32)
+    X = torch.from_numpy(np.stack([values, np.zeros(4, np.float32)], 1))[None]
+    category = torch.tensor([[True, False, True, False]])
+    foreground = image_foreground(X, category, torch.zeros(1, 2), _off_border(X), max_iter=10)
+    np.testing.assert_array_equal(foreground[0], [True, True, False, False])
+
+
+def test_a_redone_split_even_on_the_border_keeps_the_side_grown_from_the_interior():
+    # A 4 x 4 grid of P (e0) on 6 border patches, Q (e1) on the other 6 and
+    # on 3 of the 4 interior patches, and R (3 e1) on the last. The category
+    # took P and Q: the 2-means from it keeps P + Q | R, whose foreground
+    # fills the border, so the image level is redone from the border prior.
+    # From the interior (mostly Q) it ends on P | Q + R: each side holds 6
+    # of the 12 border patches, and the side grown from the interior, Q + R,
+    # stays the foreground.
+    p = np.zeros((4, 4), bool)
+    p[0, :] = True
+    p[1:3, 0] = True
+    r = np.zeros((4, 4), bool)
+    r[2, 2] = True
+    p, r = p.ravel(), r.ravel()
+    border = border_patches((4, 4))
+    assert (p & border).sum() == (~p & border).sum() == 6
+    X = np.where(p[:, None], [1.0, 0.0], [0.0, 1.0])
+    X[r] = [0.0, 3.0]
+    X = torch.from_numpy(X.astype(np.float32)[None])
+    foreground = image_foreground(X, torch.from_numpy(~r[None]), torch.zeros(1, 2), border,
+                                  max_iter=10)
+    np.testing.assert_array_equal(foreground[0], ~p)
+    # Without the border check the inherited P + Q would have stayed.
+    kept = image_foreground(X, torch.from_numpy(~r[None]), torch.zeros(1, 2),
+                            np.zeros_like(border), max_iter=10)
+    np.testing.assert_array_equal(kept[0], ~r)
+
+
+def test_group_indices_in_order_of_first_appearance():
+    assert group_indices([(4, 4), (3, 5), (4, 4), (2, 2), (3, 5)]) == [
+        ((4, 4), [0, 2]), ((3, 5), [1, 4]), ((2, 2), [3])]
+    assert group_indices([]) == []
+
+
+class _Chunk:
+    """The parts of a chunk of images that the levels read."""
+
+    def __init__(self, images, descriptors):
+        self.grids = [image.shape[:2] for image in images]
+        sizes = [h * w for h, w in self.grids]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.image_of_patch = np.repeat(np.arange(len(images)), sizes)
+        self.patches = np.concatenate([image.reshape(-1, image.shape[-1]) for image in images])
+        self.descriptors = np.asarray(descriptors, np.float32)
+
+
+def _scene(grid, object_patches, seed):
+    """Background patches near e0 and object patches near e1, in 3-D."""
+    rng = np.random.default_rng(seed)
+    obj = np.zeros(grid, bool)
+    obj[object_patches] = True
+    X = np.where(obj[..., None], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0])
+    return (X + 0.03 * rng.standard_normal(X.shape)).astype(np.float32), obj.ravel()
+
+
+def _fitted():
+    # Dataset level: background (e0), object (e1), and a far cluster that no
+    # patch is near; only the second is foreground.
+    dataset_centroids = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 9]], np.float32)
+    dataset_foreground = np.array([False, True, False])
+    category_centers = np.array([[1, 0], [0, 1], [-1, 0]], np.float32)
+    category_pairs = np.array([
+        [[1, 0, 0], [0, 1, 0]],  # category 0: right way round
+        [[0, 1, 0], [1, 0, 0]],  # category 1: took the background as foreground
+        # Category 2: every patch nearer its background centroid; its
+        # foreground centroid is nearer the object than the background.
+        [[0.6, 0.4, 0], [0, 3, 0]],
+    ], np.float32)
+    return dataset_centroids, dataset_foreground, category_centers, category_pairs
+
+
+def _four_images():
+    """Images of two grid sizes, interleaved, objects off the border in
+    different places, with descriptors of categories 1, 0, 2, 1."""
+    scenes = [
+        _scene((4, 4), (slice(1, 3), slice(1, 3)), 0),
+        _scene((3, 5), (slice(1, 2), slice(1, 4)), 1),
+        _scene((4, 4), (slice(1, 3), slice(2, 3)), 2),
+        _scene((3, 5), (slice(1, 2), slice(2, 3)), 3),
+    ]
+    descriptors = [[0.1, 0.9], [0.9, -0.1], [-0.8, 0.1], [0, 1.2]]
+    chunk = _Chunk([X for X, _ in scenes], descriptors)
+    return chunk, [obj for _, obj in scenes]
+
+
+@pytest.mark.parametrize("consensus", ["vote", "intersection", "image"])
+def test_chunk_levels_of_images_of_several_grids_and_categories(consensus):
+    chunk, objects = _four_images()
+    levels = chunk_levels(chunk, *_fitted(), consensus=consensus, max_iter=10,
+                          device=torch.device("cpu"))
+    obj = np.concatenate(objects)
+    np.testing.assert_array_equal(levels["category_index"], [1, 0, 2, 1])
+    # Dataset level: the patches nearest its foreground centroid.
+    np.testing.assert_array_equal(levels["dataset"], obj)
+    # Category level: by each image's own category's pair; category 1 has
+    # it inverted and category 2 puts nothing in the foreground.
+    inverted = np.isin(chunk.image_of_patch, [0, 3])
+    empty = chunk.image_of_patch == 2
+    np.testing.assert_array_equal(levels["category"], np.where(inverted, ~obj, obj & ~empty))
+    # Image level: the inverted images fill their border and are redone
+    # from the border prior; the image with an empty category mask takes
+    # the cluster nearer its category's foreground centroid. Every image
+    # finds its own object, whatever the order and grids of the chunk.
+    assert levels["image"].dtype == bool
+    np.testing.assert_array_equal(levels["image"], obj)
+    np.testing.assert_array_equal(
+        levels["consensus"],
+        combine_levels(levels["dataset"], levels["category"], levels["image"], consensus),
+    )
+    expected = {"vote": np.where(obj, np.where(inverted | empty, 2 / 3, 1), np.where(inverted, 1 / 3, 0)),
+                "intersection": obj & ~inverted & ~empty, "image": obj}[consensus]
+    np.testing.assert_allclose(levels["consensus"], expected, rtol=1e-6)
+
+
+def test_chunk_levels_equal_each_image_alone():
+    # The images of one grid run their 2-means as a batch: each image's
+    # levels are those it gets in a chunk of its own.
+    chunk, objects = _four_images()
+    fitted = _fitted()
+    together = chunk_levels(chunk, *fitted, consensus="vote", max_iter=10, device="cpu")
+    for j in range(len(objects)):
+        rows = slice(chunk.offsets[j], chunk.offsets[j + 1])
+        alone = _Chunk([chunk.patches[rows].reshape(*chunk.grids[j], -1)],
+                       chunk.descriptors[j:j + 1])
+        levels = chunk_levels(alone, *fitted, consensus="vote", max_iter=10, device="cpu")
+        for name in ("dataset", "category", "image", "consensus"):
+            np.testing.assert_array_equal(together[name][rows], levels[name], err_msg=name)
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_chunk_levels_on_a_gpu_equal_those_on_the_cpu():
+    chunk, _ = _four_images()
+    fitted = _fitted()
+    cpu = chunk_levels(chunk, *fitted, consensus="vote", max_iter=10, device=torch.device("cpu"))
+    gpu = chunk_levels(chunk, *fitted, consensus="vote", max_iter=10, device=torch.device("cuda"))
+    for name in ("dataset", "category", "image", "consensus", "category_index"):
+        np.testing.assert_array_equal(gpu[name], cpu[name], err_msg=name)

@@ -12,6 +12,7 @@ from skseg._regions import (
     encode_crops,
     mask_runs,
     object_regions,
+    paint_runs,
     pixel_to_patch,
     pooled_descriptors,
     region_crops,
@@ -210,3 +211,117 @@ def test_boxes_bound_each_region():
     for regions in object_regions(masks, 1):
         region_map = regions.region_map()
         assert regions.boxes() == ndimage.find_objects(region_map)
+
+
+def test_boxes_index_the_image():
+    # Boxes are integer slices: they cut each region out of a full-size map
+    # (and crop the image, as region_crops does with a tall region).
+    region_map = np.zeros((30, 20), np.int32)
+    region_map[2:25, 3:6] = 1
+    region_map[27:29, 10:19] = 2
+    regions = _regions_of(region_map)
+    for k, (rows, columns) in enumerate(regions.boxes(), 1):
+        assert all(isinstance(v, (int, np.integer))
+                   for v in (rows.start, rows.stop, columns.start, columns.stop))
+        np.testing.assert_array_equal(region_map[rows, columns] == k, (region_map == k)[rows, columns])
+        assert (region_map[rows, columns] == k).sum() == (region_map == k).sum()
+    tall, _ = region_crops(np.zeros((30, 20, 3)), regions, min_side=4)
+    assert tall.shape == (23, 4, 3)
+
+
+def test_paint_runs_takes_run_columns_of_any_integer_type():
+    # Rows stored in 16 bits: row * width goes beyond 16 bits.
+    shape = (300, 400)
+    rows = np.array([0, 299], np.uint16)
+    starts, stops = np.array([0, 390], np.uint16), np.array([5, 400], np.uint16)
+    painted = paint_runs(shape, rows, starts, stops, np.array([7, 9]), np.uint8)
+    expected = np.zeros(shape, np.uint8)
+    expected[0, 0:5] = 7
+    expected[299, 390:400] = 9
+    np.testing.assert_array_equal(painted, expected)
+
+
+def test_descriptors_are_float32_whatever_the_features():
+    region_map = np.zeros((4, 4), np.int32)
+    region_map[:2] = 1
+    for dtype in (np.float32, np.float64, np.float16):
+        patches = np.arange(8, dtype=dtype).reshape(2, 2, 2)
+        described = pooled_descriptors(_regions_of(region_map), patches)
+        assert described.dtype == np.float32
+        np.testing.assert_allclose(described, [[1, 2]])
+
+
+def test_crop_tokens_are_float32_even_with_no_crop():
+    class Encoder:
+        def transform(self, crops):
+            class Token:
+                cls = np.ones(3)  # float64
+            return [Token() for _ in crops]
+
+    described = encode_crops(Encoder(), [[np.zeros((2, 2))], []])
+    assert [d.dtype for d in described] == [np.float32, np.float32]
+    assert [d.dtype for d in encode_crops(Encoder(), [[]])] == [np.float32]
+
+
+def _two_images():
+    first = np.array([[0, 1, 1], [2, 0, 0]])
+    second = np.array([[1, 0, 0], [0, 0, 2]])
+    return LabelMasks([_regions_of(first), _regions_of(second)],
+                      [np.array([3, 1]), [2, 5]], np.uint8)
+
+
+def test_label_masks_errors_name_the_type():
+    masks = _two_images()
+    with pytest.raises(IndexError, match="LabelMasks indices"):
+        masks[[0.5]]
+    with pytest.raises(IndexError, match="LabelMasks indices"):
+        masks.region_map(np.array([[0]]))
+
+
+def test_label_masks_region_map_numbers_the_regions_without_classes():
+    masks = _two_images()
+    np.testing.assert_array_equal(masks.region_map(0), [[0, 1, 1], [2, 0, 0]])
+    np.testing.assert_array_equal(masks.region_map(-1), [[1, 0, 0], [0, 0, 2]])
+    assert masks.region_map(1).dtype == np.int32
+    with pytest.raises(IndexError):
+        masks.region_map(2)
+
+
+def test_label_masks_pickle_with_every_protocol():
+    masks = _two_images()
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        restored = pickle.loads(pickle.dumps(masks, protocol=protocol))
+        assert len(restored) == 2
+        for i in range(2):
+            assert restored[i].dtype == np.uint8
+            np.testing.assert_array_equal(restored[i], masks[i])
+            np.testing.assert_array_equal(restored.region_map(i), masks.region_map(i))
+        # Sub-sequences of a restored sequence keep the classes and type.
+        np.testing.assert_array_equal(restored[1:][0], [[2, 0, 0], [0, 0, 5]])
+        assert restored[[1]][0].dtype == np.uint8
+    # The state is built-in values only (the dtype by name).
+    state = masks.__getstate__()
+    assert set(state) == {"regions", "classes", "dtype"} and isinstance(state["dtype"], str)
+
+
+def test_label_masks_save_writes_palette_pngs(tmp_path):
+    from PIL import Image
+
+    from skseg._io import cluster_palette, voc_palette
+
+    masks = _two_images()
+    paths = masks.save(tmp_path / "out", names=["a.jpg", "sub/b.jpg"], palette="voc")
+    assert paths == [tmp_path / "out" / "a.png", tmp_path / "out" / "sub" / "b.png"]
+    for path, i in zip(paths, range(2)):
+        with Image.open(path) as png:
+            assert png.mode == "P"
+            np.testing.assert_array_equal(np.asarray(png), masks[i])
+            colours = np.array(png.getpalette()[:3 * 6]).reshape(-1, 3)
+        np.testing.assert_array_equal(colours, voc_palette()[:6])
+    # Default names and palette: numbered files in the cluster colours.
+    paths = masks.save(tmp_path / "default")
+    assert [p.name for p in paths] == ["0.png", "1.png"]
+    with Image.open(paths[1]) as png:
+        np.testing.assert_array_equal(np.asarray(png), masks[1])
+        colours = np.array(png.getpalette()[:3 * 6]).reshape(-1, 3)
+    np.testing.assert_array_equal(colours, cluster_palette()[:6])
