@@ -12,12 +12,15 @@ per-image results kept for the labels.
 Printed per size, each measured in a fresh process: peak anonymous memory
 of the process during ``fit`` (``RssAnon``, sampled in a thread) above what
 it held before, that per image, the megabytes of pickled task results
-entering the process per pass (survey, statistics, per-image path), and the
-largest pickled task argument.
+entering the process per pass (survey, statistics, the category 2-means,
+per-image path, the region sample), and the largest pickled task argument.
 With ``--labels-path``, the fit writes its masks to a temporary
-``labels_path``: the per-image path's stand-in then sends back only the
-number of regions (the workers keep the rest), and a last pass, whose
-stand-in does nothing, would write the classes.
+``labels_path``, as the workers would: the statistics' stand-in then sends
+back only the priorities of its category samples, the category 2-means'
+stand-ins (on the workers) only the pairs, the per-image path's only the
+number of regions and the priorities of its region sample, a pass over the
+chunks that hold the sample's regions their descriptors, and a last pass,
+whose stand-in does nothing, would write the classes.
 
 Targets (issue 19): at most 4 GiB at 1M images and flat within 10% from
 100k to 1M, at most 100 MB entering per pass at 1M, task arguments at most
@@ -43,6 +46,7 @@ import skseg._passes
 import skseg._segmenter
 from skseg import ImageFeatures, MultilevelSegmenter
 from skseg._clustering import BoundedSample, nearest_centroid, unit_rows
+from skseg._label_store import value_of
 from skseg._regions import Regions
 
 GRID, N_FEATURES, PHOTO = (14, 14), 384, (375, 500)
@@ -99,9 +103,11 @@ def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
     return keys, n * N_PATCHES, sample, described
 
 
-def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples, below=None):
+def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples, below=None,
+                       output=None):
     n = stop - start
     rng = np.random.default_rng(start + 2)
+    state = value_of(state)
     n_clusters = len(state.dataset_centroids)
     statistics = {"counts": np.bincount(rng.integers(0, n_clusters, n * N_PATCHES),
                                         minlength=n_clusters)}
@@ -117,8 +123,21 @@ def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
         if below is not None and below[c] is not None:
             mine = mine[mine < below[c]]
         samples[c] = BoundedSample(max_samples, None if below is None else below[c])
-        samples[c].offer(mine, rng.standard_normal((len(mine), N_FEATURES), dtype=np.float32))
+        # With a labels group the rows stay on the worker (not written here:
+        # the 2-means' stand-ins do not read them).
+        samples[c].offer(mine, np.zeros((len(mine), 0), np.float32) if output is not None
+                         else rng.standard_normal((len(mine), N_FEATURES), dtype=np.float32))
     return categories, statistics, samples
+
+
+def gather_category_rows(store, first, last, starts, largest):
+    """Reads and writes rows on the worker: nothing comes back."""
+
+
+def fit_category_pairs(store, first, last, dataset, max_samples, max_iter):
+    rng = np.random.default_rng(first)
+    return {c: unit_rows(rng.standard_normal((2, N_FEATURES), dtype=np.float32))
+            for c in range(first, last)}
 
 
 def photo_regions(rng):
@@ -145,13 +164,26 @@ def segment(X, start, stop, expected, state, keys=None, output=None, seed=None,
     counts = {"patches": np.array([n * N_PATCHES]), "border": np.array([n * 52]),
               "foreground": np.full(4, n * 40), "border_foreground": np.full(4, n * 2),
               "intersection": np.full(3, n * 35), "union": np.full(3, n * 45)}
-    if seed is None:
+    if output is None:
         return regions, described, 0, counts
+    # Written by the worker: their number and a sample of their priorities,
+    # each with the chunk's start, come back.
     sample = BoundedSample(max_samples, below)
-    sample.offer(uniform_priorities(rng, 2 * n), np.concatenate(described))
-    if output is not None:  # written by the worker: only their number comes back
-        return 2 * n, None, 0, counts, sample
-    return regions, described, 0, counts, sample
+    sample.offer(region_priorities(start, n), np.full(2 * n, start, np.int64))
+    return 2 * n, None, 0, counts, sample
+
+
+def region_priorities(start, n):
+    return uniform_priorities(np.random.default_rng((start, 4)), 2 * n)
+
+
+def region_rows(store, start, stop, largest, max_samples):
+    priorities = region_priorities(start, stop - start)
+    mine = priorities[priorities <= largest]
+    sample = BoundedSample(max_samples)
+    sample.offer(mine, unit_rows(np.random.default_rng(start).standard_normal(
+        (len(mine), N_FEATURES), dtype=np.float32)))
+    return sample
 
 
 def label_regions(store, start, stop, class_centroids, dtype):
@@ -166,8 +198,9 @@ def rss_anon():
 
 
 def measure(n_images, labels_path=None):
-    received = {name: [] for name in ("survey", "dataset_statistics", "segment",
-                                      "label_regions")}
+    stand_ins = (survey, dataset_statistics, gather_category_rows, fit_category_pairs, segment,
+                 region_rows, label_regions)
+    received = {function.__name__: [] for function in stand_ins}
     arguments = []
     real_delayed = skseg._passes.delayed
 
@@ -183,7 +216,7 @@ def measure(n_images, labels_path=None):
         arguments.append(max(len(pickle.dumps(arg, protocol=5)) for arg in task.args))
         return real_delayed(task)
 
-    for function in (survey, dataset_statistics, segment, label_regions):
+    for function in stand_ins:
         setattr(skseg._segmenter, function.__name__, counted(function))
     skseg._passes.delayed = measured_delayed
     peak, stop = [0], threading.Event()
@@ -221,8 +254,8 @@ def main():
     args = parser.parse_args()
     if args.row is None:
         print(f"{'images':>9} {'peak MiB':>9} {'B/img':>6} {'kept MiB':>9} {'survey MB':>10}"
-              f" {'stats MB':>9} {'per-image MB':>13} {'max arg KB':>11} {'fit s':>6}",
-              flush=True)
+              f" {'stats MB':>9} {'pairs MB':>9} {'per-image MB':>13} {'regions MB':>11}"
+              f" {'max arg KB':>11} {'fit s':>6}", flush=True)
         # Each size in a fresh process: memory that a smaller size freed but
         # the allocator kept would otherwise hide part of a larger one's peak.
         for n_images in args.sizes:
@@ -233,10 +266,13 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         m = measure(n_images, os.path.join(folder, "labels.zarr") if args.labels_path
                     else None)
+    pairs = m["received"]["gather_category_rows"] + m["received"]["fit_category_pairs"]
     print(f"{n_images:>9,} {m['peak'] / 2**20:>9.0f} {m['peak'] / n_images:>6.0f}"
           f" {m['after'] / 2**20:>9.0f} {m['received']['survey'] / 1e6:>10.1f}"
           f" {m['received']['dataset_statistics'] / 1e6:>9.1f}"
-          f" {m['received']['segment'] / 1e6:>13.1f} {m['argument'] / 1e3:>11.1f}"
+          f" {pairs / 1e6:>9.1f}"
+          f" {m['received']['segment'] / 1e6:>13.1f}"
+          f" {m['received']['region_rows'] / 1e6:>11.1f} {m['argument'] / 1e3:>11.1f}"
           f" {m['seconds']:>6.0f}", flush=True)
 
 
