@@ -22,11 +22,19 @@ number of regions and the priorities of its region sample, a pass over the
 chunks that hold the sample's regions their descriptors, and a last pass,
 whose stand-in does nothing, would write the classes.
 
+With ``--store``, a real fit instead: ``N`` small planted images (6 x 6
+patches of 16 floats, no pixels) appended to a :class:`FeatureStore`, then
+fitted with ``labels_path`` on 2 threads, every pass real. Printed per size:
+the time to write the store and to fit it, and the growth of the process's
+anonymous memory during the fit (peak, and held after it).
+
 Targets (issue 19): at most 4 GiB at 1M images and flat within 10% from
 100k to 1M, at most 100 MB entering per pass at 1M, task arguments at most
-10 KB.
+10 KB; in a real fit, at most 150 MiB more growth at 300,000 images than at
+20,000.
 
     python benchmarks/bench_million.py [--sizes 10000 100000 1000000] [--labels-path]
+    python benchmarks/bench_million.py --store --sizes 20000 100000 300000
 """
 
 import argparse
@@ -44,7 +52,8 @@ import numpy as np
 
 import skseg._passes
 import skseg._segmenter
-from skseg import ImageFeatures, MultilevelSegmenter
+from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter
+from skseg.datasets import make_patch_features
 from skseg._clustering import BoundedSample, nearest_centroid, unit_rows
 from skseg._label_store import value_of
 from skseg._regions import Regions
@@ -87,7 +96,9 @@ def uniform_priorities(rng, n):
     return rng.integers(0, np.iinfo(np.uint64).max, n, dtype=np.uint64, endpoint=True)
 
 
-def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
+def survey(X, start, stop, expected, seeds, max_samples, patches_below=None,
+           descriptors_below=None):
+    below = (patches_below, descriptors_below)
     n = stop - start
     rng = np.random.default_rng(start + 1)
     sample = BoundedSample(max_samples, below[0])
@@ -244,14 +255,65 @@ def measure(n_images, labels_path=None):
                 argument=max(arguments))
 
 
+def planted_records(n_images, pool_size=500):
+    """``n_images`` small planted records, each a pool image in one of eight
+    rotations and flips, plus noise of its own, so that no two are alike."""
+    pool = make_patch_features(n_images=pool_size, grid=(6, 6), n_features=16,
+                               random_state=0)[0]
+    rng = np.random.default_rng(1)
+    for i in range(n_images):
+        f = pool[i % pool_size]
+        variant = (i // pool_size) % 8
+        patches = np.rot90(f.patches, variant % 4)
+        patches = patches[:, ::-1] if variant >= 4 else patches
+        noise = 0.01 * rng.standard_normal(patches.shape, dtype=np.float32)
+        yield ImageFeatures(patches=(patches + noise).astype(np.float16),
+                            cls=f.cls.astype(np.float16))
+
+
+def measure_store(n_images, folder):
+    store = FeatureStore(os.path.join(folder, "features.zarr"))
+    start = time.perf_counter()
+    store.extend(planted_records(n_images))
+    write_seconds = time.perf_counter() - start
+    store = FeatureStore(os.path.join(folder, "features.zarr"), read_only=True)
+    peak, stop = [0], threading.Event()
+
+    def sample_memory():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_anon())
+            time.sleep(0.05)
+
+    before = rss_anon()
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    MultilevelSegmenter(n_classes=4, refine=None, random_state=0, n_jobs=2, device="cpu",
+                        labels_path=os.path.join(folder, "labels.zarr")).fit(store)
+    seconds = time.perf_counter() - start
+    after = rss_anon() - before
+    stop.set()
+    sampler.join()
+    return dict(peak=peak[0] - before, after=after, seconds=seconds, write=write_seconds)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--labels-path", action="store_true",
                         help="fit with labels_path (a temporary folder): the workers keep "
                              "the per-image results")
+    parser.add_argument("--store", action="store_true",
+                        help="a real fit of small planted images in a FeatureStore")
     parser.add_argument("--row", type=int, help=argparse.SUPPRESS)  # one size, here
     args = parser.parse_args()
+    if args.row is None and args.store:
+        print(f"{'images':>9} {'write s':>8} {'fit s':>6} {'peak MiB':>9} {'kept MiB':>9}",
+              flush=True)
+        for n_images in args.sizes:
+            subprocess.run([sys.executable, __file__, "--store", "--row", str(n_images)],
+                           check=True)
+        return
     if args.row is None:
         print(f"{'images':>9} {'peak MiB':>9} {'B/img':>6} {'kept MiB':>9} {'survey MB':>10}"
               f" {'stats MB':>9} {'pairs MB':>9} {'per-image MB':>13} {'regions MB':>11}"
@@ -263,6 +325,12 @@ def main():
                            + ["--labels-path"] * args.labels_path, check=True)
         return
     n_images = args.row
+    if args.store:
+        with tempfile.TemporaryDirectory() as folder:
+            m = measure_store(n_images, folder)
+        print(f"{n_images:>9,} {m['write']:>8.0f} {m['seconds']:>6.0f}"
+              f" {m['peak'] / 2**20:>9.0f} {m['after'] / 2**20:>9.0f}", flush=True)
+        return
     with tempfile.TemporaryDirectory() as folder:
         m = measure(n_images, os.path.join(folder, "labels.zarr") if args.labels_path
                     else None)

@@ -165,7 +165,10 @@ class BoundedSample:
     def bound(self):
         """A priority at or above which no row offered from now on can be
         kept (None while any can): the ``below`` of a pass whose tasks offer
-        their rows to this sample."""
+        their rows to this sample. Compacts a sample holding more than its
+        size first, so that the bound is the tightest its rows give."""
+        if self._pending > self.size:
+            self._compact()
         return self._threshold
 
     def items(self):

@@ -307,15 +307,16 @@ class Chunk:
 
 # ---------------------------------------------------------------- passes
 
-def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
+def survey(X, start, stop, expected, seeds, max_samples, patches_below=None,
+           descriptors_below=None):
     """Pass 1: checks, keys, the patch count, the dataset sample of patches
     and a sample of the images' descriptors, each with the image's patch
     count as a last column; ``seeds`` draw the two samples, of the rows whose
-    priority is under ``below``."""
+    priority is under ``patches_below`` and ``descriptors_below``."""
     chunk = Chunk(X, start, stop, expected)
-    patches = BoundedSample(max_samples, below[0])
+    patches = BoundedSample(max_samples, patches_below)
     patches.offer(chunk.priorities(seeds[0]), chunk.patches)
-    descriptors = BoundedSample(max_samples, below[1])
+    descriptors = BoundedSample(max_samples, descriptors_below)
     descriptors.offer(image_priorities(seeds[1], chunk.keys),
                       np.column_stack([chunk.descriptors,
                                        np.diff(chunk.offsets).astype(chunk.descriptors.dtype)]))
@@ -516,13 +517,16 @@ class CurrentBound:
     """Marks the pass argument that is the priority bound of a sample as
     merged so far: read as each task is dispatched, it spares the task
     sending back rows that can no longer enter the sample, whatever the
-    number of rows is (unknown until the pass ends)."""
+    number of rows is (unknown until the pass ends). With ``below``, a
+    bound computed beforehand, the tighter of the two."""
 
-    def __init__(self, sample):
+    def __init__(self, sample, below=None):
         self.sample = sample
+        self.below = below
 
     def for_task(self, start, stop):
-        return self.sample.bound
+        bounds = [b for b in (self.sample.bound, self.below) if b is not None]
+        return min(bounds) if bounds else None
 
 
 class Window:

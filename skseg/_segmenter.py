@@ -657,7 +657,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         """Pass 1, whose tasks send back only the rows under a priority bound:
         descriptors from the number of images, patches from the patch count
         that image 0 suggests (twice the sample expected, in case the images
-        are smaller); again without it in the rare case they were much
+        are smaller), or the bound of the sample merged so far where it is
+        tighter; again without the first in the rare case they were much
         smaller and the sample did not fill up."""
         estimate = len(X) * int(np.prod(X[0].grid_shape))
         for below in ((priority_bound(self.max_samples, estimate, margin=2),
@@ -665,7 +666,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             keys, n_patches = [], 0
             patches, descriptors = BoundedSample(self.max_samples), BoundedSample(self.max_samples)
             for chunk_keys, chunk_patches, chunk_sample, chunk_descriptors in self._map(
-                survey, X, chunks, expected, seeds, self.max_samples, below,
+                survey, X, chunks, expected, seeds, self.max_samples,
+                CurrentBound(patches, below[0]), CurrentBound(descriptors, below[1]),
                 progress="survey",
             ):
                 keys.append(chunk_keys)
