@@ -84,6 +84,19 @@ def test_stored_masks_index_pickle_and_save_like_masks_in_memory(planted, tmp_pa
     assert [p.name for p in paths] == ["0.png", "1.png", "2.png"]
 
 
+def test_a_segmenter_with_stored_masks_saves_and_loads_through_skops(planted, tmp_path):
+    import skops.io
+
+    from skseg.io import TRUSTED_TYPES
+
+    # A str path: skops trusts no pathlib type by itself.
+    seg = _seg(labels_path=str(tmp_path / "labels.zarr"), chunk_size=6).fit(planted)
+    data = skops.io.dumps(seg)
+    assert set(skops.io.get_untrusted_types(data=data)) <= set(TRUSTED_TYPES)
+    loaded = skops.io.loads(data, trusted=TRUSTED_TYPES)
+    np.testing.assert_array_equal(loaded.labels_[17], seg.labels_[17])
+
+
 def test_labels_path_is_replaced_at_each_fit_but_never_holding_anything_else(planted,
                                                                             tmp_path):
     path = tmp_path / "labels.zarr"
