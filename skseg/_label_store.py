@@ -11,7 +11,8 @@ The same group carries what the tasks of the fit need but the fitting
 process should neither receive nor send in every task: the rows of the
 category samples (``work/``), which tasks on the workers merge and fit
 the category 2-means on, and the fitted state that every task reads
-(``shared/``), which a task receives as a small :class:`Shared` reference.
+(``shared/``), which a task receives as a small :class:`Shared` reference;
+both are deleted once the fit no longer needs them.
 
 A task that is run again (its worker died) rewrites its own group whole, so
 the result does not depend on which run of a task finished.
@@ -122,9 +123,10 @@ class LabelStore:
         for key, part in sorted(group.groups()):
             yield key, {array_name: array[:] for array_name, array in part.arrays()}
 
-    def remove_parts(self):
-        """Delete what the tasks passed on, once the fit no longer needs it."""
-        shutil.rmtree(os.path.join(self.path, "work"), ignore_errors=True)
+    def remove(self, name):
+        """Delete what the tasks passed on (``"work"``) or read
+        (``"shared"``), once the fit no longer needs it."""
+        shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
 
     def share(self, value):
         """``value`` written once for every task of the fit to read: a

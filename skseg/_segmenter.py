@@ -277,9 +277,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         of an earlier fit there can no longer be read; a path that holds
         anything else is refused). ``labels_`` then reads each mask
         from there when indexed, and the process that calls ``fit``
-        receives and holds nothing per image but its category. ``None``
-        keeps the masks in memory, in ``labels_``. The masks are the same
-        either way.
+        receives and holds nothing per image but its key and category. The
+        workers also keep the category samples there and fit the category
+        2-means themselves, and read the fitted state from there rather
+        than receive it with every task. ``None`` keeps the masks in
+        memory, in ``labels_``. The masks are the same either way.
 
     Attributes
     ----------
@@ -761,7 +763,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             self.max_samples, self.max_iter,
         ):
             pairs.update(fitted)
-        output.remove_parts()
+        output.remove("work")
         return pairs
 
     def _label_in_memory(self, X, chunks, expected, keys, seed):
@@ -809,6 +811,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                            self._shared(self.class_centroids_, output), dtype,
                            progress="labelling"):
             pass
+        output.remove("shared")
         return StoredLabelMasks(output, [start for start, _ in chunks], len(X), dtype)
 
     def _fit_classes(self, sample, n_regions, seed):

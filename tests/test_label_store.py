@@ -57,7 +57,7 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path
     assert all(sample.result().shape[1] == 0
                for samples in statistics for sample in samples.values() if len(sample))
     np.testing.assert_array_equal(seg.category_centroids_, in_memory.category_centroids_)
-    assert not os.path.exists(path / "work")
+    assert not os.path.exists(path / "work") and not os.path.exists(path / "shared")
     np.testing.assert_array_equal(seg.class_centroids_, in_memory.class_centroids_)
     assert len(seg.labels_) == len(planted)
     for i in range(len(planted)):
