@@ -165,17 +165,33 @@ class BoundedSample:
     def bound(self):
         """A priority at or above which no row offered from now on can be
         kept (None while any can): the ``below`` of a pass whose tasks offer
-        their rows to this sample."""
+        their rows to this sample. Compacts a sample holding more than its
+        size first, so that the bound is the tightest its rows give."""
+        if self._pending > self.size:
+            self._compact()
         return self._threshold
 
-    def result(self):
-        """The sampled rows, in order of priority."""
+    def items(self):
+        """The sampled rows' priorities and the rows, in order of priority."""
         if not self._parts:
-            return np.empty((0,))
+            return np.empty(0, np.uint64), np.empty((0,))
         if len(self._parts) > 1 or self._pending > self.size:
             self._compact()
         priorities, rows = self._parts[0]
-        return rows[np.argsort(priorities, kind="stable")]
+        order = np.argsort(priorities, kind="stable")
+        return priorities[order], rows[order]
+
+    def result(self):
+        """The sampled rows, in order of priority."""
+        return self.items()[1]
+
+    def largest(self):
+        """The largest priority in the sample (None when it is empty). Of
+        the rows that were offered to it, those at or under this priority
+        are the sample: offered them again, from wherever they were kept, a
+        sample of this size holds the same rows."""
+        priorities, _ = self.items()
+        return int(priorities[-1]) if len(priorities) else None
 
 
 def fit_kmeans(X, n_clusters, *, n_init, max_iter, seed):

@@ -7,11 +7,22 @@ second, light pass writes each region's class beside them: the process that
 calls ``fit`` receives none of it, only counts and a bounded sample.
 :class:`StoredLabelMasks` paints a mask from there when it is indexed.
 
+The same group carries what the tasks of the fit need but the fitting
+process should neither receive nor send in every task: the rows of the
+category samples (``work/``), which tasks on the workers merge and fit
+the category 2-means on, and the fitted state that every task reads
+(``shared/``), which a task receives as a small :class:`Shared` reference;
+both are deleted once the fit no longer needs them.
+
 A task that is run again (its worker died) rewrites its own group whole, so
 the result does not depend on which run of a task finished.
 """
 
+import functools
+import hashlib
 import os
+import pickle
+import shutil
 import uuid
 from collections.abc import Sequence
 
@@ -63,9 +74,9 @@ class LabelStore:
 
         return zarr.open_group(self.path, path=f"chunks/{start}", mode=mode)
 
-    def write_regions(self, start, regions, descriptors):
-        """The regions of the images from ``start`` on, and their descriptors
-        (one array per image)."""
+    def write_regions(self, start, regions, descriptors, priorities):
+        """The regions of the images from ``start`` on, their descriptors
+        (one array per image) and the sampling priority of each region."""
         runs = [r.runs() for r in regions]
         images = np.array([(*r.shape, r.n_regions, len(rows))
                            for r, (rows, *_) in zip(regions, runs)], np.int64)
@@ -77,9 +88,63 @@ class LabelStore:
         filled = [d for d in descriptors if len(d)]
         group.create_array("descriptors", data=np.concatenate(filled).astype(np.float32)
                            if filled else np.zeros((0, 1), np.float32))
+        group.create_array("priorities", data=np.asarray(priorities, np.uint64))
 
     def descriptors(self, start):
         return self._chunk(start)["descriptors"][:]
+
+    def priorities(self, start):
+        return self._chunk(start)["priorities"][:]
+
+    # ------------------------------------------- what the tasks pass on
+    def write_part(self, name, key, **arrays):
+        """Arrays that a task leaves for the tasks of a later step, under
+        ``work/<name>/<key>`` (rewritten whole by a task run again)."""
+        import zarr
+
+        group = zarr.open_group(self.path, path=f"work/{name}/{key}", mode="w")
+        for array_name, values in arrays.items():
+            group.create_array(array_name, data=values)
+
+    def read_part(self, name, key):
+        import zarr
+
+        group = zarr.open_group(self.path, path=f"work/{name}/{key}", mode="r")
+        return {array_name: array[:] for array_name, array in group.arrays()}
+
+    def parts(self, name):
+        """The keys written under ``work/<name>``, each with its arrays as a dict."""
+        import zarr
+
+        try:
+            group = zarr.open_group(self.path, path=f"work/{name}", mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return
+        for key, part in sorted(group.groups()):
+            yield key, {array_name: array[:] for array_name, array in part.arrays()}
+
+    def remove(self, name):
+        """Delete what the tasks passed on (``"work"``) or read
+        (``"shared"``), once the fit no longer needs it."""
+        shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+
+    def share(self, value):
+        """``value`` written once for every task of the fit to read: a
+        :class:`Shared` reference to it, which pickles in well under a
+        kilobyte whatever the value's size."""
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        folder = os.path.join(self.path, "shared")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, digest)
+        if not os.path.exists(path):
+            # Written under a name of its own, then renamed: a task never
+            # reads a part-written file.
+            partial = f"{path}.{uuid.uuid4().hex}"
+            with open(partial, "wb") as file:
+                file.write(data)
+            os.replace(partial, path)
+        return Shared(path, digest, value)
 
     def write_classes(self, start, classes):
         group = self._chunk(start, mode="r+")
@@ -107,6 +172,44 @@ class LabelStore:
              classes[region_bounds[j]:region_bounds[j + 1]])
             for j, (h, w, _, _) in enumerate(images)
         ]
+
+
+class Shared:
+    """A value that the tasks of a fit read from its labels group: in the
+    process that made it, the value itself; pickled, the file's path and
+    digest, which each process resolves once (:func:`_load_shared` keeps the
+    last few it read), so that the value is not sent with every task."""
+
+    def __init__(self, path, digest, value=None):
+        self.path = path
+        self.digest = digest
+        self._value = value
+
+    def __getstate__(self):
+        return {"path": self.path, "digest": self.digest, "_value": None}
+
+    @property
+    def value(self):
+        if self._value is None:
+            self._value = _load_shared(self.path, self.digest)
+        return self._value
+
+
+@functools.lru_cache(maxsize=8)
+def _load_shared(path, digest):
+    with open(path, "rb") as file:
+        data = file.read()
+    if hashlib.blake2b(data, digest_size=16).hexdigest() != digest:
+        raise RuntimeError(
+            f"{path!r} no longer holds the state that the fit wrote there; was its "
+            "labels_path reused by another fit at the same time?"
+        )
+    return pickle.loads(data)
+
+
+def value_of(argument):
+    """A pass argument's value, whether it came as itself or as :class:`Shared`."""
+    return argument.value if isinstance(argument, Shared) else argument
 
 
 class StoredLabelMasks(Sequence):

@@ -16,6 +16,8 @@ TRUSTED_TYPES = (
     "skseg._segmenter.MultilevelSegmenter",
     "skseg._regions.LabelMasks",
     "skseg._regions.Regions",
+    "skseg._label_store.LabelStore",
+    "skseg._label_store.StoredLabelMasks",
 )
 
 

@@ -5,7 +5,11 @@ The pass functions take small arguments (X, which pickles as its location
 when it is a store, a range of images, a frozen :class:`FittedState` of
 centroids and parameters, never the estimator), so that any joblib backend
 (threads, processes, Dask) can run them where the data lies, and each
-returns only small per-image results and bounded samples.
+returns only small per-image results and bounded samples. In a fit with
+``labels_path``, the tasks write their larger results into its
+:class:`LabelStore` and read the fitted state from there once per process
+(as a :class:`Shared` reference), so that what enters and leaves the fitting
+process per task is a few kilobytes.
 :func:`chunk_ranges` and :func:`map_chunks` cut X into chunks and run a pass
 over them.
 """
@@ -30,7 +34,14 @@ from ._clustering import (
 )
 from ._features import FeatureSequence, ImageFeatures
 from ._images import load_rgb
-from ._levels import border_patches, chunk_levels, group_indices, level_counts
+from ._label_store import value_of
+from ._levels import (
+    border_patches,
+    category_pair,
+    chunk_levels,
+    group_indices,
+    level_counts,
+)
 from ._refine import foreground_masks
 from ._regions import encode_crops, object_regions, pooled_descriptors, region_crops
 
@@ -159,6 +170,7 @@ class FittedState:
 
 def chunk_state_levels(chunk, state):
     """The three level masks of a chunk, their consensus and each image's category."""
+    state = value_of(state)
     return chunk_levels(
         chunk, state.dataset_centroids, state.dataset_foreground, state.category_centers,
         state.category_pairs, consensus=state.consensus, max_iter=state.max_iter,
@@ -169,6 +181,7 @@ def chunk_state_levels(chunk, state):
 def chunk_regions(chunk, soft, state):
     """Upsample, refine and split into regions; describe each region. Also
     returns how many images carried no pixels to refine with."""
+    state = value_of(state)
     device = resolve_device(state.device)
     soft = chunk.split(soft)
     regions, described = [None] * len(chunk), [None] * len(chunk)
@@ -294,15 +307,16 @@ class Chunk:
 
 # ---------------------------------------------------------------- passes
 
-def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
+def survey(X, start, stop, expected, seeds, max_samples, patches_below=None,
+           descriptors_below=None):
     """Pass 1: checks, keys, the patch count, the dataset sample of patches
     and a sample of the images' descriptors, each with the image's patch
     count as a last column; ``seeds`` draw the two samples, of the rows whose
-    priority is under ``below``."""
+    priority is under ``patches_below`` and ``descriptors_below``."""
     chunk = Chunk(X, start, stop, expected)
-    patches = BoundedSample(max_samples, below[0])
+    patches = BoundedSample(max_samples, patches_below)
     patches.offer(chunk.priorities(seeds[0]), chunk.patches)
-    descriptors = BoundedSample(max_samples, below[1])
+    descriptors = BoundedSample(max_samples, descriptors_below)
     descriptors.offer(image_priorities(seeds[1], chunk.keys),
                       np.column_stack([chunk.descriptors,
                                        np.diff(chunk.offsets).astype(chunk.descriptors.dtype)]))
@@ -310,10 +324,18 @@ def survey(X, start, stop, expected, seeds, max_samples, below=(None, None)):
 
 
 def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
-                       below=None):
+                       below=None, output=None):
     """Pass 2: each image's category; per dataset cluster, patch counts (all,
     on the border) and CLS attention; per category, its patch count and its
-    sample (of the patches under ``below[category]``, as in :func:`survey`)."""
+    sample (of the patches under ``below[category]``, as in :func:`survey`).
+
+    With ``output`` (a :class:`LabelStore`), the samples' rows are written
+    there, for :func:`gather_category_rows`, and each category's sample
+    comes back as its priorities alone (rows of width 0): tens of
+    kilobytes, where the rows of every category would be hundreds of
+    megabytes per pass.
+    """
+    state = value_of(state)
     chunk = Chunk(X, start, stop, expected, keys[start:stop])
     n_clusters = len(state.dataset_centroids)
     assignment = nearest_centroid(chunk.patches, state.dataset_centroids)
@@ -336,7 +358,61 @@ def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
         rows = patch_category == category
         samples[category] = BoundedSample(max_samples, None if below is None else below[category])
         samples[category].offer(priorities[rows], chunk.patches[rows])
+    if output is None:
+        return categories, statistics, samples
+    kept = {category: sample.items() for category, sample in samples.items()}
+    output.write_part(
+        "category_samples", start,
+        category=np.concatenate([np.full(len(p), c, np.int32) for c, (p, _) in kept.items()]
+                                + [np.zeros(0, np.int32)]),
+        priority=np.concatenate([p for p, _ in kept.values()] + [np.zeros(0, np.uint64)]),
+        rows=np.concatenate([r for _, r in kept.values() if r.ndim == 2]
+                            + [np.zeros((0, chunk.patches.shape[1]), np.float32)]),
+    )
+    for category, (kept_priorities, _) in kept.items():
+        samples[category] = BoundedSample(max_samples)
+        samples[category].offer(kept_priorities, np.zeros((len(kept_priorities), 0), np.float32))
     return categories, statistics, samples
+
+
+def gather_category_rows(store, first, last, starts, largest):
+    """Step 3 on the workers, first half: the rows that
+    :func:`dataset_statistics` wrote for chunks ``first..last`` (at
+    ``starts``), those of each category's final sample (priority at most
+    ``largest[category]``), written per category for
+    :func:`fit_category_pairs`. A tree of two steps, so that no task opens
+    every chunk's rows, nor writes a file per chunk and category."""
+    priorities, rows = {}, {}
+    for start in starts[first:last]:
+        part = store.read_part("category_samples", int(start))
+        for category in np.unique(part["category"]):
+            mine = (part["category"] == category) & (part["priority"] <= largest[category])
+            priorities.setdefault(category, []).append(part["priority"][mine])
+            rows.setdefault(category, []).append(part["rows"][mine])
+    for category, parts in priorities.items():
+        store.write_part(f"categories/{category}", first, priority=np.concatenate(parts),
+                         rows=np.concatenate(rows[category]))
+
+
+def fit_category_pairs(store, first, last, dataset, max_samples, max_iter):
+    """Step 3 on the workers, second half: the 2-means of categories
+    ``first..last`` (:func:`category_pair`) on their samples, merged from
+    what :func:`gather_category_rows` wrote; ``dataset`` holds the dataset
+    level's centroids and foreground. The same pairs as fitted on the
+    samples sent to the fitting process. Categories of fewer than two
+    sampled patches are left out."""
+    centroids, foreground = value_of(dataset)
+    pairs = {}
+    for category in range(first, last):
+        sample = BoundedSample(max_samples)
+        for _, part in store.parts(f"categories/{category}"):
+            sample.offer(part["priority"], part["rows"])
+        if len(sample) < 2:
+            continue
+        patches = sample.result()
+        reference = foreground[nearest_centroid(patches, centroids)]
+        pairs[category] = category_pair(patches, reference, max_iter=max_iter)
+    return pairs
 
 
 def segment(X, start, stop, expected, state, keys=None, output=None, seed=None,
@@ -346,10 +422,12 @@ def segment(X, start, stop, expected, state, keys=None, output=None, seed=None,
     chunk's :func:`level_counts`.
 
     With ``output`` (a :class:`LabelStore`: a fit with ``labels_path``),
-    the regions and descriptors are written there, and the task returns in
-    their place the chunk's number of regions, None, and after the counts
-    its sample of region descriptors (of those under ``below``), drawn by
-    :func:`offer_regions` with ``seed``.
+    the regions, descriptors and the regions' sampling priorities (from
+    ``seed``, see :func:`region_priorities`) are written there, and the
+    task returns in their place the chunk's number of regions, None, and
+    after the counts its sample of those priorities under ``below``, each
+    with ``start`` as its row: :func:`region_rows` then fetches the
+    descriptors of the final sample from the chunks that hold them.
     """
     chunk = Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
     levels = chunk_state_levels(chunk, state)
@@ -357,26 +435,43 @@ def segment(X, start, stop, expected, state, keys=None, output=None, seed=None,
     counts = level_counts(levels, chunk.on_border())
     if output is None:
         return regions, described, no_pixels, counts
+    priorities = region_priorities(seed, chunk.keys, described)
+    output.write_regions(start, regions, described, priorities)
     sample = BoundedSample(max_samples, below)
-    offer_regions(sample, seed, chunk.keys, described)
-    output.write_regions(start, regions, described)
+    sample.offer(priorities, np.full(len(priorities), start, np.int64))
     return sum(r.n_regions for r in regions), None, no_pixels, counts, sample
 
 
-def offer_regions(sample, seed, keys, descriptors):
-    """Offer the region descriptors of some images (one array per image, one
-    content key per image) to the sample for the classes.
+def region_rows(store, start, stop, largest, max_samples):
+    """The region descriptors of the chunk at ``start`` whose priority
+    (written by :func:`segment`) is at most ``largest``: its share of the
+    sample for the classes."""
+    priorities = store.priorities(start)
+    mine = priorities <= largest
+    sample = BoundedSample(max_samples)
+    sample.offer(priorities[mine], store.descriptors(start)[mine])
+    return sample
+
+
+def region_priorities(seed, keys, descriptors):
+    """The sampling priority of each region of some images (descriptors as
+    one array per image, one content key per image).
 
     A region's priority follows from ``seed``, its image's content key and
     its number in the image, as a patch's does: the sample is the same
     whichever process draws it, for any chunking and order.
     """
-    n_regions = [len(d) for d in descriptors]
-    if sum(n_regions):
-        sample.offer(
-            np.concatenate([patch_priorities(seed, key, n) for key, n in zip(keys, n_regions)]),
-            np.concatenate([d for d in descriptors if len(d)]),
-        )
+    return np.concatenate([patch_priorities(seed, key, len(d))
+                           for key, d in zip(keys, descriptors)] + [np.zeros(0, np.uint64)])
+
+
+def offer_regions(sample, seed, keys, descriptors):
+    """Offer the region descriptors of some images (one array per image, one
+    content key per image) to the sample for the classes, each with its
+    :func:`region_priorities`."""
+    if sum(len(d) for d in descriptors):
+        sample.offer(region_priorities(seed, keys, descriptors),
+                     np.concatenate([d for d in descriptors if len(d)]))
 
 
 def classes_of(descriptors, class_centroids, dtype):
@@ -391,7 +486,8 @@ def label_regions(store, start, stop, class_centroids, dtype):
     """The last pass of a fit with ``labels_path``: the class of each region
     of the chunk, from the descriptors that :func:`segment` wrote to
     ``store``, written beside them."""
-    store.write_classes(start, classes_of(store.descriptors(start), class_centroids, dtype))
+    store.write_classes(start, classes_of(store.descriptors(start), value_of(class_centroids),
+                                          dtype))
 
 
 def levels_only(X, start, stop, expected, state):
@@ -421,13 +517,16 @@ class CurrentBound:
     """Marks the pass argument that is the priority bound of a sample as
     merged so far: read as each task is dispatched, it spares the task
     sending back rows that can no longer enter the sample, whatever the
-    number of rows is (unknown until the pass ends)."""
+    number of rows is (unknown until the pass ends). With ``below``, a
+    bound computed beforehand, the tighter of the two."""
 
-    def __init__(self, sample):
+    def __init__(self, sample, below=None):
         self.sample = sample
+        self.below = below
 
     def for_task(self, start, stop):
-        return self.sample.bound
+        bounds = [b for b in (self.sample.bound, self.below) if b is not None]
+        return min(bounds) if bounds else None
 
 
 class Window:

@@ -20,10 +20,16 @@ images:
    then every region's nearest class. By default the regions and
    descriptors come to the fitting process, which keeps the regions for
    ``labels_``, draws the sample, and spills the descriptors to a temporary
-   file until it assigns the classes. With ``labels_path``, the workers
-   write regions and descriptors there and send back only bounded samples,
-   and a last pass on the workers writes the classes: the fitting process
-   holds nothing per image but its category.
+   file until it assigns the classes.
+
+With ``labels_path``, the workers write into a zarr group there what the
+fitting process would otherwise receive: the category samples' rows, which
+tasks on the workers merge and fit the category 2-means on (step 3), the
+regions and their descriptors, of which the fitting process fetches only
+those of the sample for the classes, and the classes, in a last pass. The
+fitted state the tasks read is written there once, and each task gets a
+reference to it. The fitting process then holds nothing per image but its
+key and category, and each task's arguments and results are a few kilobytes.
 """
 
 import functools
@@ -66,10 +72,13 @@ from ._passes import (
     chunk_ranges,
     classes_of,
     dataset_statistics,
+    fit_category_pairs,
+    gather_category_rows,
     label_regions,
     levels_only,
     map_chunks,
     offer_regions,
+    region_rows,
     segment,
     survey,
 )
@@ -268,9 +277,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         of an earlier fit there can no longer be read; a path that holds
         anything else is refused). ``labels_`` then reads each mask
         from there when indexed, and the process that calls ``fit``
-        receives and holds nothing per image but its category. ``None``
-        keeps the masks in memory, in ``labels_``. The masks are the same
-        either way.
+        receives and holds nothing per image but its key and category. The
+        workers also keep the category samples there and fit the category
+        2-means themselves, and read the fitted state from there rather
+        than receive it with every task. ``None`` keeps the masks in
+        memory, in ``labels_``. The masks are the same either way.
 
     Attributes
     ----------
@@ -477,6 +488,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         master = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         seeds = dict(zip(_SEEDS, np.random.SeedSequence(master).generate_state(len(_SEEDS))))
         chunks = chunk_ranges(X, self.chunk_size, self.n_jobs)
+        output = None if self.labels_path is None else LabelStore.create(self.labels_path)
 
         # 1. Survey: every image checked and keyed; bounded, content-keyed
         # samples of patches for the dataset level and of the images'
@@ -502,7 +514,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         )
         self._fit_categories(descriptor_sample.result()[:, :-1], len(X), seeds["categories"])
         statistics, category_samples = self._dataset_statistics(
-            X, chunks, expected, keys, n_patches, descriptor_sample, seeds["category_pairs"]
+            X, chunks, expected, keys, n_patches, descriptor_sample, seeds["category_pairs"],
+            output,
         )
         if self.foreground == "border":
             self.dataset_foreground_ = border_foreground(
@@ -518,7 +531,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
         # 3. Category level, oriented by the dataset level.
         self._stage(f"category level: a 2-means in each of {self.n_categories_} categories")
-        self.category_centroids_ = self._fit_category_pairs(category_samples, statistics)
+        self.category_centroids_ = self._fit_category_pairs(category_samples, statistics,
+                                                            chunks, output)
 
         # 4. The per-image path that predict runs: image level, consensus,
         # pixels, regions and their descriptors; 5. the classes of the
@@ -531,10 +545,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self._stage("image level, consensus and refinement "
                     f"({self.refine if self.refine and self.refine_iter else 'none'}), "
                     f"then object regions ({self.region} descriptors)")
-        if self.labels_path is None:
+        if output is None:
             self.labels_ = self._label_in_memory(X, chunks, expected, keys, seeds["classes"])
         else:
-            self.labels_ = self._label_on_workers(X, chunks, expected, keys, seeds["classes"])
+            self.labels_ = self._label_on_workers(X, chunks, expected, keys, seeds["classes"],
+                                                  output)
         if self.n_classes == "auto":
             self._stage(f"labelling: {self.n_classes_} classes chosen (silhouette "
                         f"{self.n_classes_scores_[self.n_classes_]:.3f})")
@@ -592,6 +607,13 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         return map_chunks(function, X, chunks, *args, n_jobs=self.n_jobs,
                           progress=progress if self.verbose else None)
 
+    @staticmethod
+    def _shared(value, output):
+        """``value`` as the passes' tasks get it: itself, or with an
+        ``output`` (a fit with ``labels_path``) written there once and sent
+        as a reference."""
+        return value if output is None else output.share(value)
+
     def _state(self):
         """What the passes read of this segmenter, fitted so far."""
         refine = None
@@ -637,7 +659,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         """Pass 1, whose tasks send back only the rows under a priority bound:
         descriptors from the number of images, patches from the patch count
         that image 0 suggests (twice the sample expected, in case the images
-        are smaller); again without it in the rare case they were much
+        are smaller), or the bound of the sample merged so far where it is
+        tighter; again without the first in the rare case they were much
         smaller and the sample did not fill up."""
         estimate = len(X) * int(np.prod(X[0].grid_shape))
         for below in ((priority_bound(self.max_samples, estimate, margin=2),
@@ -645,7 +668,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             keys, n_patches = [], 0
             patches, descriptors = BoundedSample(self.max_samples), BoundedSample(self.max_samples)
             for chunk_keys, chunk_patches, chunk_sample, chunk_descriptors in self._map(
-                survey, X, chunks, expected, seeds, self.max_samples, below,
+                survey, X, chunks, expected, seeds, self.max_samples,
+                CurrentBound(patches, below[0]), CurrentBound(descriptors, below[1]),
                 progress="survey",
             ):
                 keys.append(chunk_keys)
@@ -658,12 +682,15 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         return np.concatenate(keys), n_patches, patches, descriptors
 
     def _dataset_statistics(self, X, chunks, expected, keys, n_patches, descriptor_sample,
-                            seed):
+                            seed, output=None):
         """Pass 2, which also finds each image's category. Each category's
         patch count is estimated from the sample of images and their patch
         counts (low by eight standard deviations of the count of its images
         in the sample), so its sample is bounded as in :meth:`_survey`;
-        again without the bounds in the rare case one did not fill up."""
+        again without the bounds in the rare case one did not fill up. With
+        ``output``, the samples' rows stay there and only their priorities
+        come back (see :func:`dataset_statistics`)."""
+        state = self._shared(self._state(), output)
         sample = descriptor_sample.result()
         category = nearest_centroid(sample[:, :-1], self.category_centers_)
         estimates = np.bincount(category, weights=sample[:, -1],
@@ -674,8 +701,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         for below in ([priority_bound(self.max_samples, n) for n in estimates], None):
             categories, statistics, samples = [], {}, {}
             for chunk_categories, chunk_statistics, chunk_samples in self._map(
-                dataset_statistics, X, chunks, expected, PerImage(keys), self._state(),
-                seed, self.max_samples, below, progress="dataset level",
+                dataset_statistics, X, chunks, expected, PerImage(keys), state,
+                seed, self.max_samples, below, output, progress="dataset level",
             ):
                 categories.append(chunk_categories)
                 for name, values in chunk_statistics.items():
@@ -688,7 +715,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.categories_ = np.concatenate(categories)
         return statistics, samples
 
-    def _fit_category_pairs(self, samples, statistics):
+    def _fit_category_pairs(self, samples, statistics, chunks, output=None):
+        """Each category's 2-means; with ``output``, on the workers, from the
+        rows that the statistics pass left there."""
         # A category with fewer than two patches (no image is nearest its
         # centre) keeps the dataset-wide split: the mean of the dataset
         # centroids on each side, weighted by their patch counts.
@@ -697,6 +726,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         fallback = sides @ self.dataset_centroids_ / np.maximum(sides.sum(1, keepdims=True), 1)
         fallback = fallback.astype(np.float32)
         pairs = np.repeat(fallback[None], self.n_categories_, axis=0)
+        if output is not None:
+            for category, pair in self._pairs_on_workers(samples, chunks, output).items():
+                pairs[category] = pair
+            return pairs
         for category, sample in sorted(samples.items()):
             if len(sample) < 2:
                 continue
@@ -705,6 +738,32 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 nearest_centroid(patches, self.dataset_centroids_)
             ]
             pairs[category] = category_pair(patches, reference, max_iter=self.max_iter)
+        return pairs
+
+    def _pairs_on_workers(self, samples, chunks, output):
+        """The category 2-means fitted by tasks on the workers, in a tree of
+        two steps over the rows that the statistics pass wrote to ``output``
+        (:func:`gather_category_rows`, :func:`fit_category_pairs`), by
+        category."""
+        largest = np.zeros(self.n_categories_, np.uint64)
+        for category, sample in samples.items():
+            if len(sample):
+                largest[category] = sample.largest()
+        starts = np.array([start for start, _ in chunks], np.int64)
+        per_group = max(1, int(np.ceil(np.sqrt(len(starts)))))
+        groups = [(first, min(first + per_group, len(starts)))
+                  for first in range(0, len(starts), per_group)]
+        for _ in self._map(gather_category_rows, output, groups, PerImage(starts), largest):
+            pass
+        pairs = {}
+        for fitted in self._map(
+            fit_category_pairs, output,
+            [(c, c + 1) for c, sample in sorted(samples.items()) if len(sample) >= 2],
+            self._shared((self.dataset_centroids_, self.dataset_foreground_), output),
+            self.max_samples, self.max_iter,
+        ):
+            pairs.update(fitted)
+        output.remove("work")
         return pairs
 
     def _label_in_memory(self, X, chunks, expected, keys, seed):
@@ -727,22 +786,32 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             classes = [c for chunk in descriptors for c in self._classes_of(chunk)]
         return LabelMasks(regions, classes, self._label_dtype())
 
-    def _label_on_workers(self, X, chunks, expected, keys, seed):
+    def _label_on_workers(self, X, chunks, expected, keys, seed, output):
         """Steps 4 and 5 with the masks written by the workers to
-        ``labels_path``: the tasks of the per-image pass write regions and
-        descriptors and send back a bounded sample of the descriptors, those
-        of a last, light pass write the classes."""
-        output = LabelStore.create(self.labels_path)
+        ``output``: the tasks of the per-image pass write regions,
+        descriptors and their priorities, and send back a bounded sample of
+        the priorities; the tasks of a light pass over the chunks that hold
+        the sample's regions send back their descriptors; those of a last
+        pass write the classes."""
         n_regions = []
         counts, sample = self._segment_all(
             X, chunks, expected, lambda n, _: n_regions.append(n), keys, output, seed
         )
         self._diagnose(counts)
-        self._fit_classes(sample, sum(n_regions), seed)
+        regions = BoundedSample(self.max_samples)
+        if len(sample):
+            holding = set(sample.result().tolist())
+            for rows in self._map(region_rows, output,
+                                  [chunk for chunk in chunks if chunk[0] in holding],
+                                  sample.largest(), self.max_samples):
+                regions.merge(rows)
+        self._fit_classes(regions, sum(n_regions), seed)
         dtype = self._label_dtype()
-        for _ in self._map(label_regions, output, chunks, self.class_centroids_, dtype,
+        for _ in self._map(label_regions, output, chunks,
+                           self._shared(self.class_centroids_, output), dtype,
                            progress="labelling"):
             pass
+        output.remove("shared")
         return StoredLabelMasks(output, [start for start, _ in chunks], len(X), dtype)
 
     def _fit_classes(self, sample, n_regions, seed):
@@ -780,11 +849,12 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         come, so that this process need not hold them all. With ``output``
         (a :class:`LabelStore`) and ``seed``, the tasks write them there and
         ``keep`` gets the chunk's number of regions; the tasks' samples of
-        region descriptors are merged, each task sending only the rows under
-        the bound of the sample when it is dispatched. Returns the summed
-        level counts and that sample (None without ``output``)."""
+        region priorities (each row the start of the chunk that holds the
+        region) are merged, each task sending only those under the bound of
+        the sample when it is dispatched. Returns the summed level counts
+        and that sample (None without ``output``)."""
         counts, no_pixels = {}, 0
-        state = self._state()
+        state = self._shared(self._state(), output)
         keys = None if keys is None else PerImage(keys)
         if output is None:
             sample, args = None, (expected, state, keys)

@@ -219,3 +219,22 @@ def test_the_priority_bound_keeps_margin_times_the_sample_and_never_too_few():
             counts = [(patch_priorities(seed, 7, n_rows) < bound).sum() for seed in range(20)]
             assert 100 < min(counts) and max(counts) < margin * 100 + 8 * 10 + 40
             assert abs(np.median(counts) - (margin * 100 + 80)) < 20
+
+
+def test_rows_at_or_under_the_largest_priority_are_the_sample_again():
+    # What the workers keep of a sample whose priorities alone came back:
+    # the rows at or under its largest priority, offered from anywhere,
+    # make the same sample.
+    rng = np.random.default_rng(1)
+    priorities = rng.integers(0, 2**64 - 1, 500, dtype=np.uint64, endpoint=True)
+    rows = rng.standard_normal((500, 3))
+    whole = BoundedSample(40)
+    for part in np.array_split(np.arange(500), 9):
+        whole.offer(priorities[part], rows[part])
+    kept = priorities <= whole.largest()
+    assert kept.sum() == 40
+    again = BoundedSample(40)
+    again.offer(priorities[kept], rows[kept])
+    np.testing.assert_array_equal(again.result(), whole.result())
+    np.testing.assert_array_equal(whole.items()[0], np.sort(priorities)[:40])
+    assert BoundedSample(3).largest() is None

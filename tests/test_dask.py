@@ -88,13 +88,16 @@ def test_fit_on_dask_gives_the_serial_result_on_both_workers(client, images, ser
 def test_fit_on_dask_writing_its_masks_gives_the_serial_result(client, images, serial,
                                                                tmp_path):
     # With labels_path, the worker processes write regions, descriptors and
-    # classes, and the masks read back are the serial fit's.
+    # classes, fit the category 2-means, and read the fitted state from
+    # there (their tasks carry a reference to it): the masks read back are
+    # the serial fit's.
     with joblib.parallel_config(backend="dask"), \
             distributed.get_task_stream(client) as stream:
         fitted = MultilevelSegmenter(**ON_DASK, labels_path=tmp_path / "labels").fit(images[0])
     assert_same_fit(fitted, serial[0])
     ran = workers_by_pass(stream)
     assert ran.get("label_regions") == set(client.scheduler_info()["workers"])
+    assert ran.get("fit_category_pairs") and ran.get("region_rows")
 
 
 def test_predict_on_dask_gives_the_serial_result(client, images, serial):

@@ -592,7 +592,8 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
         planted, monkeypatch):
     # The process that calls fit receives from each task at most max_samples
     # patches per sample, and in all about twice max_samples per sample: only
-    # the patches under a priority bound, which changes nothing in the fit;
+    # the patches under a priority bound (computed beforehand, or the
+    # merged sample's where tighter), which changes nothing in the fit;
     # where the bound was too tight (images smaller than image 0), the pass
     # runs again without it.
     X, _ = planted
@@ -610,8 +611,10 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
 
         monkeypatch.setattr(skseg._segmenter, name, run)
 
-    def fit(bound):
+    def fit(bound, merged=True):
         monkeypatch.setattr(skseg._segmenter, "priority_bound", bound)
+        monkeypatch.setattr(skseg._passes.CurrentBound, "for_task",
+                            real_for_task if merged else lambda self, start, stop: None)
         for per_task in returned.values():
             per_task.clear()
         seg = _seg(max_samples=200, chunk_size=2).fit(X)
@@ -619,8 +622,9 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
                      for name, per_task in returned.items()}
 
     counted("survey"), counted("dataset_statistics")
+    real_for_task = skseg._passes.CurrentBound.for_task
     seg, rows = fit(skseg._clustering.priority_bound)
-    unbounded, rows_without = fit(lambda size, n_rows, margin=1: None)
+    unbounded, rows_without = fit(lambda size, n_rows, margin=1: None, merged=False)
     too_tight, rows_too_tight = fit(lambda size, n_rows, margin=1: np.uint64(1 << 50))
     n_categories = 4
     for name in returned:
