@@ -307,7 +307,7 @@ def test_label_masks_pickle_with_every_protocol():
 def test_label_masks_save_writes_palette_pngs(tmp_path):
     from PIL import Image
 
-    from skseg._io import cluster_palette, voc_palette
+    from skseg._palettes import cluster_palette, voc_palette
 
     masks = _two_images()
     paths = masks.save(tmp_path / "out", names=["a.jpg", "sub/b.jpg"], palette="voc")
