@@ -10,7 +10,6 @@ any chunks, on any number of workers, gives the same result.
 
 import math
 import warnings
-import zlib
 
 import numpy as np
 import torch
@@ -18,32 +17,14 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import normalize
 
-# Rows per matrix product when assigning rows to centroids: bounds the
-# temporary (rows x n_centroids) distance block, not the data.
-_CHUNK = 65536
+from ._working_memory import DISTANCE_BLOCK, rows_within
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def unit_rows(X):
     """Rows of ``X`` scaled to unit length in place (zero rows stay zero)."""
     return normalize(X, copy=False) if len(X) else X
-
-
-def content_key(*arrays):
-    """A 64-bit key of the arrays' bytes, which seeds the sampling of an image.
-
-    Two CRC-32s, of the first and the second half of each array's bytes:
-    not a cryptographic digest, which a key that only seeds priorities does
-    not need, but computed at memory speed (several times faster than
-    blake2b on a ViT's patch features).
-    """
-    first = second = 0
-    for array in arrays:
-        if array is not None:
-            data = memoryview(np.ascontiguousarray(array)).cast("B")
-            half = len(data) // 2
-            first, second = zlib.crc32(data[:half], first), zlib.crc32(data[half:], second)
-    return first << 32 | second
 
 
 def _splitmix64(values):
@@ -215,8 +196,9 @@ def nearest_centroid(X, centroids):
     # CPU matmul for so few centroids).
     half_norms = 0.5 * (centroids * centroids).sum(1)
     out = np.empty(len(X), dtype=np.intp)
-    for start in range(0, len(X), _CHUNK):
-        out[start:start + _CHUNK] = (X[start:start + _CHUNK] @ centroids.T - half_norms).argmax(1)
+    block = rows_within(DISTANCE_BLOCK, len(centroids) * X.dtype.itemsize)
+    for start in range(0, len(X), block):
+        out[start:start + block] = (X[start:start + block] @ centroids.T - half_norms).argmax(1)
     return out
 
 

@@ -19,7 +19,6 @@ the result does not depend on which run of a task finished.
 """
 
 import functools
-import hashlib
 import os
 import pickle
 import shutil
@@ -28,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._digest import bytes_digest
 from ._indexing import positions
 from ._regions import paint_runs
 
@@ -133,7 +133,7 @@ class LabelStore:
         :class:`Shared` reference to it, which pickles in well under a
         kilobyte whatever the value's size."""
         data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        digest = bytes_digest(data)
         folder = os.path.join(self.path, "shared")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, digest)
@@ -199,7 +199,10 @@ class Shared:
 def _load_shared(path, digest):
     with open(path, "rb") as file:
         data = file.read()
-    if hashlib.blake2b(data, digest_size=16).hexdigest() != digest:
+    # The digest came with the task from the fitting process, which wrote
+    # these bytes: they are unpickled only if they are the very bytes it
+    # pickled (as joblib would have sent them), never a file someone else made.
+    if bytes_digest(data) != digest:
         raise RuntimeError(
             f"{path!r} no longer holds the state that the fit wrote there; was its "
             "labels_path reused by another fit at the same time?"

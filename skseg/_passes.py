@@ -20,19 +20,20 @@ from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
-from joblib import Parallel, delayed, effective_n_jobs
+from joblib import effective_n_jobs
 from scipy import sparse
+from sklearn.utils.parallel import Parallel, delayed
 
 from ._backbone import resolve_device
 from ._clustering import (
     BoundedSample,
-    content_key,
     image_priorities,
     nearest_centroid,
     patch_priorities,
     unit_rows,
 )
-from ._features import FeatureSequence, ImageFeatures
+from ._digest import sampling_key
+from ._features import FeatureSequence, ImageFeatures, check_features
 from ._images import load_rgb
 from ._label_store import value_of
 from ._levels import (
@@ -44,9 +45,8 @@ from ._levels import (
 )
 from ._refine import foreground_masks
 from ._regions import encode_crops, object_regions, pooled_descriptors, region_crops
+from ._working_memory import PASS_CHUNK, rows_within
 
-# Floats of patch features per chunk: ~32 MB of float32.
-CHUNK_FLOATS = 1 << 23
 # Chunks per job at least, so that a slow or lost worker holds up a small
 # share of a pass and the others take up the rest.
 CHUNKS_PER_JOB = 4
@@ -76,14 +76,6 @@ def as_features(X):
     return X
 
 
-def check_type(index, f):
-    if not isinstance(f, ImageFeatures):
-        raise TypeError(
-            f"X[{index}] is a {type(f).__name__}, not ImageFeatures; pass images "
-            "through ViTPatchTransformer first."
-        )
-
-
 @dataclass(frozen=True)
 class Expected:
     """What every image of X must have: what image 0 has in ``fit``, what
@@ -97,14 +89,7 @@ class Expected:
     needs_pixels: str = None  # the parameter that needs them, if any
 
     def check(self, index, f):
-        check_type(index, f)
-        for name in ("patches", "cls", "attention"):
-            values = getattr(f, name)
-            if values is not None and np.asarray(values).dtype.kind not in "biuf":
-                raise TypeError(
-                    f"image {index} has {name} of dtype {np.asarray(values).dtype}; "
-                    "they must be real numbers (float or integer arrays)."
-                )
+        check_features(f, f"X[{index}]")
         if f.patches.shape[2] != self.n_features:
             raise ValueError(
                 f"image {index} has {f.patches.shape[2]}-dimensional features, but "
@@ -276,11 +261,8 @@ class Chunk:
         in and the number of threads, and a key of their bytes would then
         re-seed every draw of the image.
         """
-        return np.array([
-            content_key(f.patches, f.cls) if f.content_key is None
-            else content_key(np.frombuffer(f.content_key.encode(), np.uint8))
-            for f in self.records
-        ], dtype=np.uint64)
+        return np.array([sampling_key(f.content_key, (f.patches, f.cls))
+                         for f in self.records], dtype=np.uint64)
 
     def __len__(self):
         return len(self.records)
@@ -546,14 +528,14 @@ class Window:
 # ------------------------------------------------------------ running them
 
 def chunk_ranges(X, chunk_size, n_jobs):
-    """Ranges of images read together (``chunk_size`` images, or about
-    :data:`CHUNK_FLOATS` of features and at least :data:`CHUNKS_PER_JOB`
-    chunks per job); results do not depend on them."""
+    """Ranges of images read together (``chunk_size`` images, or as many
+    as a share of the working memory holds in float32 features, and at least
+    :data:`CHUNKS_PER_JOB` chunks per job); results do not depend on them."""
     n_images = len(X)
     per_chunk = chunk_size
     if per_chunk is None:
-        check_type(0, X[0])  # predict's first look at X: a path gets a clear error
-        per_chunk = max(1, CHUNK_FLOATS // X[0].patches.size)
+        check_features(X[0], "X[0]")  # predict's first look at X: a path gets a clear error
+        per_chunk = rows_within(PASS_CHUNK, 4 * X[0].patches.size)
         per_chunk = min(per_chunk, math.ceil(
             n_images / (CHUNKS_PER_JOB * effective_n_jobs(n_jobs))
         ))
@@ -584,12 +566,15 @@ def map_chunks(function, X, chunks, *args, n_jobs=None, progress=None):
         # Arguments bound in a partial: joblib's Dask backend scatters a
         # large array argument to one worker, and the task could not be
         # rerun once that worker died; a task carrying its own arguments
-        # can be rerun anywhere (and is still named after the pass).
-        return delayed(functools.partial(
+        # can be rerun anywhere. Named after the pass (on Dask's dashboard,
+        # in its logs), which scikit-learn's wrapper then takes on.
+        bound = functools.partial(
             function, Window(X, start, stop) if in_memory else X, start, stop,
             *(arg.for_task(start, stop) if hasattr(arg, "for_task") else arg
               for arg in args),
-        ))()
+        )
+        bound.__name__ = function.__name__
+        return delayed(bound)()
 
     def windows():
         size = IN_FLIGHT_PER_JOB * effective_n_jobs(n_jobs)

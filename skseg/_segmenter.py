@@ -53,6 +53,7 @@ from ._clustering import (
     nearest_centroid,
     priority_bound,
 )
+from ._features import check_features
 from ._label_store import LabelStore, StoredLabelMasks
 from ._levels import (
     LEVEL_PAIRS,
@@ -68,7 +69,6 @@ from ._passes import (
     FittedState,
     PerImage,
     as_features,
-    check_type,
     chunk_ranges,
     classes_of,
     dataset_statistics,
@@ -256,8 +256,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     chunk_size : int, default=None
         Images read and processed together in each pass over ``X``; memory
         grows with it, not with the number of images. ``None`` picks chunks
-        of about 32 MB of patch features (at most a share of the images per
-        job, so that ``n_jobs`` jobs have work). Results do not depend on it.
+        of a thirty-second of scikit-learn's ``working_memory`` in float32
+        patch features (32 MiB by default; see :func:`sklearn.set_config`),
+        at most a share of the images per job, so that ``n_jobs`` jobs have
+        work. Results do not depend on it.
     device : {"auto", "cpu", "cuda", "mps"}, default="auto"
         Where the image-level clustering and refinement run.
     random_state : int, RandomState instance or None, default=None
@@ -593,7 +595,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             n_features, has_cls = self.n_features_in_, self.uses_cls_
         else:
             first = X[0]
-            check_type(0, first)
+            check_features(first, "X[0]")
             n_features, has_cls = first.patches.shape[2], first.cls is not None
         return Expected(
             n_features, has_cls, self.metric, fitted=fitted,

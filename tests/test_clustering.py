@@ -7,7 +7,6 @@ from sklearn.cluster import KMeans
 from skseg._clustering import (
     BoundedSample,
     batched_two_means,
-    content_key,
     image_priorities,
     nearest_centroid,
     patch_priorities,
@@ -58,30 +57,6 @@ def test_priorities_depend_on_seed_content_and_position_only():
     many = patch_priorities(3, 99, 10_000)
     chosen = np.argsort(many)[:1000]
     assert 400 < (chosen < 5000).sum() < 600
-
-
-def test_content_key_identifies_the_bytes():
-    x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    assert content_key(x) == content_key(x.copy())
-    assert content_key(x) != content_key(x + 1)
-    assert content_key(x, None) == content_key(x)
-    assert content_key(x, np.ones(2)) != content_key(x)
-    assert content_key(np.asfortranarray(x)) == content_key(x)
-
-
-def test_content_key_depends_on_every_byte_of_every_array_and_fills_64_bits():
-    rng = np.random.default_rng(0)
-    patches = rng.standard_normal((14, 14, 8)).astype(np.float32)
-    cls = rng.standard_normal(8).astype(np.float32)
-    key = content_key(patches, cls)
-    for where in ((0, 0, 0), (6, 13, 7), (13, 13, 7)):  # either half of the patches
-        changed = patches.copy()
-        changed[where] += 1
-        assert content_key(changed, cls) != key, where
-    keys = [content_key(rng.standard_normal(10)) for _ in range(1000)]
-    assert all(0 <= k < 2**64 for k in keys)
-    high, low = np.array([k >> 32 for k in keys]), np.array([k & 0xFFFFFFFF for k in keys])
-    assert len(set(high)) == len(set(low)) == 1000 and (high != low).all()
 
 
 def test_unit_rows_scales_in_place_and_keeps_zero_rows():
@@ -238,3 +213,15 @@ def test_rows_at_or_under_the_largest_priority_are_the_sample_again():
     np.testing.assert_array_equal(again.result(), whole.result())
     np.testing.assert_array_equal(whole.items()[0], np.sort(priorities)[:40])
     assert BoundedSample(3).largest() is None
+
+
+def test_nearest_centroid_is_the_same_whatever_the_working_memory():
+    import sklearn
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5000, 16)).astype(np.float32)
+    centroids = rng.standard_normal((7, 16)).astype(np.float32)
+    expected = ((X[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(nearest_centroid(X, centroids), expected)
+    with sklearn.config_context(working_memory=0.01):  # blocks of a few hundred rows
+        np.testing.assert_array_equal(nearest_centroid(X, centroids), expected)

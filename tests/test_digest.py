@@ -42,3 +42,19 @@ def test_a_sampling_key_comes_from_the_content_key_before_the_features():
     assert keyed != sampling_key("abd", (patches,))
     assert sampling_key(None, (patches,)) != sampling_key(None, (patches + 1,))
     assert 0 <= keyed < 1 << 64 and keyed.bit_length() > 32  # all 64 bits used
+
+
+def test_a_sampling_key_depends_on_every_byte_of_every_array_and_fills_64_bits():
+    rng = np.random.default_rng(0)
+    patches = rng.standard_normal((14, 14, 8)).astype(np.float32)
+    cls = rng.standard_normal(8).astype(np.float32)
+    key = sampling_key(None, (patches, cls))
+    for where in ((0, 0, 0), (6, 13, 7), (13, 13, 7)):
+        changed = patches.copy()
+        changed[where] += 1
+        assert sampling_key(None, (changed, cls)) != key, where
+    assert sampling_key(None, (patches, cls + 1)) != key
+    assert sampling_key(None, (np.asfortranarray(patches), cls)) == key
+    keys = [sampling_key(None, (rng.standard_normal(10),)) for _ in range(1000)]
+    high, low = np.array([k >> 32 for k in keys]), np.array([k & 0xFFFFFFFF for k in keys])
+    assert len(set(high)) == len(set(low)) == 1000

@@ -34,8 +34,7 @@ def test_the_segmenter_and_the_store_accept_the_same_features(tmp_path, dtype, a
         np.testing.assert_array_equal(store[2].patches,
                                       X[2].patches.astype(store[2].patches.dtype))
     else:
-        with pytest.raises(TypeError, match="image 0 has patches of dtype|X\\[0\\] has "
-                                            "patches of dtype"):
+        with pytest.raises(TypeError, match=r"X\[0\] has patches of dtype .*real numbers"):
             segmenter.fit(X)
         with pytest.raises(TypeError, match="record 0 has patches of dtype .*real numbers"):
             store.extend(X)

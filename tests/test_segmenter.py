@@ -215,9 +215,9 @@ def test_bad_input_is_refused_before_clustering(planted, monkeypatch):
         ([X[0], ImageFeatures(patches=X[1].patches)], ValueError, "lacks a CLS token"),
         # Objects that hold numbers: their bytes are pointers, not content.
         ([X[0], ImageFeatures(patches=X[1].patches.astype(object), cls=X[1].cls)], TypeError,
-         "image 1 has patches of dtype object"),
+         r"X\[1\] has patches of dtype object"),
         ([X[0], ImageFeatures(patches=X[1].patches, cls=X[1].cls.astype(object))], TypeError,
-         "image 1 has cls of dtype object"),
+         r"X\[1\] has cls of dtype object"),
     ]
     for data, error, message in cases:
         with pytest.raises(error, match=message):

@@ -773,6 +773,17 @@ def test_transformer_writes_a_store_and_skips_stored_images(
     assert n_images_through_vit(vit_forwards) == 9
 
 
+def test_the_transformer_appends_within_the_callers_working_memory(tmp_path, rgb_images):
+    import sklearn
+
+    # Appends run in a background thread; the caller's setting reaches it.
+    with sklearn.config_context(working_memory=0.001):  # each record fills it
+        _vit(store=tmp_path / "small").fit().transform(rgb_images)
+    _vit(store=tmp_path / "default").fit().transform(rgb_images)
+    assert len(list((tmp_path / "small" / "commits").iterdir())) == len(rgb_images)
+    assert len(list((tmp_path / "default" / "commits").iterdir())) == len(rgb_images) // 2
+
+
 @pytest.mark.filterwarnings("ignore:ViTPatchTransformer\\(memory=:FutureWarning")
 def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, vit_forwards):
     _vit(store=tmp_path / "s").fit().transform(rgb_images[:1])
