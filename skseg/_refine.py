@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ._images import _SIXTEEN_BIT_MODES, _open_path, load_rgb
+from ._images import is_sixteen_bit, load_rgb, open_image
 
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
@@ -224,8 +224,8 @@ def working_pixels(image, shape, *, reduced_decode=True):
     (``docs/performance.rst`` gives the measured effect on masks).
     """
     if reduced_decode and isinstance(image, (str, os.PathLike)):
-        img = _open_path(image, shape)  # JPEGs at the smallest DCT scale covering it
-        if img.mode not in _SIXTEEN_BIT_MODES:
+        img = open_image(image, shape)  # JPEGs at the smallest DCT scale covering it
+        if not is_sixteen_bit(img):
             small = img.convert("RGB").resize(shape[::-1], Image.Resampling.BILINEAR)
             rgb = torch.from_numpy(np.array(small)).permute(2, 0, 1).contiguous()
             return rgb.to(torch.float32).div_(255.0)

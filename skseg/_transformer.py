@@ -16,7 +16,7 @@ from sklearn_compat.base import _fit_context
 from ._backbone import check_facet_support, forward_facets, resolve_device
 from ._cache import FeatureCache
 from ._features import FACETS, FeatureSequence, ImageFeatures
-from ._images import as_image_list, check_images, content_hash, load_rgb
+from ._images import as_image_list, check_images, content_hash, normalised_pixels
 from ._store import FeatureStore
 from ._validation import HasMethods, Interval, StrOptions
 from ._weights import check_model_name, get_model, weights_identity
@@ -310,10 +310,9 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
 
     def _prepare(self, image, size, device):
         """Load at ``size`` (antialiased, no crop, reduced before float) and normalise."""
-        rgb = torch.from_numpy(load_rgb(image, size)).permute(2, 0, 1)
         mean = torch.tensor(self.mean_).view(3, 1, 1)
         std = torch.tensor(self.std_).view(3, 1, 1)
-        return ((rgb - mean) / std).to(device, non_blocking=True)
+        return normalised_pixels(image, size, mean, std).to(device, non_blocking=True)
 
     def transform(self, X):
         """Extract patch features for every image.

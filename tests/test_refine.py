@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from skseg._images import _open_path, load_rgb
+from skseg._images import load_rgb, open_image
 from skseg._refine import _resize_matrix, dense_crf, foreground_masks, pamr, working_pixels
 from skseg._regions import object_regions
 
@@ -355,7 +355,7 @@ def test_reduced_decode_honours_exif_orientation(tmp_path, orientation, shape):
     full = load_rgb(path)
     assert full.shape[:2] == (shape[0] * 4, shape[1] * 4)
     # The decoder's 1/4 scale covers the working size exactly, either way up.
-    assert _open_path(path, shape).size == (shape[1], shape[0])
+    assert open_image(path, shape).size == (shape[1], shape[0])
     reduced = working_pixels(path, shape)
     exact = working_pixels(path, shape, reduced_decode=False)
     assert reduced.shape == exact.shape == (3, *shape)
