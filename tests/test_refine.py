@@ -364,6 +364,25 @@ def test_reduced_decode_honours_exif_orientation(tmp_path, orientation, shape):
     assert (reduced - exact).abs().mean() < 0.02
 
 
+def test_reduced_decode_divides_in_numpy_as_torch_did(tmp_path):
+    # 8-bit pixels become floats in numpy now: the same values, bit for bit,
+    # as the torch conversion and division they replace.
+    rng = np.random.default_rng(4)
+    stored, _ = _photo(rng, (375, 500))
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(stored).save(path, quality=90)
+    shape = (96, 128)
+    small = open_image(path, shape).convert("RGB").resize(shape[::-1], Image.Resampling.BILINEAR)
+    reference = torch.from_numpy(np.array(small)).permute(2, 0, 1).contiguous()
+    reference = reference.to(torch.float32).div_(255.0)
+    got = working_pixels(path, shape)
+    assert got.is_contiguous() and torch.equal(got, reference)
+    every_level = torch.arange(256, dtype=torch.uint8)
+    levels = np.arange(256, dtype=np.uint8).astype(np.float32)
+    levels /= 255.0
+    assert torch.equal(torch.from_numpy(levels), every_level.to(torch.float32).div_(255.0))
+
+
 def test_sixteen_bit_files_keep_their_precision(tmp_path):
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
     path = tmp_path / "ramp.png"
