@@ -114,6 +114,7 @@ def run_seconds(command):
 def compare(args, folder):
     import torch
 
+    _say_which_skseg()
     print(f"model {args.model} (random weights), {torch.get_num_threads()} torch threads, "
           f"375x500 JPEG photos, --n-classes {args.n_classes}"
           + (", --overlay" if args.overlay else ""), flush=True)
@@ -207,7 +208,16 @@ sys.exit(status)
 '''
 
 
+def _say_which_skseg():
+    """The command runs in a child process with this one's environment: it
+    imports the skseg this one finds (mind PYTHONPATH in a git worktree)."""
+    command = [sys.executable, "-c", "import skseg; print(skseg.__file__)"]
+    found = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    print(f"skseg from {Path(found.strip()).parent}", flush=True)
+
+
 def profile(args, folder):
+    _say_which_skseg()
     photos = write_photos(folder / "photos", args.profile)
     print(f"profile of one run on {args.profile} photos, model {args.model} (random weights), "
           f"--n-classes {args.n_classes}" + (", --overlay" if args.overlay else ""))
