@@ -114,6 +114,7 @@ def run_seconds(command):
 def compare(args, folder):
     import torch
 
+    _say_which_skseg()
     print(f"model {args.model} (random weights), {torch.get_num_threads()} torch threads, "
           f"375x500 JPEG photos, --n-classes {args.n_classes}"
           + (", --overlay" if args.overlay else ""), flush=True)
@@ -191,7 +192,8 @@ for owner, name, stage in [
     (skseg._refine, "working_pixels", "fit: refinement's decode"),
     (skseg._passes, "object_regions", "fit: object regions"),
     (M, "_fit_classes", "fit: classes (K-means of regions)"),
-    (M, "_label", "fit: labels"),
+    (M, "_label_in_memory", "fit: labels"),
+    (M, "_label_on_workers", "fit: labels (joblib workers)"),
     (run, "write_masks", "writes: all"),
     (out, "save_label_png", "writes: mask PNGs (with painting)"),
     (out, "_write_overlay", "writes: overlays"),
@@ -209,7 +211,16 @@ sys.exit(status)
 '''
 
 
+def _say_which_skseg():
+    """The command runs in a child process with this one's environment: it
+    imports the skseg this one finds (mind PYTHONPATH in a git worktree)."""
+    command = [sys.executable, "-c", "import skseg; print(skseg.__file__)"]
+    found = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    print(f"skseg from {Path(found.strip()).parent}", flush=True)
+
+
 def profile(args, folder):
+    _say_which_skseg()
     photos = write_photos(folder / "photos", args.profile)
     print(f"profile of one run on {args.profile} photos, model {args.model} (random weights), "
           f"--n-classes {args.n_classes}" + (", --overlay" if args.overlay else ""))

@@ -240,12 +240,24 @@ def _checked_source(path):
     return io.BytesIO(data)
 
 
-def _open_path(path, cover=None):
-    """Open and decode a file, EXIF orientation applied.
+def open_image(path, cover=None):
+    """Open and decode a file, EXIF orientation applied: the one opener of
+    image files, for the features and the refinement alike.
 
     With ``cover`` ``(height, width)``, a JPEG decodes at the smallest DCT
     scale (1/2, 1/4, 1/8) whose upright picture still covers it. An
     :class:`ExtractedImagePath` is decoded only if it holds its content.
+
+    Returns
+    -------
+    img : PIL.Image.Image
+        Decoded (its file closed), in the file's own mode.
+
+    Raises
+    ------
+    ImageError
+        Naming the file, if it cannot be read or decoded, or no longer holds
+        the content its features were extracted from.
     """
     try:
         source = _checked_source(path)
@@ -308,6 +320,12 @@ def _pil_rows(img, rows):
     return np.asarray(img)
 
 
+def is_sixteen_bit(img):
+    """Whether a PIL image holds 16-bit values ("I;16" modes), which
+    converting it to "RGB" would not keep."""
+    return img.mode in _SIXTEEN_BIT_MODES
+
+
 def _row_strips(height, width, factor):
     """Row ranges, whole boxes of ``factor`` rows, of about ``_STRIP_PIXELS`` each."""
     step = factor * max(1, _STRIP_PIXELS // max(1, factor * width))
@@ -347,6 +365,28 @@ def _reduced_float(image, height, width, factor):
     return pixels
 
 
+def _resized_pixels(image, size):
+    """:func:`load_rgb`'s pixels as a ``(3, H, W)`` float32 tensor of their
+    own (no view of ``image``), channels last in memory unless resized."""
+    if isinstance(image, (str, os.PathLike)):
+        # Decoded at twice the target size at least, for the antialiasing filter.
+        image = open_image(image, None if size is None else (2 * max(size),) * 2)
+    if isinstance(image, Image.Image):
+        width, height = image.size
+    else:
+        image = _as_array(image, "image")
+        height, width = image.shape[:2]
+    factor = 1
+    if size is not None:
+        # PIL's reducing gap: boxes only while the image stays twice the target.
+        factor = max(1, min(height // (2 * size[0]), width // (2 * size[1])))
+    pixels = torch.from_numpy(_reduced_float(image, height, width, factor)).permute(2, 0, 1)
+    if size is not None and tuple(pixels.shape[1:]) != tuple(size):
+        pixels = F.interpolate(pixels[None], size=tuple(size), mode="bilinear",
+                               antialias=True, align_corners=False)[0]
+    return pixels
+
+
 def load_rgb(image, size=None):
     """Return an image as a float32 ``(H, W, 3)`` array with values in [0, 1].
 
@@ -366,25 +406,33 @@ def load_rgb(image, size=None):
     -------
     rgb : ndarray of shape (H, W, 3) or (*size, 3), dtype float32
     """
-    if isinstance(image, (str, os.PathLike)):
-        # Decoded at twice the target size at least, for the antialiasing filter.
-        image = _open_path(image, None if size is None else (2 * max(size),) * 2)
-    if isinstance(image, Image.Image):
-        width, height = image.size
-    else:
-        image = _as_array(image, "image")
-        height, width = image.shape[:2]
-    factor = 1
-    if size is not None:
-        # PIL's reducing gap: boxes only while the image stays twice the target.
-        factor = max(1, min(height // (2 * size[0]), width // (2 * size[1])))
-    rgb = _reduced_float(image, height, width, factor)
-    if size is not None and rgb.shape[:2] != tuple(size):
-        tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        tensor = F.interpolate(tensor, size=tuple(size), mode="bilinear", antialias=True,
-                               align_corners=False)
-        rgb = tensor[0].permute(1, 2, 0).contiguous().numpy()
-    return rgb
+    return _resized_pixels(image, size).permute(1, 2, 0).contiguous().numpy()
+
+
+def normalised_pixels(image, size, mean, std):
+    """The ViT's input for one image: :func:`load_rgb`'s pixels at ``size``,
+    channels first, less ``mean`` and divided by ``std`` per channel.
+
+    The values are those of ``(load_rgb(image, size) - mean) / std`` bit for
+    bit; only the copies back to channels last and the temporaries of the
+    normalisation are saved.
+
+    Parameters
+    ----------
+    image : str, path-like, PIL.Image.Image, ndarray or torch.Tensor
+        As for :func:`load_rgb`.
+    size : (int, int)
+        ``(height, width)``.
+    mean, std : Tensor of shape (3, 1, 1)
+        float32.
+
+    Returns
+    -------
+    pixels : Tensor of shape (3, *size), float32
+    """
+    # In place: the pixels are this call's own (read into a new array, or
+    # the interpolation's output).
+    return _resized_pixels(image, size).sub_(mean).div_(std)
 
 
 def _checked_shape(index, image, min_side):

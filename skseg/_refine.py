@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ._images import _SIXTEEN_BIT_MODES, _open_path, load_rgb
+from ._images import is_sixteen_bit, load_rgb, open_image
 
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
@@ -224,11 +224,15 @@ def working_pixels(image, shape, *, reduced_decode=True):
     (``docs/performance.rst`` gives the measured effect on masks).
     """
     if reduced_decode and isinstance(image, (str, os.PathLike)):
-        img = _open_path(image, shape)  # JPEGs at the smallest DCT scale covering it
-        if img.mode not in _SIXTEEN_BIT_MODES:
+        img = open_image(image, shape)  # JPEGs at the smallest DCT scale covering it
+        if not is_sixteen_bit(img):
             small = img.convert("RGB").resize(shape[::-1], Image.Resampling.BILINEAR)
-            rgb = torch.from_numpy(np.array(small)).permute(2, 0, 1).contiguous()
-            return rgb.to(torch.float32).div_(255.0)
+            # In numpy: torch would open a parallel region for each of these
+            # small copies, and on a busy machine wait longer for its second
+            # thread than it computes. Both divide exactly (IEEE).
+            rgb = np.ascontiguousarray(np.asarray(small).transpose(2, 0, 1), dtype=np.float32)
+            rgb /= 255.0
+            return torch.from_numpy(rgb)
         rgb = load_rgb(img)  # 16-bit: by its real range, in floats
     else:
         rgb = load_rgb(image)

@@ -20,6 +20,7 @@ from skseg._images import (
     check_each_image,
     check_images,
     load_rgb,
+    normalised_pixels,
 )
 
 from .conftest import TINY_MODEL
@@ -216,6 +217,31 @@ def test_large_images_are_reduced_like_a_direct_resize(tmp_path):
     )
     np.testing.assert_allclose(load_rgb(scene.astype(np.uint16) * 257, (64, 80)), reduced,
                                atol=1e-5)
+
+
+def test_normalised_pixels_equal_the_normalised_load_rgb_bit_for_bit(tmp_path):
+    # The ViT's input skips load_rgb's copy back to channels last and the
+    # temporaries of a normalisation: the values must not move by one bit.
+    scene = _scene(375, 500)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(scene).save(photo, quality=90)
+    large = tmp_path / "large.png"  # averaged over boxes before the resize
+    Image.fromarray(_scene(900, 1300)[..., 0]).save(large)
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    images = [photo, large, scene, scene.astype(np.uint16) * 257, _grey((50, 70)),
+              torch.from_numpy(scene[:90, :60].astype(np.float32) / 255).permute(2, 0, 1)]
+    for image in images:
+        for size in [(224, 224), (64, 96)]:
+            reference = (torch.from_numpy(load_rgb(image, size)).permute(2, 0, 1) - mean) / std
+            got = normalised_pixels(image, size, mean, std)
+            assert got.shape == (3, *size) and got.dtype == torch.float32
+            assert torch.equal(got, reference), (image if isinstance(image, Path) else size)
+    # At its own size, an array is read into pixels of their own.
+    array = scene[:64, :96].copy()
+    normalised_pixels(array, (64, 96), mean, std)
+    np.testing.assert_array_equal(array, scene[:64, :96])
+    assert load_rgb(photo, (64, 96)).flags.c_contiguous
 
 
 _PEAK_MEMORY = """

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from skseg._images import _open_path, load_rgb
+from skseg._images import load_rgb, open_image
 from skseg._refine import _resize_matrix, dense_crf, foreground_masks, pamr, working_pixels
 from skseg._regions import object_regions
 
@@ -355,13 +355,32 @@ def test_reduced_decode_honours_exif_orientation(tmp_path, orientation, shape):
     full = load_rgb(path)
     assert full.shape[:2] == (shape[0] * 4, shape[1] * 4)
     # The decoder's 1/4 scale covers the working size exactly, either way up.
-    assert _open_path(path, shape).size == (shape[1], shape[0])
+    assert open_image(path, shape).size == (shape[1], shape[0])
     reduced = working_pixels(path, shape)
     exact = working_pixels(path, shape, reduced_decode=False)
     assert reduced.shape == exact.shape == (3, *shape)
     assert reduced.is_contiguous() and reduced.dtype == torch.float32
     # Same picture, same way up: only the decoder's averaging differs.
     assert (reduced - exact).abs().mean() < 0.02
+
+
+def test_reduced_decode_divides_in_numpy_as_torch_did(tmp_path):
+    # 8-bit pixels become floats in numpy now: the same values, bit for bit,
+    # as the torch conversion and division they replace.
+    rng = np.random.default_rng(4)
+    stored, _ = _photo(rng, (375, 500))
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(stored).save(path, quality=90)
+    shape = (96, 128)
+    small = open_image(path, shape).convert("RGB").resize(shape[::-1], Image.Resampling.BILINEAR)
+    reference = torch.from_numpy(np.array(small)).permute(2, 0, 1).contiguous()
+    reference = reference.to(torch.float32).div_(255.0)
+    got = working_pixels(path, shape)
+    assert got.is_contiguous() and torch.equal(got, reference)
+    every_level = torch.arange(256, dtype=torch.uint8)
+    levels = np.arange(256, dtype=np.uint8).astype(np.float32)
+    levels /= 255.0
+    assert torch.equal(torch.from_numpy(levels), every_level.to(torch.float32).div_(255.0))
 
 
 def test_sixteen_bit_files_keep_their_precision(tmp_path):

@@ -186,6 +186,20 @@ def test_exif_orientation_is_honoured(tmp_path):
     assert features.image_shape == (64, 40)
 
 
+def test_decoding_threads_run_torch_on_one_thread_and_give_the_same_pixels(rgb_images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    vit = ViTPatchTransformer(TINY_MODEL, pretrained=False, image_size=64, device="cpu").fit()
+    threads = torch.get_num_threads()
+    here = [vit._prepare(image, (64, 64), "cpu") for image in rgb_images]
+    with ThreadPoolExecutor(2, initializer=skseg._transformer._one_torch_thread) as pool:
+        assert pool.submit(torch.get_num_threads).result() == 1
+        there = list(pool.map(lambda image: vit._prepare(image, (64, 64), "cpu"), rgb_images))
+    assert torch.get_num_threads() == threads  # the forward's threads are its own
+    for a, b in zip(here, there):
+        assert torch.equal(a, b)
+
+
 def test_float16_halves_memory(rgb_images):
     features = _vit(dtype="float16", attention=True).fit().transform(rgb_images[:1])
     assert features[0].patches.dtype == np.float16
