@@ -185,12 +185,12 @@ def _check_export_folder(out, folder):
 def _image_as_is(path, shape, formats):
     """Whether a tool reading ``path`` without EXIF handling gets the image
     the mask was made from: an allowed format and mode, upright, same size."""
-    from ._images import _orientation
+    from ._images import exif_orientation
 
     try:
         with Image.open(path) as img:
             return (img.format in formats and img.mode in _AS_IS_MODES
-                    and _orientation(img) == 1 and img.size == (shape[1], shape[0]))
+                    and exif_orientation(img) == 1 and img.size == (shape[1], shape[0]))
     except (OSError, ValueError, SyntaxError):
         return False
 

@@ -19,7 +19,6 @@ stays at least twice the size it will be resized to, so the full-resolution
 pixels are never held as floats.
 """
 
-import hashlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -30,14 +29,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ._digest import array_digest, bytes_digest, file_digest
+from ._working_memory import IMAGE_STRIP, rows_within
+
 # Modes numpy holds as they are; every other mode is converted to RGB.
 _NUMPY_MODES = {"L", "LA", "RGB", "RGBA", "RGBX", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _UNBOUNDED_MODES = {"I", "F"}
 _READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError,
                 Image.DecompressionBombError)
-# Pixels converted to float at a time while reducing a large image.
-_STRIP_PIXELS = 1 << 20
+# A float32 RGB pixel, as a large image is reduced strip by strip.
+_FLOAT_RGB_BYTES = 12
 
 
 class ImageError(ValueError):
@@ -122,7 +124,7 @@ def _as_array(image, where):
 _TURNED_ORIENTATIONS = (5, 6, 7, 8)
 
 
-def _orientation(img):
+def exif_orientation(img):
     """The EXIF orientation tag, read without decoding pixels."""
     if img.format == "PNG":
         # PIL's PNG getexif() decodes the whole image to look for a late eXIf chunk.
@@ -160,7 +162,7 @@ def _file_shape(path, where):
     try:
         with Image.open(path) as img:
             width, height = img.size
-            if _orientation(img) in _TURNED_ORIENTATIONS:
+            if exif_orientation(img) in _TURNED_ORIENTATIONS:
                 width, height = height, width
             _check_decodes(img)
     except _READ_ERRORS as exc:
@@ -229,7 +231,7 @@ def _checked_source(path):
         return path
     with open(path, "rb") as handle:
         data = handle.read()
-    found = hashlib.sha1(data).hexdigest()
+    found = bytes_digest(data)
     if found != expected:
         raise ImageError(
             f"{os.fspath(path)!r} is not the image its features were extracted from "
@@ -267,7 +269,7 @@ def open_image(path, cover=None):
         with Image.open(source) as img:  # closes the file; decoded pixels stay
             if cover is not None:
                 height, width = cover
-                if _orientation(img) in _TURNED_ORIENTATIONS:  # stored on its side
+                if exif_orientation(img) in _TURNED_ORIENTATIONS:  # stored on its side
                     height, width = width, height
                 img.draft(img.mode, (width, height))
             img.load()
@@ -327,8 +329,9 @@ def is_sixteen_bit(img):
 
 
 def _row_strips(height, width, factor):
-    """Row ranges, whole boxes of ``factor`` rows, of about ``_STRIP_PIXELS`` each."""
-    step = factor * max(1, _STRIP_PIXELS // max(1, factor * width))
+    """Row ranges, whole boxes of ``factor`` rows, each of a share of the
+    working memory in float RGB pixels."""
+    step = factor * rows_within(IMAGE_STRIP, _FLOAT_RGB_BYTES * factor * width)
     return [(start, min(height, start + step)) for start in range(0, height, step)]
 
 
@@ -524,19 +527,12 @@ def check_images(images, *, min_side=1):
 
 
 def content_hash(image):
-    """A digest of an image's content, for the feature cache."""
-    digest = hashlib.sha1()
+    """The identity digest of an image's content: of a file's bytes, of an
+    array's dtype, shape and values, of a PIL image's mode, size and pixels."""
     if isinstance(image, (str, os.PathLike)):
-        with open(image, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    elif isinstance(image, Image.Image):
-        digest.update(f"{image.mode}{image.size}".encode())
-        digest.update(image.tobytes())
-    else:
-        if isinstance(image, torch.Tensor):
-            image = _tensor_as_numpy(image)
-        array = np.ascontiguousarray(image)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.data)
-    return digest.hexdigest()
+        return file_digest(image)
+    if isinstance(image, Image.Image):
+        return bytes_digest(f"{image.mode}{image.size}".encode() + image.tobytes())
+    if isinstance(image, torch.Tensor):
+        image = _tensor_as_numpy(image)
+    return array_digest(image)

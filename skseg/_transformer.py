@@ -9,8 +9,9 @@ from numbers import Integral
 import numpy as np
 import threadpoolctl
 import torch
-from joblib import Parallel, delayed
+import sklearn
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
@@ -277,7 +278,12 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             self.n_features_out_ = int(block.attn.num_heads * block.attn.head_dim)
         return self
 
-    def _target_size(self, shape):
+    def input_size(self, image_shape):
+        """The ``(height, width)`` at which the ViT sees an image of shape
+        ``(H, W)``: ``image_size``, or the image's own size, rounded to whole
+        patches (of a fitted transformer). The patch grid is this divided by
+        ``patch_size_``."""
+        shape = image_shape
         patch = self.patch_size_
         if self.image_size is None:
             size = shape
@@ -287,8 +293,10 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             size = tuple(self.image_size)
         return tuple(_round_to_patch(side, patch) for side in size)
 
-    def _cache_config(self):
-        """Every parameter that changes the features, as JSON-compatible values."""
+    def extraction_parameters(self):
+        """Every parameter that changes the features, as JSON-compatible
+        values: what a feature store records, and what names the command
+        line's store of them."""
         import timm
 
         weights = weights_identity(self.weights)
@@ -344,7 +352,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "patch_size_")
         X = as_image_list(X)
         shapes = check_images(X, min_side=self.patch_size_)
-        config = self._cache_config()
+        config = self.extraction_parameters()
         cache = FeatureCache(self.memory, config)
         store = None if self.store is None else self._open_store(config)
         # Every record carries its image's digest, not only cached ones: the
@@ -358,7 +366,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         # Images of one target size share a batch, so every batch is one tensor.
         by_size = {}
         for i in todo:
-            by_size.setdefault(self._target_size(shapes[i]), []).append(i)
+            by_size.setdefault(self.input_size(shapes[i]), []).append(i)
         batches = [
             (size, indices[start:start + self.batch_size])
             for size, indices in by_size.items()
@@ -415,8 +423,8 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         device = next(model.parameters()).device
         dtype = np.dtype(self.dtype)
         total = sum(len(indices) for _, indices in batches)
-        with ThreadPoolExecutor(max_workers=_DECODE_THREADS,
-                                initializer=_one_torch_thread) as pool, tqdm(
+        with ThreadPoolExecutor(max_workers=_DECODE_THREADS, initializer=_decoding_thread,
+                                initargs=(sklearn.get_config(),)) as pool, tqdm(
             total=total, disable=not self.verbose, unit="img", desc="ViT features"
         ) as progress:
 
@@ -471,9 +479,11 @@ _DECODE_THREADS = 4
 _PREFETCH_BATCHES = 2
 
 
-def _one_torch_thread():
-    """Run this decoding thread's torch operations (the resize, the
-    normalisation) on this thread alone.
+def _decoding_thread(config):
+    """Set up a decoding thread: the caller's scikit-learn settings (its
+    ``working_memory`` sizes the strips of a large image; settings are per
+    thread), and its torch operations (the resize, the normalisation) on this
+    thread alone.
 
     The pool is the parallelism. With torch's default, every decoding thread
     would open an OpenMP team as large as the machine for each resize, on
@@ -483,6 +493,7 @@ def _one_torch_thread():
     forward keeps its threads. The values do not depend on it: each output
     pixel of a resize is one weighted sum in a fixed order.
     """
+    sklearn.set_config(**config)
     torch.get_num_threads()  # torch sets its count up once per thread: first, not after
     threadpoolctl.threadpool_limits(1, user_api="openmp")
 
@@ -504,12 +515,15 @@ def _extract_into_store(transformer, config, items, batches):
     store = transformer._open_store(config)
     images = {i: image for i, (image, _, _) in items.items()}
 
+    config = sklearn.get_config()  # scikit-learn's settings are per thread
+
     def append(indices, records):
-        store.extend(
-            (transformer._record(record, items[i][1], items[i][0], items[i][2])
-             for i, record in zip(indices, records)),
-            content_keys=[items[i][2] for i in indices],
-        )
+        with sklearn.config_context(**config):  # working_memory sizes the commits
+            store.extend(
+                (transformer._record(record, items[i][1], items[i][0], items[i][2])
+                 for i, record in zip(indices, records)),
+                content_keys=[items[i][2] for i in indices],
+            )
 
     with ThreadPoolExecutor(max_workers=1) as writer:
         writing = None

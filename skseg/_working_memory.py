@@ -3,15 +3,16 @@
 One setting sizes every block that skseg reads, computes or writes at once:
 scikit-learn's ``working_memory`` (in MiB, 1024 by default), set with
 ``sklearn.set_config(working_memory=...)`` or, for one call,
-``sklearn.config_context``. skseg's joblib tasks run through
-``sklearn.utils.parallel``, which carries the setting to the workers
-(processes, or a Dask cluster), and its background threads take the
-setting of the thread that started them.
+``sklearn.config_context``. scikit-learn's settings belong to a thread, so
+skseg carries the caller's along: its joblib tasks run through
+``sklearn.utils.parallel`` (to worker processes or a Dask cluster too), and
+the transformer's decoding and writing threads start with the caller's.
 
 Each buffer takes a fixed share, so that the largest of them at once stay
 well inside the setting (at the default: 32 MiB of features per chunk of a
 pass, 64 MiB of records before a store commits them, 16 MiB for a block of
-distances to centroids or a strip of an image being resized).
+distances to centroids or a strip of an image being resized). Results never
+depend on it.
 """
 
 PASS_CHUNK = 1 / 32

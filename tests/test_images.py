@@ -280,3 +280,16 @@ def test_large_images_never_become_floats_at_full_size(tmp_path):
     assert _peak_growth(png) < full_float * 0.75
     # A JPEG decodes at 1/8 scale: not even its 8-bit pixels exist at full size.
     assert _peak_growth(jpeg) < height * width * 3 / 2
+
+
+def test_a_large_image_reads_the_same_whatever_the_working_memory():
+    import sklearn
+
+    rng = np.random.default_rng(0)
+    big = (rng.random((900, 1200, 3)) * 255).astype(np.uint8)
+    expected = load_rgb(big, size=(100, 150))
+    # Strips of a few rows instead of the whole image at once.
+    with sklearn.config_context(working_memory=0.05):
+        np.testing.assert_array_equal(load_rgb(big, size=(100, 150)), expected)
+        np.testing.assert_array_equal(load_rgb(Image.fromarray(big), size=(100, 150)),
+                                      expected)

@@ -192,8 +192,14 @@ def test_decoding_threads_run_torch_on_one_thread_and_give_the_same_pixels(rgb_i
     vit = ViTPatchTransformer(TINY_MODEL, pretrained=False, image_size=64, device="cpu").fit()
     threads = torch.get_num_threads()
     here = [vit._prepare(image, (64, 64), "cpu") for image in rgb_images]
-    with ThreadPoolExecutor(2, initializer=skseg._transformer._one_torch_thread) as pool:
+    import sklearn
+
+    with sklearn.config_context(working_memory=64):
+        config = sklearn.get_config()
+    with ThreadPoolExecutor(2, initializer=skseg._transformer._decoding_thread,
+                            initargs=(config,)) as pool:
         assert pool.submit(torch.get_num_threads).result() == 1
+        assert pool.submit(lambda: sklearn.get_config()["working_memory"]).result() == 64
         there = list(pool.map(lambda image: vit._prepare(image, (64, 64), "cpu"), rgb_images))
     assert torch.get_num_threads() == threads  # the forward's threads are its own
     for a, b in zip(here, there):

@@ -88,7 +88,7 @@ def _use_feature_store(args, vit):
     vit.set_params(memory=None, store=None)
     if args.no_cache:
         return
-    name = f"{vit.model}-{config_digest(vit._cache_config())[:10]}.zarr"
+    name = f"{vit.model}-{config_digest(vit.extraction_parameters())[:10]}.zarr"
     folder = args.cache or args.output / ".skseg-features"
     if isinstance(folder, str):  # a URL: credentials from the environment
         vit.set_params(store=f"{folder.rstrip('/')}/{name}")
@@ -172,7 +172,7 @@ def _prepare_backbone(vit):
 
 def _too_small_grid(vit, shape):
     """``"a h x w patch grid"`` if an image of ``shape`` gives fewer than 2 patches."""
-    height, width = vit._target_size(shape)
+    height, width = vit.input_size(shape)
     h, w = height // vit.patch_size_, width // vit.patch_size_
     return f"a {h} x {w} patch grid" if h * w < 2 else None
 
