@@ -573,7 +573,7 @@ def map_chunks(function, X, chunks, *args, n_jobs=None, progress=None):
             *(arg.for_task(start, stop) if hasattr(arg, "for_task") else arg
               for arg in args),
         )
-        bound.__name__ = function.__name__
+        bound.__name__ = getattr(function, "__name__", type(function).__name__)
         return delayed(bound)()
 
     def windows():
