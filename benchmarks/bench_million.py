@@ -53,7 +53,7 @@ from collections.abc import Sequence
 import joblib
 import numpy as np
 
-import skseg._passes
+import skseg._chunks
 import skseg._segmenter
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter
 from skseg._clustering import BoundedSample, nearest_centroid, unit_rows
@@ -216,7 +216,7 @@ def measure(n_images, labels_path=None):
                  region_rows, label_regions)
     received = {function.__name__: [] for function in stand_ins}
     arguments = []
-    real_delayed = skseg._passes.delayed
+    real_delayed = skseg._chunks.delayed
 
     def counted(function):
         @functools.wraps(function)
@@ -232,7 +232,7 @@ def measure(n_images, labels_path=None):
 
     for function in stand_ins:
         setattr(skseg._segmenter, function.__name__, counted(function))
-    skseg._passes.delayed = measured_delayed
+    skseg._chunks.delayed = measured_delayed
     peak, stop = [0], threading.Event()
 
     def sample_memory():

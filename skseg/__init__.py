@@ -15,7 +15,7 @@ _EXPORTS = {
     "CorruptedStoreError": "._store",
     "FeatureSequence": "._features",
     "FeatureStore": "._store",
-    "ForegroundWarning": "._segmenter",
+    "ForegroundWarning": "._diagnostics",
     "ImageError": "._images",
     "ImageFeatures": "._features",
     "ImageTooSmallError": "._images",
@@ -50,7 +50,8 @@ if TYPE_CHECKING:  # what static tools see
     from ._features import FeatureSequence, ImageFeatures
     from ._images import ImageError, ImageTooSmallError
     from ._regions import LabelMasks
-    from ._segmenter import ForegroundWarning, MultilevelSegmenter
+    from ._diagnostics import ForegroundWarning
+    from ._segmenter import MultilevelSegmenter
     from ._store import CorruptedStoreError, FeatureStore
     from ._transformer import ViTPatchTransformer
     from ._weights import WeightsUnavailableError

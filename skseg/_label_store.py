@@ -277,3 +277,31 @@ class StoredLabelMasks(Sequence):
         from ._io import save_masks
 
         return save_masks(self, folder, names=names, palette=palette)
+
+
+class SpilledRows:
+    """Chunks of per-image arrays of rows (all of one width and dtype),
+    written to a (temporary) binary file as they are appended and read back
+    chunk by chunk: the region descriptors of a fit, which the fitting
+    process would otherwise hold for every image until the classes are
+    fitted."""
+
+    def __init__(self, file):
+        self._file = file
+        self._chunks = []  # per chunk: rows per image, row shape, dtype
+
+    def append(self, arrays):
+        n_rows = np.array([len(a) for a in arrays], np.int32)
+        filled = [a for a in arrays if len(a)]
+        rows = np.ascontiguousarray(np.concatenate(filled)) if filled \
+            else np.zeros((0,), np.float32)
+        self._file.write(rows.data)
+        self._chunks.append((n_rows, rows.shape[1:], rows.dtype))
+
+    def __iter__(self):
+        self._file.seek(0)
+        for n_rows, shape, dtype in self._chunks:
+            count = int(n_rows.sum())
+            rows = np.frombuffer(self._file.read(count * int(np.prod(shape)) * dtype.itemsize),
+                                 dtype).reshape(count, *shape)
+            yield np.split(rows, np.cumsum(n_rows)[:-1])

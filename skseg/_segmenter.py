@@ -53,30 +53,31 @@ from ._clustering import (
     nearest_centroid,
     priority_bound,
 )
+from ._diagnostics import foreground_diagnostics, warn_if_foreground_looks_wrong
 from ._features import check_features
-from ._label_store import LabelStore, StoredLabelMasks
+from ._label_store import LabelStore, SpilledRows, StoredLabelMasks
 from ._levels import (
-    LEVEL_PAIRS,
-    LEVELS,
     attention_foreground,
     border_foreground,
     category_pair,
 )
 from ._n_classes import choose_n_clusters
-from ._passes import (
+from ._chunks import (
     CurrentBound,
     Expected,
-    FittedState,
     PerImage,
     as_features,
     chunk_ranges,
+    map_chunks,
+)
+from ._passes import (
+    FittedState,
     classes_of,
     dataset_statistics,
     fit_category_pairs,
     gather_category_rows,
     label_regions,
     levels_only,
-    map_chunks,
     offer_regions,
     region_rows,
     segment,
@@ -90,39 +91,6 @@ from ._validation import HasMethods, Interval, StrOptions
 
 # Streams of random draws, one per use, derived from one seed.
 _SEEDS = ("dataset", "categories", "category_pairs", "classes")
-
-
-class _SpilledRows:
-    """Chunks of per-image arrays of rows (all of one width and dtype),
-    written to a (temporary) binary file as they are appended and read back
-    chunk by chunk: the region descriptors of a fit, which the fitting
-    process would otherwise hold for every image until the classes are
-    fitted."""
-
-    def __init__(self, file):
-        self._file = file
-        self._chunks = []  # per chunk: rows per image, row shape, dtype
-
-    def append(self, arrays):
-        n_rows = np.array([len(a) for a in arrays], np.int32)
-        filled = [a for a in arrays if len(a)]
-        rows = np.ascontiguousarray(np.concatenate(filled)) if filled \
-            else np.zeros((0,), np.float32)
-        self._file.write(rows.data)
-        self._chunks.append((n_rows, rows.shape[1:], rows.dtype))
-
-    def __iter__(self):
-        self._file.seek(0)
-        for n_rows, shape, dtype in self._chunks:
-            count = int(n_rows.sum())
-            rows = np.frombuffer(self._file.read(count * int(np.prod(shape)) * dtype.itemsize),
-                                 dtype).reshape(count, *shape)
-            yield np.split(rows, np.cumsum(n_rows)[:-1])
-
-
-class ForegroundWarning(UserWarning):
-    """A fit whose foreground decision looks wrong: the foreground covers
-    most of the image borders, or the clustering levels disagree."""
 
 
 def _needs_fit(estimator):
@@ -774,7 +742,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         their sample drawn here (they come here anyway)."""
         regions, sample = [], BoundedSample(self.max_samples)
         with tempfile.TemporaryFile() as spill:
-            descriptors = _SpilledRows(spill)
+            descriptors = SpilledRows(spill)
 
             def keep(chunk_regions, chunk_descriptors):
                 first = len(regions)
@@ -881,48 +849,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         return counts, sample
 
     def _diagnose(self, counts):
-        """Record how the foreground decision went; warn when it looks wrong.
-
-        Objects seldom fill most of the border of their picture, and levels
-        that each found the foreground agree: a foreground on half of the
-        border patches or more, or two levels whose foregrounds overlap by less than
-        0.4 (IoU), mean the decision went wrong somewhere. On the demo's scenes
-        with random weights, good fits agree at 0.56 or more and share at most
-        12% of the border; collapsed ones reach 0.51 or agree at 0.35 or less.
-        """
-        share = counts["foreground"] / max(int(counts["patches"][0]), 1)
-        border = counts["border_foreground"] / max(int(counts["border"][0]), 1)
-        # Two levels that both find no foreground agree.
-        agreement = np.where(counts["union"] > 0,
-                             counts["intersection"] / np.maximum(counts["union"], 1), 1.0)
-        self.foreground_share_ = dict(zip(LEVELS, share.tolist()))
-        self.border_foreground_share_ = dict(zip(LEVELS, border.tolist()))
-        self.level_agreement_ = {f"{a}/{b}": value
-                                 for (a, b), value in zip(LEVEL_PAIRS, agreement.tolist())}
-        problems = []
-        if self.border_foreground_share_["consensus"] >= 0.5:
-            problems.append(
-                f"the foreground covers {self.border_foreground_share_['consensus']:.0%} of "
-                "the image border patches (objects seldom fill most of the border)"
-            )
-        worst = min(self.level_agreement_, key=self.level_agreement_.get)
-        if self.level_agreement_[worst] < 0.4:
-            problems.append(
-                f"the {worst.replace('/', ' and ')} levels disagree (foreground IoU "
-                f"{self.level_agreement_[worst]:.3f})"
-            )
-        if problems:
-            shares = ", ".join(f"{name} {value:.0%}"
-                               for name, value in self.foreground_share_.items())
-            warnings.warn(
-                f"The foreground decision looks wrong: {'; '.join(problems)}. Foreground "
-                f"share of the patches per level: {shares}. Try a larger "
-                f"n_dataset_clusters (now {self.n_dataset_clusters}), "
-                f"foreground='{'attention' if self.foreground == 'border' else 'border'}', "
-                "or features from pretrained weights; see foreground_share_, "
-                "border_foreground_share_ and level_agreement_.",
-                ForegroundWarning,
-            )
+        """Record how the foreground decision went; warn when it looks wrong."""
+        self.foreground_share_, self.border_foreground_share_, self.level_agreement_ = \
+            foreground_diagnostics(counts)
+        warn_if_foreground_looks_wrong(self)
 
     def _label_dtype(self):
         return np.uint8 if self.n_classes_ < 256 else np.int32

@@ -16,6 +16,7 @@ distributed = pytest.importorskip("distributed")
 # Every test here starts or uses a local cluster of worker processes.
 pytestmark = pytest.mark.slow
 
+import skseg._chunks  # noqa: E402
 import skseg._segmenter  # noqa: E402
 from skseg import MultilevelSegmenter  # noqa: E402
 from skseg._dask import dask_backend  # noqa: E402
@@ -141,7 +142,7 @@ def test_each_task_carries_its_own_chunk_and_nothing_to_scatter(monkeypatch, ima
                 shipped.append(len(pickle.dumps(function)))
                 yield function()
 
-    monkeypatch.setattr(skseg._passes, "Parallel", RecordingParallel)
+    monkeypatch.setattr(skseg._chunks, "Parallel", RecordingParallel)
     fitted = MultilevelSegmenter(**ON_DASK).fit(images[0])
     assert_same_fit(fitted, serial[0])
     n_chunks = len(images[0]) // ON_DASK["chunk_size"]

@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-import skseg._passes
+import skseg._chunks
 import skseg._segmenter
 from skseg import MultilevelSegmenter
 from skseg._label_store import LabelStore
@@ -116,14 +116,14 @@ def test_labels_path_is_replaced_at_each_fit_but_never_holding_anything_else(pla
 
 
 # Tiny planted images: whether the foreground looks right is not the point.
-@pytest.mark.filterwarnings("ignore::skseg._segmenter.ForegroundWarning")
+@pytest.mark.filterwarnings("ignore::skseg.ForegroundWarning")
 def test_task_arguments_stay_small_when_the_fitted_state_is_large(tmp_path, monkeypatch):
     # 512-dimensional features: the centroids the tasks read are 16 kB and
     # more, sent with every task in memory; with labels_path they are
     # written once and each task gets a reference, at most 10 kB in all.
     X = make_patch_features(n_images=24, n_features=512, n_classes=3, random_state=0)[0]
     sizes = {}
-    real = skseg._passes.delayed
+    real = skseg._chunks.delayed
 
     def measured(task):
         # X travels as itself or as its location, the store's affair.
@@ -131,7 +131,7 @@ def test_task_arguments_stay_small_when_the_fitted_state_is_large(tmp_path, monk
         sizes[task.func.__name__] = max(sizes.get(task.func.__name__, 0), size)
         return real(task)
 
-    monkeypatch.setattr(skseg._passes, "delayed", measured)
+    monkeypatch.setattr(skseg._chunks, "delayed", measured)
     in_memory = _seg(chunk_size=4).fit(X)
     assert max(sizes.values()) > 16_000
     sizes.clear()

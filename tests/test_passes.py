@@ -5,7 +5,7 @@ import joblib
 import numpy as np
 import pytest
 
-from skseg._passes import IN_FLIGHT_PER_JOB, map_chunks
+from skseg._chunks import IN_FLIGHT_PER_JOB, map_chunks
 
 
 class Finished:

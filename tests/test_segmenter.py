@@ -10,7 +10,7 @@ from sklearn.base import clone
 from sklearn.cluster import KMeans
 from sklearn.exceptions import NotFittedError
 
-import skseg._passes
+import skseg._chunks
 import skseg._segmenter
 from skseg import ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg.datasets import make_patch_features
@@ -613,7 +613,7 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
 
     def fit(bound, merged=True):
         monkeypatch.setattr(skseg._segmenter, "priority_bound", bound)
-        monkeypatch.setattr(skseg._passes.CurrentBound, "for_task",
+        monkeypatch.setattr(skseg._chunks.CurrentBound, "for_task",
                             real_for_task if merged else lambda self, start, stop: None)
         for per_task in returned.values():
             per_task.clear()
@@ -622,7 +622,7 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
                      for name, per_task in returned.items()}
 
     counted("survey"), counted("dataset_statistics")
-    real_for_task = skseg._passes.CurrentBound.for_task
+    real_for_task = skseg._chunks.CurrentBound.for_task
     seg, rows = fit(skseg._clustering.priority_bound)
     unbounded, rows_without = fit(lambda size, n_rows, margin=1: None, merged=False)
     too_tight, rows_too_tight = fit(lambda size, n_rows, margin=1: np.uint64(1 << 50))
@@ -702,7 +702,7 @@ def test_with_labels_path_tasks_send_back_region_samples_bounded(planted, monkey
     in_memory = _seg(max_samples=10).fit(X)
     monkeypatch.setattr(skseg._segmenter, "segment", counted)
     seg, bounded = fit("bounded"), sent.copy()
-    monkeypatch.setattr(skseg._passes.CurrentBound, "for_task", lambda self, start, stop: None)
+    monkeypatch.setattr(skseg._chunks.CurrentBound, "for_task", lambda self, start, stop: None)
     unbounded = fit("unbounded")
     n_regions = sum(int(in_memory.labels_.region_map(i).max()) for i in range(len(X)))
     assert len(bounded) == len(sent) == 30 and max(bounded) <= 10
