@@ -680,6 +680,7 @@ def test_verbose_names_every_stage_with_a_bar_per_pass_and_is_silent_by_default(
         MultilevelSegmenter(verbose="loud").fit(X)
 
 
+@pytest.mark.slow
 def test_with_labels_path_tasks_send_back_region_samples_bounded(planted, monkeypatch,
                                                                  tmp_path):
     # With labels_path, the per-image pass's tasks send back a content-keyed
