@@ -7,6 +7,7 @@ from sklearn.cluster import KMeans
 from skseg._clustering import (
     BoundedSample,
     batched_two_means,
+    fit_kmeans,
     image_priorities,
     nearest_centroid,
     patch_priorities,
@@ -225,3 +226,55 @@ def test_nearest_centroid_is_the_same_whatever_the_working_memory():
     np.testing.assert_array_equal(nearest_centroid(X, centroids), expected)
     with sklearn.config_context(working_memory=0.01):  # blocks of a few hundred rows
         np.testing.assert_array_equal(nearest_centroid(X, centroids), expected)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64_reference(state):
+    """SplitMix64's output for ``state`` (Steele, Lea and Flood; Vigna's
+    reference code), in Python integers."""
+    z = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def test_priorities_are_splitmix64_of_seed_key_and_position():
+    # Pinned values: a random_state draws the same samples, hence the same
+    # masks, on every platform and in every version that keeps this rule.
+    assert _splitmix64_reference(0) == 0xE220A8397B1DCDAF  # the published first output
+    seed, key = 42, 0x0123456789ABCDEF
+    base = _splitmix64_reference(seed) ^ key
+    expected = [_splitmix64_reference((base + i * 0x9E3779B97F4A7C15) & _MASK64)
+                for i in range(5)]
+    assert patch_priorities(seed, key, 5).tolist() == expected
+    keys = [key, 7, _MASK64]
+    assert image_priorities(seed, keys).tolist() == [
+        _splitmix64_reference(_splitmix64_reference(seed) ^ k) for k in keys]
+    assert image_priorities(seed, keys).dtype == np.uint64
+
+
+def test_fit_kmeans_finds_separated_clusters_the_same_way_for_a_seed():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10]], np.float64)
+    X = np.concatenate([c + rng.normal(scale=0.1, size=(50, 2)) for c in centres])
+    found = fit_kmeans(X, 3, n_init=2, max_iter=50, seed=0)
+    assert found.dtype == np.float32 and found.shape == (3, 2)
+    distances = np.linalg.norm(centres[:, None] - found[None], axis=-1)
+    assert sorted(distances.argmin(1)) == [0, 1, 2] and distances.min(1).max() < 0.1
+    np.testing.assert_array_equal(fit_kmeans(X, 3, n_init=2, max_iter=50, seed=0), found)
+    # Uniform rows take several iterations: max_iter stops them earlier.
+    uniform = rng.random((500, 2))
+    assert not np.array_equal(fit_kmeans(uniform, 5, n_init=1, max_iter=1, seed=3),
+                              fit_kmeans(uniform, 5, n_init=1, max_iter=100, seed=3))
+
+
+def test_fit_kmeans_on_fewer_distinct_rows_than_clusters_is_silent():
+    import warnings
+
+    X = np.repeat(np.eye(2), 5, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        centroids = fit_kmeans(X, 3, n_init=1, max_iter=10, seed=0)
+    assert {tuple(c) for c in centroids} <= {(1.0, 0.0), (0.0, 1.0)}
