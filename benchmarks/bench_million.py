@@ -100,7 +100,7 @@ def uniform_priorities(rng, n):
 
 
 def survey(X, start, stop, expected, seeds, max_samples, patches_below=None,
-           descriptors_below=None):
+           descriptors_below=None, send_keys=True):
     below = (patches_below, descriptors_below)
     n = stop - start
     rng = np.random.default_rng(start + 1)
@@ -114,7 +114,7 @@ def survey(X, start, stop, expected, seeds, max_samples, patches_below=None,
     described = BoundedSample(max_samples, below[1])
     described.offer(uniform_priorities(rng, n),
                     np.column_stack([descriptors(start, stop), np.full(n, N_PATCHES, np.float32)]))
-    return keys, n * N_PATCHES, sample, described
+    return keys if send_keys else None, n * N_PATCHES, sample, described
 
 
 def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples, below=None,
@@ -141,7 +141,8 @@ def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
         # the 2-means' stand-ins do not read them).
         samples[c].offer(mine, np.zeros((len(mine), 0), np.float32) if output is not None
                          else rng.standard_normal((len(mine), N_FEATURES), dtype=np.float32))
-    return categories, statistics, samples
+    # With a labels group the categories stay on the worker too.
+    return None if output is not None else categories, statistics, samples
 
 
 def gather_category_rows(store, first, last, starts, largest):

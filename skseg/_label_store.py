@@ -32,7 +32,7 @@ from ._indexing import positions
 from ._regions import paint_runs
 
 FORMAT = "skseg.labels"
-VERSION = 1
+VERSION = 2
 
 
 class LabelStore:
@@ -74,14 +74,16 @@ class LabelStore:
 
         return zarr.open_group(self.path, path=f"chunks/{start}", mode=mode)
 
-    def write_regions(self, start, regions, descriptors, priorities):
+    def write_regions(self, start, regions, descriptors, priorities, categories):
         """The regions of the images from ``start`` on, their descriptors
-        (one array per image) and the sampling priority of each region."""
+        (one array per image), the sampling priority of each region and
+        each image's category."""
         runs = [r.runs() for r in regions]
-        images = np.array([(*r.shape, r.n_regions, len(rows))
-                           for r, (rows, *_) in zip(regions, runs)], np.int64)
+        images = np.array([(*r.shape, r.n_regions, len(rows), category)
+                           for r, (rows, *_), category in zip(regions, runs, categories)],
+                          np.int64)
         group = self._chunk(start, mode="w")
-        group.create_array("images", data=images.reshape(-1, 4))
+        group.create_array("images", data=images.reshape(-1, 5))
         group.create_array("runs", data=np.concatenate(
             [np.stack(r, axis=1) for r in runs] + [np.zeros((0, 4), np.int64)]
         ).astype(np.int32))
@@ -89,6 +91,9 @@ class LabelStore:
         group.create_array("descriptors", data=np.concatenate(filled).astype(np.float32)
                            if filled else np.zeros((0, 1), np.float32))
         group.create_array("priorities", data=np.asarray(priorities, np.uint64))
+
+    def categories(self, start):
+        return self._chunk(start)["images"][:, 4]
 
     def descriptors(self, start):
         return self._chunk(start)["descriptors"][:]
@@ -170,7 +175,7 @@ class LabelStore:
         return [
             ((int(h), int(w)), runs[run_bounds[j]:run_bounds[j + 1]],
              classes[region_bounds[j]:region_bounds[j + 1]])
-            for j, (h, w, _, _) in enumerate(images)
+            for j, (h, w, *_) in enumerate(images)
         ]
 
 
@@ -277,6 +282,37 @@ class StoredLabelMasks(Sequence):
         from ._io import save_masks
 
         return save_masks(self, folder, names=names, palette=palette)
+
+
+class StoredCategories(Sequence):
+    """The category of each image of a fit with ``labels_path``, read from
+    there: ``categories[i]`` reads the chunk of image ``i``, and
+    ``np.asarray(categories)`` (what a slice or an array of indices also
+    gives) reads them all, so that the fitting process need not hold one
+    per image."""
+
+    def __init__(self, store, starts, n_images):
+        self._store = store
+        self._starts = np.asarray(starts, np.int64)
+        self._n_images = n_images
+
+    def __len__(self):
+        return self._n_images
+
+    def __getitem__(self, key):
+        index = positions(key, len(self), "categories_")
+        if not isinstance(index, int):
+            return np.asarray(self)[index]
+        start = int(self._starts[np.searchsorted(self._starts, index, side="right") - 1])
+        return int(self._store.categories(start)[index - start])
+
+    def __array__(self, dtype=None, copy=None):
+        categories = np.concatenate([self._store.categories(int(start))
+                                     for start in self._starts] + [np.zeros(0, np.int64)])
+        return categories if dtype is None else categories.astype(dtype)
+
+    def __repr__(self):
+        return f"StoredCategories(<{len(self)} images at {self._store.path!r}>)"
 
 
 class SpilledRows:

@@ -17,6 +17,7 @@ TRUSTED_TYPES = (
     "skseg._regions.LabelMasks",
     "skseg._regions.Regions",
     "skseg._label_store.LabelStore",
+    "skseg._label_store.StoredCategories",
     "skseg._label_store.StoredLabelMasks",
 )
 

@@ -118,11 +118,13 @@ def chunk_regions(chunk, soft, state):
 # ---------------------------------------------------------------- passes
 
 def survey(X, start, stop, expected, seeds, max_samples, patches_below=None,
-           descriptors_below=None):
+           descriptors_below=None, send_keys=True):
     """Pass 1: checks, keys, the patch count, the dataset sample of patches
     and a sample of the images' descriptors, each with the image's patch
     count as a last column; ``seeds`` draw the two samples, of the rows whose
-    priority is under ``patches_below`` and ``descriptors_below``."""
+    priority is under ``patches_below`` and ``descriptors_below``. Without
+    ``send_keys`` the keys do not come back (None): the later passes of a
+    fit with ``labels_path`` compute them again on the workers."""
     chunk = Chunk(X, start, stop, expected)
     patches = BoundedSample(max_samples, patches_below)
     patches.offer(chunk.priorities(seeds[0]), chunk.patches)
@@ -130,7 +132,7 @@ def survey(X, start, stop, expected, seeds, max_samples, patches_below=None,
     descriptors.offer(image_priorities(seeds[1], chunk.keys),
                       np.column_stack([chunk.descriptors,
                                        np.diff(chunk.offsets).astype(chunk.descriptors.dtype)]))
-    return chunk.keys, int(chunk.offsets[-1]), patches, descriptors
+    return chunk.keys if send_keys else None, int(chunk.offsets[-1]), patches, descriptors
 
 
 def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
@@ -140,13 +142,14 @@ def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
     sample (of the patches under ``below[category]``, as in :func:`survey`).
 
     With ``output`` (a :class:`LabelStore`), the samples' rows are written
-    there, for :func:`gather_category_rows`, and each category's sample
-    comes back as its priorities alone (rows of width 0): tens of
-    kilobytes, where the rows of every category would be hundreds of
-    megabytes per pass.
+    there, for :func:`gather_category_rows`, each category's sample comes
+    back as its priorities alone (rows of width 0): tens of kilobytes,
+    where the rows of every category would be hundreds of megabytes per
+    pass; and the categories do not come back (None): :func:`segment`
+    writes them beside the masks.
     """
     state = value_of(state)
-    chunk = Chunk(X, start, stop, expected, keys[start:stop])
+    chunk = Chunk(X, start, stop, expected, None if keys is None else keys[start:stop])
     n_clusters = len(state.dataset_centroids)
     assignment = nearest_centroid(chunk.patches, state.dataset_centroids)
     statistics = {
@@ -182,7 +185,7 @@ def dataset_statistics(X, start, stop, expected, keys, state, seed, max_samples,
     for category, (kept_priorities, _) in kept.items():
         samples[category] = BoundedSample(max_samples)
         samples[category].offer(kept_priorities, np.zeros((len(kept_priorities), 0), np.float32))
-    return categories, statistics, samples
+    return None, statistics, samples
 
 
 def gather_category_rows(store, first, last, starts, largest):
@@ -232,8 +235,9 @@ def segment(X, start, stop, expected, state, keys=None, output=None, seed=None,
     chunk's :func:`level_counts`.
 
     With ``output`` (a :class:`LabelStore`: a fit with ``labels_path``),
-    the regions, descriptors and the regions' sampling priorities (from
-    ``seed``, see :func:`region_priorities`) are written there, and the
+    the regions, descriptors, the regions' sampling priorities (from
+    ``seed``, see :func:`region_priorities`) and the images' categories
+    are written there, and the
     task returns in their place the chunk's number of regions, None, and
     after the counts its sample of those priorities under ``below``, each
     with ``start`` as its row: :func:`region_rows` then fetches the
@@ -246,7 +250,7 @@ def segment(X, start, stop, expected, state, keys=None, output=None, seed=None,
     if output is None:
         return regions, described, no_pixels, counts
     priorities = region_priorities(seed, chunk.keys, described)
-    output.write_regions(start, regions, described, priorities)
+    output.write_regions(start, regions, described, priorities, levels["category_index"])
     sample = BoundedSample(max_samples, below)
     sample.offer(priorities, np.full(len(priorities), start, np.int64))
     return sum(r.n_regions for r in regions), None, no_pixels, counts, sample

@@ -25,11 +25,12 @@ images:
 With ``labels_path``, the workers write into a zarr group there what the
 fitting process would otherwise receive: the category samples' rows, which
 tasks on the workers merge and fit the category 2-means on (step 3), the
-regions and their descriptors, of which the fitting process fetches only
-those of the sample for the classes, and the classes, in a last pass. The
-fitted state the tasks read is written there once, and each task gets a
-reference to it. The fitting process then holds nothing per image but its
-key and category, and each task's arguments and results are a few kilobytes.
+regions, their descriptors and each image's category, of which the fitting
+process fetches only the descriptors of the sample for the classes, and the
+classes, in a last pass. The fitted state the tasks read is written there
+once, and each task gets a reference to it; the images' keys are computed
+again where a task needs them. The fitting process then holds nothing per
+image, and each task's arguments and results are a few kilobytes.
 """
 
 import functools
@@ -55,7 +56,7 @@ from ._clustering import (
 )
 from ._diagnostics import foreground_diagnostics, warn_if_foreground_looks_wrong
 from ._features import check_features
-from ._label_store import LabelStore, SpilledRows, StoredLabelMasks
+from ._label_store import LabelStore, SpilledRows, StoredCategories, StoredLabelMasks
 from ._levels import (
     attention_foreground,
     border_foreground,
@@ -247,7 +248,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         of an earlier fit there can no longer be read; a path that holds
         anything else is refused). ``labels_`` then reads each mask
         from there when indexed, and the process that calls ``fit``
-        receives and holds nothing per image but its key and category. The
+        receives and holds nothing per image: the workers compute the
+        images' keys again where they need them, and write each image's
+        category beside its mask. The
         workers also keep the category samples there and fit the category
         2-means themselves, and read the fitted state from there rather
         than receive it with every task. ``None`` keeps the masks in
@@ -273,8 +276,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     category_centroids_ : ndarray of shape (n_categories, 2, d)
         Background and foreground centroid of each category's 2-means (a
         category without patches keeps the dataset-wide split).
-    categories_ : ndarray of shape (n_images,)
-        Category of each training image.
+    categories_ : ndarray or StoredCategories of shape (n_images,)
+        Category of each training image (with ``labels_path``, read from
+        there: ``np.asarray(categories_)`` reads them all).
     class_centroids_ : ndarray of shape (n_classes, d_region)
         Centroids of the region descriptors; class ``k + 1`` is centroid ``k``.
     n_categories_ : int
@@ -465,7 +469,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         # descriptors for their pseudo-categories.
         self._stage(f"survey: checking and describing {len(X)} images")
         keys, n_patches, patch_sample, descriptor_sample = self._survey(
-            X, chunks, expected, (seeds["dataset"], seeds["categories"])
+            X, chunks, expected, (seeds["dataset"], seeds["categories"]), output is None
         )
         if n_patches < self.n_dataset_clusters:
             raise ValueError(
@@ -625,13 +629,14 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             sample, self.n_categories_, n_init=self._starts(), max_iter=self.max_iter, seed=seed
         )
 
-    def _survey(self, X, chunks, expected, seeds):
+    def _survey(self, X, chunks, expected, seeds, send_keys=True):
         """Pass 1, whose tasks send back only the rows under a priority bound:
         descriptors from the number of images, patches from the patch count
         that image 0 suggests (twice the sample expected, in case the images
         are smaller), or the bound of the sample merged so far where it is
         tighter; again without the first in the rare case they were much
-        smaller and the sample did not fill up."""
+        smaller and the sample did not fill up. The images' keys (None
+        without ``send_keys``) come back with the rest."""
         estimate = len(X) * int(np.prod(X[0].grid_shape))
         for below in ((priority_bound(self.max_samples, estimate, margin=2),
                        priority_bound(self.max_samples, len(X))), (None, None)):
@@ -639,17 +644,18 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             patches, descriptors = BoundedSample(self.max_samples), BoundedSample(self.max_samples)
             for chunk_keys, chunk_patches, chunk_sample, chunk_descriptors in self._map(
                 survey, X, chunks, expected, seeds, self.max_samples,
-                CurrentBound(patches, below[0]), CurrentBound(descriptors, below[1]),
+                CurrentBound(patches, below[0]), CurrentBound(descriptors, below[1]), send_keys,
                 progress="survey",
             ):
-                keys.append(chunk_keys)
+                if send_keys:
+                    keys.append(chunk_keys)
                 n_patches += chunk_patches
                 patches.merge(chunk_sample)
                 descriptors.merge(chunk_descriptors)
             if len(patches) == min(self.max_samples, n_patches) \
                     and len(descriptors) == min(self.max_samples, len(X)):
                 break
-        return np.concatenate(keys), n_patches, patches, descriptors
+        return np.concatenate(keys) if send_keys else None, n_patches, patches, descriptors
 
     def _dataset_statistics(self, X, chunks, expected, keys, n_patches, descriptor_sample,
                             seed, output=None):
@@ -671,7 +677,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         for below in ([priority_bound(self.max_samples, n) for n in estimates], None):
             categories, statistics, samples = [], {}, {}
             for chunk_categories, chunk_statistics, chunk_samples in self._map(
-                dataset_statistics, X, chunks, expected, PerImage(keys), state,
+                dataset_statistics, X, chunks, expected,
+                None if keys is None else PerImage(keys), state,
                 seed, self.max_samples, below, output, progress="dataset level",
             ):
                 categories.append(chunk_categories)
@@ -682,7 +689,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             if all(len(samples.get(c, ())) == min(self.max_samples, n)
                    for c, n in enumerate(statistics["category_patches"]) if n):
                 break
-        self.categories_ = np.concatenate(categories)
+        if output is None:  # else the per-image pass writes them beside the masks
+            self.categories_ = np.concatenate(categories)
         return statistics, samples
 
     def _fit_category_pairs(self, samples, statistics, chunks, output=None):
@@ -782,7 +790,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                            progress="labelling"):
             pass
         output.remove("shared")
-        return StoredLabelMasks(output, [start for start, _ in chunks], len(X), dtype)
+        starts = [start for start, _ in chunks]
+        self.categories_ = StoredCategories(output, starts, len(X))
+        return StoredLabelMasks(output, starts, len(X), dtype)
 
     def _fit_classes(self, sample, n_regions, seed):
         self._stage(f"labelling: {n_regions} object regions into "

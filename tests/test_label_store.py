@@ -36,16 +36,22 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path
         returned.append(result[:2])
         return result
 
-    statistics = []
-    real_statistics = skseg._segmenter.dataset_statistics
+    statistics, surveyed = [], []
+    real_statistics, real_survey = skseg._segmenter.dataset_statistics, skseg._segmenter.survey
 
     def recorded_statistics(*args):
         result = real_statistics(*args)
-        statistics.append(result[2])
+        statistics.append(result)
+        return result
+
+    def recorded_survey(*args):
+        result = real_survey(*args)
+        surveyed.append(result)
         return result
 
     monkeypatch.setattr(skseg._segmenter, "segment", recorded)
     monkeypatch.setattr(skseg._segmenter, "dataset_statistics", recorded_statistics)
+    monkeypatch.setattr(skseg._segmenter, "survey", recorded_survey)
     path = tmp_path / "labels.zarr"
     seg = _seg(labels_path=path, chunk_size=7, n_jobs=2).fit(planted)
     assert all(isinstance(n, int) and descriptors is None for n, descriptors in returned)
@@ -55,7 +61,16 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path
     # category 2-means, fitted on the workers from the rows they kept, are
     # those fitted here on the rows in memory.
     assert all(sample.result().shape[1] == 0
-               for samples in statistics for sample in samples.values() if len(sample))
+               for *_, samples in statistics for sample in samples.values() if len(sample))
+    # Nothing per image comes back: no keys from the survey (the workers
+    # compute them again), no categories from the statistics (the per-image
+    # pass writes them beside the masks, where categories_ reads them).
+    assert all(keys is None for keys, *_ in surveyed)
+    assert all(categories is None for categories, *_ in statistics)
+    np.testing.assert_array_equal(seg.categories_, in_memory.categories_)
+    assert len(seg.categories_) == len(planted)
+    assert seg.categories_[-1] == in_memory.categories_[-1]
+    np.testing.assert_array_equal(seg.categories_[5:9], in_memory.categories_[5:9])
     np.testing.assert_array_equal(seg.category_centroids_, in_memory.category_centroids_)
     assert not os.path.exists(path / "work") and not os.path.exists(path / "shared")
     np.testing.assert_array_equal(seg.class_centroids_, in_memory.class_centroids_)
@@ -95,6 +110,7 @@ def test_a_segmenter_with_stored_masks_saves_and_loads_through_skops(planted, tm
     assert set(skops.io.get_untrusted_types(data=data)) <= set(TRUSTED_TYPES)
     loaded = skops.io.loads(data, trusted=TRUSTED_TYPES)
     np.testing.assert_array_equal(loaded.labels_[17], seg.labels_[17])
+    np.testing.assert_array_equal(loaded.categories_, seg.categories_)
 
 
 def test_labels_path_is_replaced_at_each_fit_but_never_holding_anything_else(planted,
