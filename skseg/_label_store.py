@@ -15,13 +15,15 @@ the category 2-means on, and the fitted state that every task reads
 both are deleted once the fit no longer needs them.
 
 A task that is run again (its worker died) rewrites its own group whole, so
-the result does not depend on which run of a task finished.
+the result does not depend on which run of a task finished. The group is a
+local folder, or an fsspec URL (``s3://...``) for workers that share no
+filesystem: every object a task writes is its own, so no write needs to be
+exclusive.
 """
 
 import functools
 import os
 import pickle
-import shutil
 import uuid
 from collections.abc import Sequence
 
@@ -30,49 +32,76 @@ import numpy as np
 from ._digest import bytes_digest
 from ._indexing import positions
 from ._regions import paint_runs
+from ._store_location import Location
 
 FORMAT = "skseg.labels"
 VERSION = 2
 
 
 class LabelStore:
-    """The zarr group at ``path`` that the tasks of one fit write to.
+    """The zarr group at ``path`` (a folder or an fsspec URL) that the tasks
+    of one fit write to.
 
-    Pickles as its path and the fit's id: every worker must see the same
-    filesystem there.
+    Pickles as its path, storage options and the fit's id: every worker must
+    reach the same storage there.
     """
 
-    def __init__(self, path, fit):
-        self.path = os.fspath(path)
+    def __init__(self, path, fit, storage_options=None):
+        self.location = Location(path, storage_options, kind="labels_path")
         self.fit = fit
 
+    @property
+    def path(self):
+        return self.location.url
+
+    def __getstate__(self):
+        return {"path": self.path, "fit": self.fit,
+                "storage_options": self.location.storage_options}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    def __eq__(self, other):
+        return isinstance(other, LabelStore) and (self.path, self.fit) == (other.path, other.fit)
+
+    def __hash__(self):
+        return hash((self.path, self.fit))
+
     @classmethod
-    def create(cls, path):
+    def create(cls, path, storage_options=None):
         """An empty group at ``path`` for a new fit, replacing the masks an
         earlier fit wrote there; any other content is refused, not deleted."""
         import zarr
 
-        path = os.fspath(path)
-        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        location = Location(path, storage_options, kind="labels_path")
+        if location.local and os.path.exists(location.path) \
+                and not os.path.isdir(location.path) or location.list(""):
             try:
-                fmt = zarr.open_group(path, mode="r").attrs.get("format")
-            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+                fmt = zarr.open_group(location.zarr_store(), mode="r").attrs.get("format")
+            except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError):
                 fmt = None
             if fmt != FORMAT:
                 raise ValueError(
-                    f"labels_path={path!r} exists and does not hold the masks of an earlier "
-                    "fit; give a new path (it is emptied at every fit)."
+                    f"labels_path={location.url!r} exists and does not hold the masks of an "
+                    "earlier fit; give a new path (it is emptied at every fit)."
                 )
-        root = zarr.open_group(path, mode="w")
+        root = zarr.open_group(location.zarr_store(), mode="w")
         fit = uuid.uuid4().hex
         root.attrs.update({"format": FORMAT, "version": VERSION, "fit": fit})
         root.create_group("chunks")
-        return cls(path, fit)
+        return cls(path, fit, storage_options)
 
-    def _chunk(self, start, mode="r"):
+    @functools.cached_property
+    def _zarr_store(self):
+        return self.location.zarr_store()
+
+    def _group(self, path, mode="r"):
         import zarr
 
-        return zarr.open_group(self.path, path=f"chunks/{start}", mode=mode)
+        return zarr.open_group(self._zarr_store, path=path, mode=mode)
+
+    def _chunk(self, start, mode="r"):
+        return self._group(f"chunks/{start}", mode)
 
     def write_regions(self, start, regions, descriptors, priorities, categories):
         """The regions of the images from ``start`` on, their descriptors
@@ -105,16 +134,12 @@ class LabelStore:
     def write_part(self, name, key, **arrays):
         """Arrays that a task leaves for the tasks of a later step, under
         ``work/<name>/<key>`` (rewritten whole by a task run again)."""
-        import zarr
-
-        group = zarr.open_group(self.path, path=f"work/{name}/{key}", mode="w")
+        group = self._group(f"work/{name}/{key}", mode="w")
         for array_name, values in arrays.items():
             group.create_array(array_name, data=values)
 
     def read_part(self, name, key):
-        import zarr
-
-        group = zarr.open_group(self.path, path=f"work/{name}/{key}", mode="r")
+        group = self._group(f"work/{name}/{key}")
         return {array_name: array[:] for array_name, array in group.arrays()}
 
     def parts(self, name):
@@ -122,7 +147,7 @@ class LabelStore:
         import zarr
 
         try:
-            group = zarr.open_group(self.path, path=f"work/{name}", mode="r")
+            group = self._group(f"work/{name}")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             return
         for key, part in sorted(group.groups()):
@@ -131,7 +156,7 @@ class LabelStore:
     def remove(self, name):
         """Delete what the tasks passed on (``"work"``) or read
         (``"shared"``), once the fit no longer needs it."""
-        shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+        self.location.remove(name)
 
     def share(self, value):
         """``value`` written once for every task of the fit to read: a
@@ -139,17 +164,14 @@ class LabelStore:
         kilobyte whatever the value's size."""
         data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         digest = bytes_digest(data)
-        folder = os.path.join(self.path, "shared")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, digest)
-        if not os.path.exists(path):
-            # Written under a name of its own, then renamed: a task never
-            # reads a part-written file.
-            partial = f"{path}.{uuid.uuid4().hex}"
-            with open(partial, "wb") as file:
-                file.write(data)
-            os.replace(partial, path)
-        return Shared(path, digest, value)
+        key = f"shared/{digest}"
+        if not self.location.exists(key):
+            # Whole or not at all (a renamed file, one PUT): a task never
+            # reads a part-written one.
+            if self.location.local:
+                os.makedirs(self.location.full_path("shared"), exist_ok=True)
+            self.location.put(key, data)
+        return Shared(self, digest, value)
 
     def write_classes(self, start, classes):
         group = self._chunk(start, mode="r+")
@@ -158,11 +180,9 @@ class LabelStore:
     def read(self, start):
         """Per image of the chunk at ``start``: (H, W), its runs and the class of
         each of its regions."""
-        import zarr
-
         # A later fit to the same path replaced these masks: say so, rather
         # than read its chunks as this fit's.
-        if zarr.open_group(self.path, mode="r").attrs.get("fit") != self.fit:
+        if self._group("").attrs.get("fit") != self.fit:
             raise RuntimeError(
                 f"the masks at {self.path!r} were replaced by a later fit to the same "
                 "labels_path; fit again, or give each fit its own path."
@@ -181,36 +201,37 @@ class LabelStore:
 
 class Shared:
     """A value that the tasks of a fit read from its labels group: in the
-    process that made it, the value itself; pickled, the file's path and
-    digest, which each process resolves once (:func:`_load_shared` keeps the
-    last few it read), so that the value is not sent with every task."""
+    process that made it, the value itself; pickled, the group and the
+    value's digest, which each process resolves once (:func:`_load_shared`
+    keeps the last few it read), so that the value is not sent with every
+    task."""
 
-    def __init__(self, path, digest, value=None):
-        self.path = path
+    def __init__(self, store, digest, value=None):
+        self.store = store
         self.digest = digest
         self._value = value
 
     def __getstate__(self):
-        return {"path": self.path, "digest": self.digest, "_value": None}
+        return {"store": self.store, "digest": self.digest, "_value": None}
 
     @property
     def value(self):
         if self._value is None:
-            self._value = _load_shared(self.path, self.digest)
+            self._value = _load_shared(self.store, self.digest)
         return self._value
 
 
 @functools.lru_cache(maxsize=8)
-def _load_shared(path, digest):
-    with open(path, "rb") as file:
-        data = file.read()
+def _load_shared(store, digest):
+    key = f"shared/{digest}"
+    data = store.location.read(key)
     # The digest came with the task from the fitting process, which wrote
     # these bytes: they are unpickled only if they are the very bytes it
     # pickled (as joblib would have sent them), never a file someone else made.
-    if bytes_digest(data) != digest:
+    if data is None or bytes_digest(data) != digest:
         raise RuntimeError(
-            f"{path!r} no longer holds the state that the fit wrote there; was its "
-            "labels_path reused by another fit at the same time?"
+            f"{store.location.full_path(key)!r} no longer holds the state that the fit "
+            "wrote there; was its labels_path reused by another fit at the same time?"
         )
     return pickle.loads(data)
 

@@ -1,4 +1,5 @@
-"""Where a feature store lives: a local folder or an fsspec URL.
+"""Where a feature store (or a fit's ``labels_path``) lives: a local folder
+or an fsspec URL.
 
 :class:`Location` is the store's only door to storage: it reads and lists
 objects, creates them exclusively (``link()`` of a written file on a local
@@ -8,6 +9,7 @@ into one line that names the store.
 
 import os
 import random
+import shutil
 import time
 
 from ._store_format import CorruptedStoreError
@@ -19,10 +21,12 @@ def one_line(exc):
 
 class Location:
     """A store's folder or URL: small JSON objects written exclusively, and
-    the zarr store its segments' arrays live in."""
+    the zarr store its segments' arrays live in. ``kind`` names it in
+    messages."""
 
-    def __init__(self, url, storage_options=None, read_only=False):
+    def __init__(self, url, storage_options=None, read_only=False, kind="feature store"):
         url = os.fspath(url)
+        self.kind = kind
         self.read_only = read_only
         self.storage_options = dict(storage_options or {})
         protocol = url.split("://", 1)[0] if "://" in url else "file"
@@ -37,7 +41,7 @@ class Location:
             self.local = False
             self.protocol = protocol
             self.url = url.rstrip("/")
-            self.fs, self.path = _filesystem(self.url, self.storage_options)
+            self.fs, self.path = _filesystem(self.url, self.storage_options, kind)
 
     def __repr__(self):
         return repr(self.url)
@@ -70,7 +74,7 @@ class Location:
         full = self.full_path(key)
         if not self.local and self.protocol not in ATOMIC_CREATE:
             raise OSError(
-                f"feature store {self.url!r}: skseg writes a store only where an object "
+                f"{self.kind} {self.url!r}: skseg writes a store only where an object "
                 "can be created exclusively and atomically (a local disk, NFS, S3); "
                 f"fsspec's {self.protocol!r} filesystem is not known to offer that, and "
                 "writers there could lose each other's images. Write the store to one "
@@ -111,7 +115,7 @@ class Location:
                 return self.read(key) == data
             except OSError as exc:
                 raise OSError(
-                    f"feature store {self.url!r}: cannot create {key!r} exclusively "
+                    f"{self.kind} {self.url!r}: cannot create {key!r} exclusively "
                     f"({one_line(exc)}); the store needs a filesystem with hard links "
                     "(a local disk or NFS), or S3."
                 ) from exc
@@ -142,7 +146,7 @@ class Location:
             _CONDITIONAL_WRITES[self.url] = verdict
         if not verdict:
             raise OSError(
-                f"feature store {self.url!r}: its object storage ignores conditional "
+                f"{self.kind} {self.url!r}: its object storage ignores conditional "
                 "writes (If-None-Match), so concurrent writers could silently lose each "
                 "other's images; skseg writes stores only where they are honoured (AWS "
                 "S3, a local disk, NFS). Open it with read_only=True to read."
@@ -175,6 +179,18 @@ class Location:
                 handle.write(data)
             os.replace(temporary, full)
 
+    def remove(self, prefix):
+        """Delete everything under ``prefix``, if anything is there."""
+        self.refuse_read_only()
+        with self.errors(prefix):
+            if self.local:
+                shutil.rmtree(self.full_path(prefix), ignore_errors=True)
+                return
+            try:
+                self.fs.rm(self.full_path(prefix), recursive=True)
+            except FileNotFoundError:
+                pass
+
     def list(self, prefix):
         """Names of the objects directly under ``prefix``."""
         with self.errors(prefix):
@@ -206,7 +222,7 @@ class Location:
 
     def refuse_read_only(self):
         if self.read_only:
-            raise PermissionError(f"feature store {self.url!r} is open read-only.")
+            raise PermissionError(f"{self.kind} {self.url!r} is open read-only.")
 
     def errors(self, key):
         return _TranslatedErrors(self, key)
@@ -222,32 +238,32 @@ class _TranslatedErrors:
     def __enter__(self):
         return self
 
-    def __exit__(self, kind, exc, traceback):
+    def __exit__(self, exc_type, exc, traceback):
         if exc is None or self.location.local or isinstance(exc, CorruptedStoreError):
             return False
-        url = self.location.url
+        url, kind = self.location.url, self.location.kind
         name = type(exc).__name__
         if name in ("NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError") \
                 or "credential" in str(exc).lower() and not isinstance(exc, FileNotFoundError):
             raise PermissionError(
-                f"feature store {url!r}: no credentials for its object storage "
+                f"{kind} {url!r}: no credentials for its object storage "
                 f"({one_line(exc)}); set them in the environment (e.g. AWS_ACCESS_KEY_ID "
                 "and AWS_SECRET_ACCESS_KEY) or pass storage_options."
             ) from None
         if isinstance(exc, PermissionError):
             raise PermissionError(
-                f"feature store {url!r}: access denied to {self.key!r} "
+                f"{kind} {url!r}: access denied to {self.key!r} "
                 f"({one_line(exc)}); the credentials in use may not read or write there."
             ) from None
         if isinstance(exc, FileNotFoundError):
             bucket = self.location.path.split("/", 1)[0]
             raise FileNotFoundError(
-                f"feature store {url!r}: its bucket or container {bucket!r} does not "
+                f"{kind} {url!r}: its bucket or container {bucket!r} does not "
                 f"exist ({one_line(exc)}); create it first."
             ) from None
         if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, FileExistsError):
             raise OSError(
-                f"feature store {url!r}: object storage failed on {self.key!r}: "
+                f"{kind} {url!r}: object storage failed on {self.key!r}: "
                 f"{one_line(exc)}"
             ) from exc
         return False
@@ -265,7 +281,7 @@ _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure",
            "abfs": "azure", "abfss": "azure"}
 
 
-def _filesystem(url, storage_options):
+def _filesystem(url, storage_options, kind):
     from fsspec.core import url_to_fs
 
     try:
@@ -276,11 +292,11 @@ def _filesystem(url, storage_options):
         hint = (f"pip install 'skseg[{extra}]'" if extra else
                 "install the fsspec filesystem package for it")
         raise ImportError(
-            f"feature store {url!r} needs a filesystem package for {protocol!r} that is "
+            f"{kind} {url!r} needs a filesystem package for {protocol!r} that is "
             f"not installed ({one_line(exc)}): {hint}."
         ) from None
     except ValueError as exc:
-        raise ValueError(f"feature store {url!r}: {one_line(exc)}") from None
+        raise ValueError(f"{kind} {url!r}: {one_line(exc)}") from None
 
 
 def refuse_link(location, path):
@@ -288,7 +304,7 @@ def refuse_link(location, path):
     land outside the store."""
     if location.local and os.path.islink(path):
         raise CorruptedStoreError(
-            f"feature store {location.url!r}: {path} is a symbolic link; a store holds "
+            f"{location.kind} {location.url!r}: {path} is a symbolic link; a store holds "
             "none (writes through it would land outside the store). Remove it, or "
             "extract the features into a new store."
         )

@@ -170,9 +170,33 @@ def test_a_shared_value_is_read_once_per_process_and_checked(tmp_path):
     received = pickle.loads(sent)
     np.testing.assert_array_equal(received.value["centroids"], value["centroids"])
     assert pickle.loads(sent).value is received.value  # one read per process
-    with open(shared.path, "r+b") as file:
+    with open(tmp_path / "labels.zarr" / "shared" / shared.digest, "r+b") as file:
         file.seek(-1, os.SEEK_END)
         file.write(b"!")
     skseg._label_store._load_shared.cache_clear()
     with pytest.raises(RuntimeError, match="no longer holds"):
         _ = pickle.loads(sent).value
+
+
+@pytest.mark.slow
+def test_labels_path_on_object_storage_gives_the_masks_kept_in_memory(planted, s3):
+    # Workers that share no filesystem write their chunks to S3 (moto's
+    # server here): the same masks and categories, the work and shared
+    # state deleted afterwards, and the masks read back after pickling.
+    in_memory = _seg().fit(planted[:20])
+    url = s3.url("labels.zarr")
+    seg = _seg(labels_path=url, chunk_size=7, n_jobs=2).fit(planted[:20])
+    assert seg.labels_._store.path == url
+    for i in (0, 9, 19):
+        np.testing.assert_array_equal(seg.labels_[i], in_memory.labels_[i])
+    np.testing.assert_array_equal(seg.categories_, in_memory.categories_)
+    keys = s3.keys()
+    assert keys and all(k.startswith("labels.zarr/") for k in keys)
+    assert not any(k.startswith(("labels.zarr/work/", "labels.zarr/shared/")) for k in keys)
+    again = pickle.loads(pickle.dumps(seg.labels_))
+    np.testing.assert_array_equal(again[19], in_memory.labels_[19])
+    # A path that holds something else is refused, not emptied.
+    s3.server.client().put_object(Bucket=s3.name, Key="other/data.bin", Body=b"x")
+    with pytest.raises(ValueError, match="does not hold the masks"):
+        LabelStore.create(s3.url("other"))
+    assert "other/data.bin" in s3.keys()
