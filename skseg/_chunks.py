@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from joblib import effective_n_jobs
+from joblib import Parallel, delayed, effective_n_jobs
 from scipy import sparse
-from sklearn.utils.parallel import Parallel, delayed
+from sklearn import config_context, get_config
 
 from ._clustering import patch_priorities, unit_rows
 from ._digest import sampling_key
@@ -264,20 +264,19 @@ def map_chunks(function, X, chunks, *args, n_jobs=None, progress=None):
     finishes, so that results would pile up in the caller.)
     """
     in_memory = isinstance(X, (list, tuple, FeatureSequence))
+    config = get_config()
 
     def task(start, stop):
         # Arguments bound in a partial: joblib's Dask backend scatters a
         # large array argument to one worker, and the task could not be
         # rerun once that worker died; a task carrying its own arguments
-        # can be rerun anywhere. Named after the pass (on Dask's dashboard,
-        # in its logs), which scikit-learn's wrapper then takes on.
+        # can be rerun anywhere.
         bound = functools.partial(
             function, Window(X, start, stop) if in_memory else X, start, stop,
             *(arg.for_task(start, stop) if hasattr(arg, "for_task") else arg
               for arg in args),
         )
-        bound.__name__ = getattr(function, "__name__", type(function).__name__)
-        return delayed(bound)()
+        return delayed(Configured(bound, config, function))()
 
     def windows():
         size = IN_FLIGHT_PER_JOB * effective_n_jobs(n_jobs)
@@ -288,6 +287,29 @@ def map_chunks(function, X, chunks, *args, n_jobs=None, progress=None):
 
     results = windows()
     return results if progress is None else _with_progress(results, chunks, progress)
+
+
+class Configured:
+    """A task that runs under the scikit-learn settings of the caller
+    (``working_memory`` sizes its buffers), in a worker thread, process or
+    on a Dask worker; named after its pass, on Dask's dashboard and in its
+    logs.
+
+    scikit-learn's own ``Parallel`` and ``delayed`` do this too, but they
+    also capture the warning filters at each call, and on threads a running
+    task empties those (they are global to the process) while it installs
+    them: the next window's tasks then caught an empty list and warned,
+    thousands of times at a million images.
+    """
+
+    def __init__(self, task, config, function):
+        self.task = task
+        self.config = config
+        self.__name__ = getattr(function, "__name__", type(function).__name__)
+
+    def __call__(self):
+        with config_context(**self.config):
+            return self.task()
 
 
 def _with_progress(results, chunks, description):

@@ -4,8 +4,8 @@ One setting sizes every block that skseg reads, computes or writes at once:
 scikit-learn's ``working_memory`` (in MiB, 1024 by default), set with
 ``sklearn.set_config(working_memory=...)`` or, for one call,
 ``sklearn.config_context``. scikit-learn's settings belong to a thread, so
-skseg carries the caller's along: its joblib tasks run through
-``sklearn.utils.parallel`` (to worker processes or a Dask cluster too), and
+skseg carries the caller's along: the tasks of a pass carry them
+(``skseg._chunks.Configured``, to worker processes or a Dask cluster too), and
 the transformer's decoding and writing threads start with the caller's.
 
 Each buffer takes a fixed share, so that the largest of them at once stay

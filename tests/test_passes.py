@@ -1,9 +1,11 @@
 import threading
 import time
+import warnings
 
 import joblib
 import numpy as np
 import pytest
+import sklearn
 
 from skseg._chunks import IN_FLIGHT_PER_JOB, map_chunks
 
@@ -58,3 +60,23 @@ def test_map_chunks_resolves_per_task_arguments_at_dispatch():
     window = IN_FLIGHT_PER_JOB * 2
     # Each window sees what the caller had merged when it was dispatched.
     assert seen == [(i // window) * window for i in range(40)]
+
+
+def working_memory(X, start, stop):
+    return sklearn.get_config()["working_memory"]
+
+
+@pytest.mark.parametrize("backend", ["threading", pytest.param("loky", marks=pytest.mark.slow)])
+def test_map_chunks_runs_every_task_under_the_callers_settings_without_warning(backend):
+    # working_memory sizes a task's buffers, so every task, in a thread or
+    # in a worker process, runs under the caller's scikit-learn settings.
+    # The warning filters are empty for an instant whenever a task of
+    # scikit-learn's own Parallel installs them on a thread; dispatching
+    # then must not make the tasks warn (thousands of times at 1M images).
+    chunks = [(start, start + 1) for start in range(8)]
+    with sklearn.config_context(working_memory=7), joblib.parallel_config(backend=backend), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # the filters as such a task leaves them
+        seen = list(map_chunks(working_memory, list(range(8)), chunks, n_jobs=2))
+    assert seen == [7] * 8
+    assert not [w for w in caught if "delayed" in str(w.message)]
