@@ -200,3 +200,94 @@ def test_labels_path_on_object_storage_gives_the_masks_kept_in_memory(planted, s
     with pytest.raises(ValueError, match="does not hold the masks"):
         LabelStore.create(s3.url("other"))
     assert "other/data.bin" in s3.keys()
+
+
+# ------------------------------------------------- the store by itself
+
+
+def _regions(shape, ids):
+    """Regions of a small ``shape`` from a map of region ids (0: none)."""
+    from skseg._regions import Regions
+
+    rows, starts, stops, runs = [], [], [], []
+    for row, line in enumerate(np.asarray(ids)):
+        column = 0
+        while column < len(line):
+            end = column
+            while end < len(line) and line[end] == line[column]:
+                end += 1
+            if line[column]:
+                rows.append(row), starts.append(column), stops.append(end)
+                runs.append(line[column])
+            column = end
+    return Regions(shape, *map(np.array, (rows, starts, stops, runs)), int(np.max(ids)))
+
+
+def test_a_chunk_reads_back_its_regions_classes_and_categories(tmp_path):
+    store = LabelStore.create(tmp_path / "labels.zarr")
+    first = _regions((2, 4), [[1, 1, 0, 2], [0, 0, 0, 2]])
+    empty = _regions((3, 2), np.zeros((3, 2), int))
+    descriptors = [np.ones((2, 3), np.float32), np.zeros((0, 3), np.float32)]
+    store.write_regions(10, [first, empty], descriptors, np.array([5, 7]), np.array([2, 0]))
+    store.write_classes(10, np.array([3, 1], np.uint8))
+    (shape, runs, classes), (empty_shape, empty_runs, empty_classes) = store.read(10)
+    assert shape == (2, 4) and empty_shape == (3, 2)
+    assert runs.tolist() == [[0, 0, 2, 1], [0, 3, 4, 2], [1, 3, 4, 2]]
+    assert classes.tolist() == [3, 1] and len(empty_runs) == 0 and len(empty_classes) == 0
+    assert store.categories(10).tolist() == [2, 0]
+    assert store.priorities(10).tolist() == [5, 7]
+    np.testing.assert_array_equal(store.descriptors(10), np.ones((2, 3)))
+
+
+def test_stored_categories_index_like_an_array_and_pickle_as_their_place(tmp_path):
+    from skseg._label_store import StoredCategories
+
+    store = LabelStore.create(tmp_path / "labels.zarr")
+    categories = np.array([4, 0, 2, 2, 1, 3, 0])
+    for start, stop in ((0, 3), (3, 5), (5, 7)):
+        n = stop - start
+        store.write_regions(start, [_regions((1, 1), [[0]])] * n,
+                            [np.zeros((0, 2), np.float32)] * n, [], categories[start:stop])
+    stored = StoredCategories(store, [0, 3, 5], 7)
+    assert len(stored) == 7
+    np.testing.assert_array_equal(stored, categories)
+    assert np.asarray(stored, dtype=np.float32).dtype == np.float32
+    assert [stored[i] for i in range(7)] == categories.tolist()
+    assert stored[-1] == 0 and stored[4] == 1 and stored[3] == 2
+    np.testing.assert_array_equal(stored[2:6], categories[2:6])
+    np.testing.assert_array_equal(stored[[6, 0]], [0, 4])
+    with pytest.raises(IndexError):
+        stored[7]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(stored)), categories)
+    assert "7 images" in repr(stored)
+
+
+def test_parts_pass_from_task_to_task_until_removed(tmp_path):
+    store = LabelStore.create(tmp_path / "labels.zarr")
+    assert list(store.parts("rows")) == []
+    store.write_part("rows", 20, priority=np.array([3], np.uint64))
+    store.write_part("rows", 10, priority=np.array([1, 2], np.uint64))
+    store.write_part("rows", 10, priority=np.array([9], np.uint64))  # a task run again
+    assert [(key, part["priority"].tolist()) for key, part in store.parts("rows")] \
+        == [("10", [9]), ("20", [3])]
+    assert store.read_part("rows", 20)["priority"].tolist() == [3]
+    store.remove("work")
+    assert list(store.parts("rows")) == [] and not (tmp_path / "labels.zarr" / "work").exists()
+    store.remove("work")  # nothing there: no error
+
+
+def test_a_store_pickles_as_its_place_and_fit(tmp_path):
+    store = LabelStore.create(tmp_path / "labels.zarr")
+    again = pickle.loads(pickle.dumps(store))
+    assert again == store and hash(again) == hash(store) and again.path == store.path
+    later = LabelStore.create(tmp_path / "labels.zarr")
+    assert later != store and later.fit != store.fit
+    assert store != store.path
+    a_file = tmp_path / "a file"
+    a_file.write_text("keep me")
+    with pytest.raises(ValueError, match="does not hold the masks"):
+        LabelStore.create(a_file)
+    assert a_file.read_text() == "keep me"
+    LabelStore.create(tmp_path / "empty")  # a new path is fine, and so is an empty folder
+    (tmp_path / "empty folder").mkdir()
+    LabelStore.create(tmp_path / "empty folder")
