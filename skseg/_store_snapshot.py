@@ -27,7 +27,7 @@ from ._store_format import (
     parse_commit,
     runs,
 )
-from ._images import ExtractedImagePath
+from ._image_decoding import ExtractedImagePath
 from ._store_location import one_line, refuse_link
 
 # Snapshots reopened from pickles in this process, by store and commit count.

@@ -18,7 +18,9 @@ from sklearn_compat.base import _fit_context
 from ._backbone import check_facet_support, forward_facets, resolve_device
 from ._cache import FeatureCache
 from ._features import FACETS, FeatureSequence, ImageFeatures
-from ._images import as_image_list, check_images, content_hash, normalised_pixels
+from ._image_checks import as_image_list, check_images
+from ._image_decoding import normalised_pixels
+from ._images import content_hash
 from ._store import FeatureStore
 from ._validation import HasMethods, Interval, StrOptions
 from ._weights import check_model_name, get_model, weights_identity

@@ -798,7 +798,8 @@ def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, v
 @pytest.mark.slow
 def test_records_point_at_the_inputs_given_and_never_read_another_file(
         tmp_path, rgb_images, vit_forwards):
-    from skseg._images import ImageError, load_rgb
+    from skseg._image_decoding import load_rgb
+    from skseg._images import ImageError
     from skseg._refine import working_pixels
 
     a, b = tmp_path / "a.png", tmp_path / "b.png"
