@@ -167,11 +167,11 @@ def timed(owner, name, stage):
 import skseg._cli
 totals["import skseg._cli (argument parsing's)"] = time.perf_counter() - started
 begin = time.perf_counter()
-import torch, sklearn, timm, skseg._cli.segment, skseg._segmenter, skseg._transformer
+import torch, sklearn, timm, skseg._cli.segment, skseg._segmenter, skseg._extraction
 totals["import torch, scikit-learn, timm, skseg"] = time.perf_counter() - begin
 import skseg._backbone, skseg._passes, skseg._refine, skseg._regions, skseg._store
 from skseg import MultilevelSegmenter as M, ViTPatchTransformer as V, FeatureStore
-run, seg, tr = skseg._cli.segment, skseg._segmenter, skseg._transformer
+run, seg, ex = skseg._cli.segment, skseg._segmenter, skseg._extraction
 out = skseg._cli.segment_outputs
 for owner, name, stage in [
     (run, "_build_pipeline", "build the pipeline (no model yet)"),
@@ -179,8 +179,8 @@ for owner, name, stage in [
     (run, "_check_images", "check the inputs (headers)"),
     (run, "_digest", "content hashes of the inputs"),
     (V, "transform", "extraction: all"),
-    (V, "_prepare", "extraction: decode + resize + normalise"),
-    (tr, "forward_facets", "extraction: ViT forward"),
+    (ex, "model_input", "extraction: decode + resize + normalise"),
+    (ex, "forward_facets", "extraction: ViT forward"),
     (FeatureStore, "extend", "extraction: store writes"),
     (M, "fit", "fit: all (segmenter)"),
     (seg, "survey", "fit: survey pass (reads the store)"),

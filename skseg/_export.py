@@ -185,7 +185,7 @@ def _check_export_folder(out, folder):
 def _image_as_is(path, shape, formats):
     """Whether a tool reading ``path`` without EXIF handling gets the image
     the mask was made from: an allowed format and mode, upright, same size."""
-    from ._images import exif_orientation
+    from ._image_decoding import exif_orientation
 
     try:
         with Image.open(path) as img:
@@ -211,7 +211,7 @@ def _place_image(out, relative, source, shape, formats, link):
             # Never a hard link: a tool editing the export must not edit the input.
             write_atomically(target, lambda handle: handle.write(Path(source).read_bytes()))
         return relative
-    from ._images import load_rgb
+    from ._image_decoding import load_rgb
 
     rgb = (load_rgb(source) * 255).round().astype(np.uint8)
     if rgb.shape[:2] != tuple(shape):

@@ -28,7 +28,7 @@ from ._clustering import (
     patch_priorities,
     unit_rows,
 )
-from ._images import load_rgb
+from ._image_decoding import load_rgb
 from ._label_store import value_of
 from ._levels import (
     category_pair,

@@ -59,9 +59,9 @@ def _with_legend(picture, entries, palette):
 
 def _as_rgb(image):
     """An RGB image as floats in [0, 1]: a path or PIL image through
-    :func:`skseg._images.load_rgb`, uint8 scaled, floats as they are."""
+    :func:`skseg._image_decoding.load_rgb`, uint8 scaled, floats as they are."""
     if isinstance(image, (str, os.PathLike, Image.Image)):
-        from ._images import load_rgb
+        from ._image_decoding import load_rgb
 
         return load_rgb(image)
     image = np.asarray(image)

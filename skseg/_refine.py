@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ._images import is_sixteen_bit, load_rgb, open_image
+from ._image_decoding import is_sixteen_bit, load_rgb, open_image
 
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 

@@ -167,7 +167,7 @@ def _survey(output, record, names, class_names, *, n_examples, max_images, quiet
     links, with the names of the images that could not be read."""
     from tqdm.auto import tqdm
 
-    from ._images import load_rgb
+    from ._image_decoding import load_rgb
 
     report = output / REPORT_FOLDER
     summaries, shown, unreadable = {}, [], []

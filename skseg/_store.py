@@ -1,28 +1,29 @@
 """FeatureStore: an append-only sequence of ImageFeatures on zarr v3, on a
 local disk or object storage, written by many processes at once without a
-lock. Its format and reader are in ``_store_format``, its writer in
-``_store_writer``."""
+lock.
+
+This is the public class: opening, views, lookup by content, and pickling.
+Its layout and commits are in ``_store_format``, paths and URLs in
+``_store_location``, the commits a reader sees in ``_store_snapshot``, the
+rows they point at in ``_store_segments``, records read back in
+``_store_records``, and appending in ``_store_writer``.
+"""
 
 import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from ._features import ImageFeatures
 from ._indexing import positions as _positions
 from ._store_format import (
-    FEATURE_KEY,
-    IMAGE_COLUMNS,
     CorruptedStoreError,
-    array_shape,
-    check_extraction,
     pack,
     prepare,
-    runs,
+    record_extraction,
     unpack,
 )
 from ._store_location import Location
+from ._store_records import moved_paths, read_records, read_rows
 from ._store_snapshot import Snapshot, pinned_snapshot
 from ._store_writer import Writer
 
@@ -125,23 +126,9 @@ class FeatureStore(Sequence):
         self._store_id = prepare(self._location)
         self._snapshot = Snapshot(self._location)
         if self._requested is not None:
-            self._record_extraction()
+            record_extraction(self._location, self._snapshot, self._requested)
 
     # -- opening -----------------------------------------------------------
-
-    def _record_extraction(self):
-        """Record this handle's extraction (None for records appended by
-        hand) if the store has none yet, then check it against the recorded
-        one. Done at opening with an extraction and before every append, so
-        no commit is ever made under another extraction than the store's."""
-        snapshot = self._snapshot
-        if not snapshot.recorded and not self._location.read_only:
-            # Exclusive: of two writers recording theirs at once, one wins
-            # and the other is checked against it below.
-            self._location.create("extraction.json", json.dumps(
-                {"extraction": self._requested}, sort_keys=True).encode())
-            snapshot.recorded, snapshot.extraction = snapshot.read_extraction()
-        check_extraction(self.path, self._snapshot, self._requested)
 
     @property
     def extraction(self):
@@ -199,15 +186,8 @@ class FeatureStore(Sequence):
         """Array ``name`` of positions start:stop, read run by run of stored images."""
         start, stop, _ = slice(start, stop).indices(len(self))
         stored = self._stored(np.arange(start, max(start, stop), dtype=np.int64))
-        blocks, offsets = [], [np.zeros(1, np.int64)]
-        for a, b in runs(stored):
-            block, block_offsets = self._snapshot.read(name, a, b)
-            blocks.append(block)
-            offsets.append(block_offsets[1:] + offsets[-1][-1])
-        row, _, dtype = array_shape(name, self._snapshot.layout)
-        data = (np.concatenate(blocks) if len(blocks) > 1 else blocks[0]) if blocks \
-            else np.zeros((0, *row), dtype)
-        return data, np.concatenate(offsets), stored
+        data, offsets = read_rows(self._snapshot, name, stored)
+        return data, offsets, stored
 
     def patches_of(self, start, stop):
         """Patch features of images ``start:stop`` of this sequence, in one block.
@@ -262,26 +242,9 @@ class FeatureStore(Sequence):
         start, stop, _ = slice(start, stop).indices(len(self))
         if stop <= start:
             return []
-        layout = self._snapshot.layout
-        patches, offsets, stored = self._bulk(start, stop, "patches")
-        cls = self.cls_of(start, stop) if layout["cls_dim"] is not None else None
-        attention = self.attention_of(start, stop)[0] if layout["has_attention"] else None
-        columns = {name: self._snapshot.column(name, stored) for name in IMAGE_COLUMNS}
-        given = self._images[start:stop] if self._images is not None else [None] * len(stored)
-        records = []
-        for k, i in enumerate(stored.tolist()):
-            h, w = (int(v) for v in columns["grid_shapes"][k])
-            rows = slice(offsets[k], offsets[k + 1])
-            records.append(ImageFeatures(
-                patches=patches[rows].reshape(h, w, -1),
-                cls=None if cls is None else cls[k],
-                attention=None if attention is None else attention[rows].reshape(h, w),
-                image_shape=tuple(int(v) for v in columns["image_shapes"][k]),
-                image=self._snapshot.image(i, columns, k, given[k]),
-                patch_size=int(columns["patch_sizes"][k]) or None,
-                content_key=_record_key(str(columns["content_keys"][k])),
-            ))
-        return records
+        stored = self._stored(np.arange(start, stop, dtype=np.int64))
+        return read_records(self._snapshot, stored,
+                            None if self._images is None else self._images[start:stop])
 
     def _require_layout(self):
         if self._snapshot.layout is None:
@@ -362,15 +325,7 @@ class FeatureStore(Sequence):
             if len(images) != len(content_keys):
                 raise ValueError(f"{len(images)} images for {len(content_keys)} content "
                                  "keys; give one image per key.")
-            # Kept only where it differs from the stored path: a view of a
-            # dataset at its extraction's place pickles small.
-            stored_paths = self._snapshot.column("image_paths", positions)
-            given = tuple(
-                path if path != stored else None
-                for path, stored in zip((os.path.abspath(os.fspath(image))
-                                         if isinstance(image, (str, os.PathLike)) else None
-                                         for image in images), stored_paths))
-            images = None if all(path is None for path in given) else given
+            images = moved_paths(self._snapshot, positions, images)
         if images is None and self._positions is None and \
                 np.array_equal(positions, self._snapshot.unique_positions()):
             return self
@@ -423,7 +378,7 @@ class FeatureStore(Sequence):
         snapshot = self._snapshot
         had_index = snapshot.has_index
         snapshot.refresh()  # another writer may have appended since we opened
-        self._record_extraction()
+        record_extraction(self._location, self._snapshot, self._requested)
         # The keys this handle has seen stored, brought up to date if it had them.
         stored = snapshot.index()[1] if had_index else {}
         return Writer(snapshot).append(records, content_keys, stored)
@@ -452,9 +407,3 @@ def _reopen(path, storage_options, store_id, n_commits, unique, positions, image
 def _jsonable(params):
     return None if params is None else json.loads(json.dumps(params))
 
-
-def _record_key(stored_key):
-    """A stored key as the ``content_key`` of the record read back: None for
-    a key made from the features, so such a record is keyed by its features
-    as it was before it was stored."""
-    return None if stored_key.startswith(FEATURE_KEY) else stored_key

@@ -236,6 +236,21 @@ def check_extraction(path, snapshot, requested):
         )
 
 
+def record_extraction(location, snapshot, requested):
+    """Record ``requested`` (a handle's extraction, None for records
+    appended by hand) if the store has none yet, then check it against the
+    recorded one. Done at opening with an extraction and before every
+    append, so no commit is ever made under another extraction than the
+    store's."""
+    if not snapshot.recorded and not location.read_only:
+        # Exclusive: of two writers recording theirs at once, one wins
+        # and the other is checked against it below.
+        location.create("extraction.json", json.dumps(
+            {"extraction": requested}, sort_keys=True).encode())
+        snapshot.recorded, snapshot.extraction = snapshot.read_extraction()
+    check_extraction(location.url, snapshot, requested)
+
+
 # -- commits --------------------------------------------------------------------
 
 

@@ -224,6 +224,14 @@ class Location:
         if self.read_only:
             raise PermissionError(f"{self.kind} {self.url!r} is open read-only.")
 
+    def refuse_if_gone(self):
+        """A store moved or deleted under an open handle is not a damaged one."""
+        if not self.exists("zarr.json"):
+            raise FileNotFoundError(
+                f"feature store {self.url!r} is no longer there: it was moved "
+                "or deleted while open. Open it again where it is now."
+            )
+
     def errors(self, key):
         return _TranslatedErrors(self, key)
 

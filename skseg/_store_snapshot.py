@@ -2,13 +2,13 @@
 
 A reader never waits for a writer: it names the commits it has seen, reads
 each as it needs it (by bisection on the commits' first positions), and
-verifies every image's rows against the CRC-32 its commit carries.
+reads the per-image index of the whole store (through checkpoints) only when
+asked for it. The rows the commits point at are read, and verified against
+the CRC-32 their commit carries, by ``_store_segments``.
 """
 
 import itertools
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -16,19 +16,15 @@ from . import _store_format
 from ._store_format import (
     FEATURE_KEY,
     IMAGE_COLUMNS,
-    SEGMENT_ARRAYS,
     CorruptedStoreError,
-    array_shape,
     checkpoint_key,
     commit_key,
-    crc,
-    cumulative,
     extraction_digest,
     parse_commit,
     runs,
 )
-from ._images import ExtractedImagePath
-from ._store_location import one_line, refuse_link
+from ._store_location import one_line
+from ._store_segments import SegmentReader
 
 # Snapshots reopened from pickles in this process, by store and commit count.
 _PINNED = {}
@@ -59,11 +55,9 @@ class Snapshot:
     def __init__(self, location, n_commits=None):
         self.location = location
         self.zarr = location.zarr_store()
+        self.segments = SegmentReader(location, self.zarr)
         self.commits = {}
         self.probed = {}  # commits' bytes read while probing, not yet parsed
-        self.arrays = {}
-        self.lock = threading.Lock()  # the reads of one call run in threads
-        self.chunk_cache = {}
         self._index = None
         self.unique = None  # the distinct images' positions, when known
         self.recorded, self.extraction = self.read_extraction()
@@ -140,7 +134,7 @@ class Snapshot:
         if commit is None:
             data = self.probed.pop(seq, None) or self.location.read(commit_key(seq))
             if data is None:
-                self.refuse_if_gone()
+                self.location.refuse_if_gone()
                 raise CorruptedStoreError(
                     f"feature store {self.location.url!r}: commit {seq} of "
                     f"{self.n_commits} is missing ({commit_key(seq)}); the store is "
@@ -316,133 +310,7 @@ class Snapshot:
     def read(self, name, start, stop):
         """Rows of segment array ``name`` for stored images [start, stop),
         each image verified, and the images' row offsets in the block."""
-        def piece(commit, k0, k1):
-            offsets = commit.offsets[SEGMENT_ARRAYS[name].per]
-            first, last = commit.first + k0, commit.first + k1 - 1
-            where = f"image {first}" if first == last else f"images {first}..{last}"
-            block = self._rows(commit, name, int(offsets[k0]), int(offsets[k1]), where)
-            bounds = offsets[k0:k1 + 1] - offsets[k0]
-            self._verify(commit, name, block, k0, bounds)
-            return block, np.diff(bounds)
-
-        pieces = self.pieces(start, stop)
-        if self.location.local or len(pieces) < 2:
-            parts = [piece(*p) for p in pieces]
-        else:  # object storage answers in tens of milliseconds: overlap the segments
-            with ThreadPoolExecutor(min(len(pieces), _store_format.READ_THREADS)) as pool:
-                parts = list(pool.map(lambda p: piece(*p), pieces))
-        blocks = [block for block, _ in parts]
-        sizes = [size for _, size in parts]
-        row, _, dtype = array_shape(name, self.layout)
-        block = (np.concatenate(blocks) if len(blocks) > 1 else blocks[0]) if blocks \
-            else np.zeros((0, *row), dtype)
-        offsets = cumulative(np.concatenate(sizes) if sizes else np.zeros(0, np.int64))
-        return block, offsets
-
-    def _array(self, commit, name, where):
-        import zarr
-
-        with self.lock:
-            found = self.arrays.get((commit.seq, name))
-        if found is not None:
-            return found
-        row, chunk_rows, dtype = array_shape(name, self.layout)
-        length = int(commit.offsets[SEGMENT_ARRAYS[name].per][-1])
-        path = f"segments/{commit.segment}/{name}"
-        if self.location.local:
-            for part in ("segments", f"segments/{commit.segment}", path, f"{path}/c"):
-                refuse_link(self.location, self.location.full_path(part))
-        try:
-            array = zarr.open_array(self.zarr, path=path, mode="r", zarr_format=3)
-        except Exception as exc:  # missing, or metadata zarr cannot parse
-            self.refuse_if_gone()
-            raise self._damaged(commit, name, f"unreadable: {one_line(exc)}", where) from None
-        # Its metadata sizes what is read: checked before anything is allocated.
-        if array.shape != (length, *row) or array.chunks != (chunk_rows, *row) \
-                or array.dtype != dtype:
-            raise self._damaged(commit, name, f"shape {array.shape}, chunks "
-                                f"{array.chunks}, dtype {array.dtype}", where)
-        with self.lock:
-            self.arrays[(commit.seq, name)] = array
-            if len(self.arrays) > 64:  # views over many segments: keep the last opened
-                self.arrays.pop(next(iter(self.arrays)))
-        return array
-
-    def _damaged(self, commit, name, what, where):
-        return CorruptedStoreError(
-            f"feature store {self.location.url!r}: cannot read the {name} of {where} "
-            f"({what}; segments/{commit.segment}/{name}, commit {commit.seq}); the "
-            "store is damaged, restore it or extract its features again."
-        )
-
-    def _rows(self, commit, name, low, high, where):
-        """Rows low:high of a segment array. A read within one or two chunks
-        reads those chunks whole and keeps them, so that reading a store
-        image by image reads each chunk once, not once per image."""
-        if high <= low:
-            row, _, dtype = array_shape(name, self.layout)
-            return np.zeros((0, *row), dtype)
-        array = self._array(commit, name, where)
-        chunk = array.chunks[0]
-        first = low // chunk * chunk
-        last = min(-(-high // chunk) * chunk, array.shape[0])
-        try:
-            if last - first > 2 * chunk:
-                return array[low:high]
-            cached = self.chunk_cache.get(name)
-            if cached is None or cached[0] != commit.seq \
-                    or not cached[1] <= low <= high <= cached[2]:
-                cached = (commit.seq, first, last, array[first:last])
-                self.chunk_cache[name] = cached
-        except Exception as exc:  # zarr raises codec-specific errors
-            self.refuse_if_gone()
-            raise self._damaged(commit, name, one_line(exc), where) from None
-        return cached[3][low - cached[1]:high - cached[1]].copy()
-
-    def image(self, i, columns, k, given=None):
-        """Image ``k`` of ``columns`` (stored image ``i``); ``given``, a path,
-        names where its file is now."""
-        if columns["image_paths"][k]:
-            path = given or str(columns["image_paths"][k])
-            if self.extraction is None:  # hand-made records: keys of any kind
-                return path
-            # Every key of an extraction's store is its image's content_hash.
-            return ExtractedImagePath(path, str(columns["content_keys"][k]))
-        dtype = str(columns["pixel_dtypes"][k])
-        if not dtype:
-            return None
-        raw, _ = self.read("pixels", i, i + 1)
-        shape = tuple(int(s) for s in columns["pixel_shapes"][k])
-        try:
-            return raw.view(np.dtype(dtype)).reshape(shape if shape[2] else shape[:2])
-        except (TypeError, ValueError) as exc:  # checksummed, so written this way
-            raise CorruptedStoreError(
-                f"feature store {self.location.url!r}: the pixels of image {i} do not fit their "
-                f"recorded dtype {dtype!r} and shape {shape}; the store is damaged."
-            ) from exc
-
-    def _verify(self, commit, name, block, k0, bounds):
-        """Image k0 + k of ``commit`` is block[bounds[k]:bounds[k + 1]]."""
-        expected = commit.columns["checksums"][k0:k0 + len(bounds) - 1,
-                                               list(SEGMENT_ARRAYS).index(name)]
-        for k in range(len(bounds) - 1):
-            if crc(block[bounds[k]:bounds[k + 1]]) != expected[k]:
-                self.refuse_if_gone()  # missing chunks read as zeros
-                raise CorruptedStoreError(
-                    f"feature store {self.location.url!r}: the {name} of image "
-                    f"{commit.first + k0 + k} fail their checksum (in "
-                    f"segments/{commit.segment}/{name}); the store is damaged, restore "
-                    "it or extract its features again."
-                )
-
-    def refuse_if_gone(self):
-        """A store moved or deleted under an open handle is not a damaged one."""
-        if not self.location.exists("zarr.json"):
-            raise FileNotFoundError(
-                f"feature store {self.location.url!r} is no longer there: it was moved "
-                "or deleted while open. Open it again where it is now."
-            )
-
+        return self.segments.read(name, self.pieces(start, stop), self.layout)
 
 
 def _empty_column(name):

@@ -236,14 +236,14 @@ def _image_reference(image, number):
     if isinstance(image, (str, os.PathLike)):
         return os.path.abspath(os.fspath(image)), None
     if hasattr(image, "getbands"):  # a PIL image
-        from ._images import load_rgb
+        from ._image_decoding import load_rgb
 
         pixels = np.asarray(image) if image.mode in _ARRAY_EXACT_PIL_MODES else load_rgb(image)
         return None, np.ascontiguousarray(pixels)
     if hasattr(image, "detach"):  # a torch tensor, (C, H, W) or (H, W, C)
-        from ._images import _tensor_to_array
+        from ._images import tensor_to_array
 
-        image = _tensor_to_array(image, f"record {number}'s image")
+        image = tensor_to_array(image, f"record {number}'s image")
     if isinstance(image, np.ndarray):
         if image.ndim not in (2, 3):
             raise ValueError(

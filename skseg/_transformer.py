@@ -1,27 +1,32 @@
-"""ViTPatchTransformer: per-image patch attention features from a timm ViT."""
+"""ViTPatchTransformer: per-image patch attention features from a timm ViT.
 
-import os
+The estimator: its parameters, their validation, and ``transform``'s plan
+(check every image, find the ones a cache or store already holds, group the
+rest into batches of one input size). Running the batches through the model,
+and into a store, is in ``_extraction``.
+"""
+
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
-import numpy as np
-import threadpoolctl
-import torch
-import sklearn
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
-from ._backbone import check_facet_support, forward_facets, resolve_device
+from ._backbone import check_facet_support
 from ._cache import FeatureCache
-from ._features import FACETS, FeatureSequence, ImageFeatures
-from ._images import as_image_list, check_images, content_hash, normalised_pixels
-from ._store import FeatureStore
+from ._extraction import (
+    backbone,
+    content_keys,
+    extract_batches,
+    extract_into_store,
+    feature_record,
+    open_store,
+)
+from ._features import FACETS, FeatureSequence
+from ._image_checks import as_image_list, check_images
 from ._validation import HasMethods, Interval, StrOptions
-from ._weights import check_model_name, get_model, weights_identity
+from ._weights import check_model_name, weights_identity
 
 
 def _round_to_patch(side, patch):
@@ -227,14 +232,6 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
                     "positive ints, or None."
                 )
 
-    def _backbone(self):
-        return get_model(
-            self.model,
-            pretrained=self.pretrained,
-            weights=self.weights,
-            device=resolve_device(self.device),
-        )
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
         """Validate the parameters and build (or load) the model.
@@ -262,7 +259,7 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             raise ValueError("pass either memory= (a feature cache) or store= (a "
                              "FeatureStore), not both.")
         check_model_name(self.model)
-        model = self._backbone()
+        model = backbone(self)
         check_facet_support(model, self.model, self.facet, self.layer, self.attention)
         from timm.data import resolve_model_data_config
 
@@ -310,18 +307,12 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             "pretrained": bool(self.pretrained) and self.weights is None,
             "weights": None if weights is None else list(weights),
             "facet": self.facet,
-            "layer": self.layer % len(self._backbone().blocks),
+            "layer": self.layer % len(backbone(self).blocks),
             "attention": bool(self.attention),
             "image_size": list(image_size) if isinstance(image_size, (tuple, list))
             else image_size,
             "dtype": self.dtype,
         }
-
-    def _prepare(self, image, size, device):
-        """Load at ``size`` (antialiased, no crop, reduced before float) and normalise."""
-        mean = torch.tensor(self.mean_).view(3, 1, 1)
-        std = torch.tensor(self.std_).view(3, 1, 1)
-        return normalised_pixels(image, size, mean, std).to(device, non_blocking=True)
 
     def transform(self, X):
         """Extract patch features for every image.
@@ -354,10 +345,10 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
         shapes = check_images(X, min_side=self.patch_size_)
         config = self.extraction_parameters()
         cache = FeatureCache(self.memory, config)
-        store = None if self.store is None else self._open_store(config)
+        store = None if self.store is None else open_store(self, config)
         # Every record carries its image's digest, not only cached ones: the
         # segmenter seeds its draws from it (see ImageFeatures.content_key).
-        keys = self._content_keys(X)
+        keys = content_keys(self, X)
 
         records = [cache.get(key) for key in keys]
         todo = [i for i, record in enumerate(records) if record is None]
@@ -373,163 +364,15 @@ class ViTPatchTransformer(TransformerMixin, BaseEstimator):
             for start in range(0, len(indices), self.batch_size)
         ]
         if store is not None:
-            # Each task extracts a run of batches and appends them to the
-            # store itself: under joblib's Dask backend the tasks run on the
-            # cluster's workers, which share the store's file system or
-            # object storage. A task retried after a worker died appends
-            # its images again, and the store reads each content key once.
-            tasks = [batches[start:start + _BATCHES_PER_TASK]
-                     for start in range(0, len(batches), _BATCHES_PER_TASK)]
-            Parallel(n_jobs=self.n_jobs)(
-                delayed(_extract_into_store)(
-                    self, config, {i: (X[i], shapes[i], keys[i])
-                                   for _, indices in task for i in indices}, task,
-                ) for task in tasks
-            )
+            extract_into_store(self, config, X, shapes, keys, batches)
             # Reopened: the tasks appended through stores of their own. The
             # records point at these inputs, not where the store first saw them.
-            return self._open_store(config).select(keys, images=X)
-        for indices, features in self._extract(X, batches):
+            return open_store(self, config).select(keys, images=X)
+        for indices, features in extract_batches(self, X, batches):
             for i, record in zip(indices, features):
                 records[i] = record
                 cache.put(keys[i], record)
         return FeatureSequence(
-            self._record(record, shapes[i], X[i], keys[i]) for i, record in enumerate(records)
+            feature_record(self, record, shapes[i], X[i], keys[i])
+            for i, record in enumerate(records)
         )
-
-    def _content_keys(self, X):
-        """The digest of every image. Files going into a store are read and
-        hashed where the extraction runs (under joblib's Dask backend, on
-        the workers): a dataset's bytes never all pass through this process."""
-        if self.store is None or not all(isinstance(x, (str, os.PathLike)) for x in X):
-            return [content_hash(image) for image in X]
-        parts = Parallel(n_jobs=self.n_jobs)(
-            delayed(_hash_files)(X[start:start + _FILES_PER_HASH_TASK])
-            for start in range(0, len(X), _FILES_PER_HASH_TASK)
-        )
-        return [key for part in parts for key in part]
-
-    def _open_store(self, config):
-        return FeatureStore(self.store, extraction=config, storage_options=self.store_options)
-
-    def _extract(self, images, batches):
-        """``(indices, records)`` for each batch. The next batches are decoded
-        in threads while this one runs through the model (as a DataLoader's
-        workers prefetch), never more than ``_PREFETCH_BATCHES`` ahead, so
-        memory stays bounded by a few batches of pixels."""
-        from tqdm.auto import tqdm
-
-        model = self._backbone()
-        device = next(model.parameters()).device
-        dtype = np.dtype(self.dtype)
-        total = sum(len(indices) for _, indices in batches)
-        with ThreadPoolExecutor(max_workers=_DECODE_THREADS, initializer=_decoding_thread,
-                                initargs=(sklearn.get_config(),)) as pool, tqdm(
-            total=total, disable=not self.verbose, unit="img", desc="ViT features"
-        ) as progress:
-
-            def submit(batch):
-                size, indices = batch
-                return [pool.submit(self._prepare, images[i], size, device) for i in indices]
-
-            pending = deque(submit(batch) for batch in batches[:_PREFETCH_BATCHES])
-            try:
-                for b, (size, indices) in enumerate(batches):
-                    tensors = [future.result() for future in pending.popleft()]
-                    if b + _PREFETCH_BATCHES < len(batches):
-                        pending.append(submit(batches[b + _PREFETCH_BATCHES]))
-                    patches, cls, attention = forward_facets(
-                        model, torch.stack(tensors), facet=self.facet, layer=self.layer,
-                        attention=self.attention,
-                    )
-                    del tensors
-                    patches = patches.float().cpu().numpy().astype(dtype, copy=False)
-                    cls = cls.float().cpu().numpy().astype(dtype, copy=False)
-                    if attention is not None:
-                        attention = attention.float().cpu().numpy().astype(dtype, copy=False)
-                    yield indices, [
-                        {"patches": patches[j].copy(), "cls": cls[j].copy(),
-                         "attention": None if attention is None else attention[j].copy()}
-                        for j in range(len(indices))
-                    ]
-                    progress.update(len(indices))
-            finally:  # stopped early: decode no more of what nobody will read
-                for futures in pending:
-                    for future in futures:
-                        future.cancel()
-
-    def _record(self, record, image_shape, image, content_key):
-        return ImageFeatures(
-            patches=record["patches"],
-            cls=record["cls"],
-            attention=record["attention"],
-            image_shape=image_shape,
-            image=image,
-            patch_size=self.patch_size_,
-            content_key=content_key,
-        )
-
-
-# Batches of images per extraction task writing into a store, and image
-# files per hashing task.
-_BATCHES_PER_TASK = 8
-_FILES_PER_HASH_TASK = 256
-# Threads decoding images for the forward pass, and batches decoded ahead of it.
-_DECODE_THREADS = 4
-_PREFETCH_BATCHES = 2
-
-
-def _decoding_thread(config):
-    """Set up a decoding thread: the caller's scikit-learn settings (its
-    ``working_memory`` sizes the strips of a large image; settings are per
-    thread), and its torch operations (the resize, the normalisation) on this
-    thread alone.
-
-    The pool is the parallelism. With torch's default, every decoding thread
-    would open an OpenMP team as large as the machine for each resize, on
-    cores the forward already uses: on 2 busy cores a resize then cost 14 ms
-    of CPU time, most of it spent waiting for a core, against 1.6 to 2.9 ms
-    on one thread. OpenMP's thread count is each thread's own setting, so the
-    forward keeps its threads. The values do not depend on it: each output
-    pixel of a resize is one weighted sum in a fixed order.
-    """
-    sklearn.set_config(**config)
-    torch.get_num_threads()  # torch sets its count up once per thread: first, not after
-    threadpoolctl.threadpool_limits(1, user_api="openmp")
-
-
-def _hash_files(paths):
-    return [content_hash(path) for path in paths]
-
-
-def _extract_into_store(transformer, config, items, batches):
-    """Extract ``batches`` of ``items`` (index -> (image, shape, key)) and
-    append each batch to the transformer's store as soon as it is computed.
-
-    Appends run in a background thread while the next batch goes through the
-    model, one batch at a time and in order: at most one computed batch waits
-    in memory, an error in a write surfaces at the next batch, and a batch
-    whose write has started is committed before this returns or raises (an
-    interrupted run keeps it).
-    """
-    store = transformer._open_store(config)
-    images = {i: image for i, (image, _, _) in items.items()}
-
-    config = sklearn.get_config()  # scikit-learn's settings are per thread
-
-    def append(indices, records):
-        with sklearn.config_context(**config):  # working_memory sizes the commits
-            store.extend(
-                (transformer._record(record, items[i][1], items[i][0], items[i][2])
-                 for i, record in zip(indices, records)),
-                content_keys=[items[i][2] for i in indices],
-            )
-
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        writing = None
-        for indices, records in transformer._extract(images, batches):
-            if writing is not None:
-                writing.result()
-            writing = writer.submit(append, indices, records)
-        if writing is not None:
-            writing.result()

@@ -29,16 +29,16 @@ def rgb_images():
 @pytest.fixture
 def vit_forwards(monkeypatch):
     """Shapes of the batches that went through the ViT, in order."""
-    import skseg._transformer
+    import skseg._extraction
 
     shapes = []
-    real = skseg._transformer.forward_facets
+    real = skseg._extraction.forward_facets
 
     def recording(model, batch, **kwargs):
         shapes.append(tuple(batch.shape))
         return real(model, batch, **kwargs)
 
-    monkeypatch.setattr(skseg._transformer, "forward_facets", recording)
+    monkeypatch.setattr(skseg._extraction, "forward_facets", recording)
     return shapes
 
 

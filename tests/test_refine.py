@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from skseg._images import load_rgb, open_image
+from skseg._image_decoding import load_rgb, open_image
 from skseg._refine import _resize_matrix, dense_crf, foreground_masks, pamr, working_pixels
 from skseg._regions import object_regions
 

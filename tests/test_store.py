@@ -24,7 +24,6 @@ from sklearn.utils import _safe_indexing
 import skseg._store_format
 import skseg._store_location
 import skseg._store_writer
-import skseg._transformer
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg._store import CorruptedStoreError
 
@@ -773,17 +772,6 @@ def test_transformer_writes_a_store_and_skips_stored_images(
     assert n_images_through_vit(vit_forwards) == 9
 
 
-def test_the_transformer_appends_within_the_callers_working_memory(tmp_path, rgb_images):
-    import sklearn
-
-    # Appends run in a background thread; the caller's setting reaches it.
-    with sklearn.config_context(working_memory=0.001):  # each record fills it
-        _vit(store=tmp_path / "small").fit().transform(rgb_images)
-    _vit(store=tmp_path / "default").fit().transform(rgb_images)
-    assert len(list((tmp_path / "small" / "commits").iterdir())) == len(rgb_images)
-    assert len(list((tmp_path / "default" / "commits").iterdir())) == len(rgb_images) // 2
-
-
 @pytest.mark.filterwarnings("ignore:ViTPatchTransformer\\(memory=:FutureWarning")
 def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, vit_forwards):
     _vit(store=tmp_path / "s").fit().transform(rgb_images[:1])
@@ -798,7 +786,8 @@ def test_transformer_refuses_a_store_of_other_parameters(tmp_path, rgb_images, v
 @pytest.mark.slow
 def test_records_point_at_the_inputs_given_and_never_read_another_file(
         tmp_path, rgb_images, vit_forwards):
-    from skseg._images import ImageError, load_rgb
+    from skseg._image_decoding import load_rgb
+    from skseg._images import ImageError
     from skseg._refine import working_pixels
 
     a, b = tmp_path / "a.png", tmp_path / "b.png"
@@ -827,49 +816,6 @@ def test_records_point_at_the_inputs_given_and_never_read_another_file(
     # The store's own paths are checked too.
     with pytest.raises(ImageError, match="not the image its features were extracted from"):
         load_rgb(FeatureStore(tmp_path / "s", read_only=True)[1].image)
-
-
-@pytest.mark.slow
-def test_an_interrupted_extraction_keeps_every_batch_computed_before(
-        tmp_path, rgb_images, monkeypatch):
-    """Batches are appended in a background thread while the next one runs
-    through the model: an interruption still commits the ones computed."""
-    import skseg._transformer
-
-    real = skseg._transformer.forward_facets
-    n_batches = []
-
-    def interrupted_at_the_third_batch(*args, **kwargs):
-        n_batches.append(1)
-        if len(n_batches) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(skseg._transformer, "forward_facets", interrupted_at_the_third_batch)
-    images = rgb_images + [image[::-1] for image in rgb_images]  # 8 images, 4 batches of 2
-    with pytest.raises(KeyboardInterrupt):
-        _vit(store=tmp_path / "s").fit().transform(images)
-    stored = FeatureStore(tmp_path / "s")
-    assert len(stored) == 4
-    monkeypatch.undo()
-    features = _vit(store=tmp_path / "s").fit().transform(images)
-    plain = _vit().fit().transform(images)
-    for got, want in zip(features, plain):
-        np.testing.assert_allclose(got.patches, want.patches, atol=1e-5)
-
-
-@pytest.mark.slow
-def test_a_failed_background_append_stops_the_extraction(tmp_path, rgb_images, monkeypatch,
-                                                         vit_forwards):
-    def full_disk(self, records, content_keys=None):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(FeatureStore, "extend", full_disk)
-    images = rgb_images + [image[::-1] for image in rgb_images]
-    with pytest.raises(OSError, match="No space left"):
-        _vit(store=tmp_path / "s").fit().transform(images)
-    # Found at the next batch at the latest, not after the whole extraction.
-    assert n_images_through_vit(vit_forwards) <= 4
 
 
 @pytest.mark.slow
@@ -933,27 +879,6 @@ def test_urls_file_is_local_and_a_filesystem_without_exclusive_create_is_refused
         FeatureStore(tmp_path / "s", storage_options={"key": "x"})
     with pytest.raises(ValueError, match=r"'nosuchfs://x': .*nosuchfs"):
         FeatureStore("nosuchfs://x")
-
-
-def test_files_going_into_a_store_are_hashed_in_the_extraction_tasks(
-        tmp_path, rgb_images, monkeypatch):
-    import threading
-
-    from joblib import parallel_config
-
-    paths = []
-    for i, image in enumerate(rgb_images * 80):  # 320 files: two hashing tasks
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(np.roll(image, i, axis=0)).save(paths[-1])
-    threads = set()
-    real = skseg._transformer.content_hash
-    monkeypatch.setattr(skseg._transformer, "content_hash",
-                        lambda image: threads.add(threading.get_ident()) or real(image))
-    vit = _vit(store=os.fspath(tmp_path / "s.zarr")).fit()
-    monkeypatch.setattr(vit, "_extract", lambda images, batches: iter(()))  # keys only
-    with parallel_config(backend="threading", n_jobs=2), pytest.raises(KeyError):
-        vit.transform(paths)
-    assert threads and threading.get_ident() not in threads
 
 
 def test_a_commit_whose_success_was_not_heard_is_not_published_twice(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 
-import skseg._transformer
+import skseg._extraction
 from skseg import (
     FeatureSequence,
     ImageFeatures,
@@ -17,6 +17,7 @@ from skseg import (
     WeightsUnavailableError,
 )
 from skseg._backbone import forward_facets
+from skseg._extraction import model_input
 from skseg._images import content_hash
 from skseg._weights import get_model
 
@@ -66,7 +67,7 @@ def test_patch_grid_drops_prefix_tokens(name, patch, n_prefix, rgb_images):
     # The last block's output tokens, after the final norm, are exactly the
     # patch tokens of forward_features: same order, prefix tokens removed.
     model = get_model(name, pretrained=False, weights=None, device=torch.device("cpu"))
-    batch = torch.stack([vit._prepare(img, (4 * patch, 3 * patch), "cpu") for img in rgb_images[:2]])
+    batch = torch.stack([model_input(vit, img, (4 * patch, 3 * patch), "cpu") for img in rgb_images[:2]])
     with torch.no_grad():
         tokens = model.forward_features(batch)
         normed = model.norm(torch.from_numpy(np.stack([f.patches for f in features])))
@@ -83,7 +84,7 @@ def test_keys_queries_and_attention_are_the_ones_attended_with(name, patch, n_pr
     k = _vit(model=name, image_size=size, facet="key", attention=True).fit().transform(images)
     vit = _vit(model=name, image_size=size).fit()
     model = get_model(name, pretrained=False, weights=None, device=torch.device("cpu"))
-    batch = torch.stack([vit._prepare(img, size, "cpu") for img in images])
+    batch = torch.stack([model_input(vit, img, size, "cpu") for img in images])
     probs = _capture_attention(model, batch)  # (B, heads, N, N)
     attn = model.blocks[-1].attn
     heads, head_dim = attn.num_heads, attn.head_dim
@@ -186,26 +187,6 @@ def test_exif_orientation_is_honoured(tmp_path):
     assert features.image_shape == (64, 40)
 
 
-def test_decoding_threads_run_torch_on_one_thread_and_give_the_same_pixels(rgb_images):
-    from concurrent.futures import ThreadPoolExecutor
-
-    vit = ViTPatchTransformer(TINY_MODEL, pretrained=False, image_size=64, device="cpu").fit()
-    threads = torch.get_num_threads()
-    here = [vit._prepare(image, (64, 64), "cpu") for image in rgb_images]
-    import sklearn
-
-    with sklearn.config_context(working_memory=64):
-        config = sklearn.get_config()
-    with ThreadPoolExecutor(2, initializer=skseg._transformer._decoding_thread,
-                            initargs=(config,)) as pool:
-        assert pool.submit(torch.get_num_threads).result() == 1
-        assert pool.submit(lambda: sklearn.get_config()["working_memory"]).result() == 64
-        there = list(pool.map(lambda image: vit._prepare(image, (64, 64), "cpu"), rgb_images))
-    assert torch.get_num_threads() == threads  # the forward's threads are its own
-    for a, b in zip(here, there):
-        assert torch.equal(a, b)
-
-
 def test_float16_halves_memory(rgb_images):
     features = _vit(dtype="float16", attention=True).fit().transform(rgb_images[:1])
     assert features[0].patches.dtype == np.float16
@@ -246,7 +227,7 @@ def test_bad_input_is_refused_before_any_forward_pass(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a forward pass ran on bad input")
 
-    monkeypatch.setattr(skseg._transformer, "forward_facets", forbidden)
+    monkeypatch.setattr(skseg._extraction, "forward_facets", forbidden)
     for X, error, message in _bad_inputs(tmp_path):
         with pytest.raises(error, match=message):
             vit.transform(X)

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from .._cache import config_digest
-from .._images import check_each_image, content_hash
+from .._image_checks import check_each_image
+from .._images import content_hash
 from .._io import inside, remove_stale_temporaries
 from .._model_files import load_model, save_model
 from .._run_record import (

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from .._images import load_rgb
+from .._image_decoding import load_rgb
 from .._io import (
     CLASS_NAMES_FILE,
     inside,
