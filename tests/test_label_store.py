@@ -291,3 +291,31 @@ def test_a_store_pickles_as_its_place_and_fit(tmp_path):
     LabelStore.create(tmp_path / "empty")  # a new path is fine, and so is an empty folder
     (tmp_path / "empty folder").mkdir()
     LabelStore.create(tmp_path / "empty folder")
+
+
+def test_stored_masks_paint_each_image_from_its_chunk(tmp_path):
+    from skseg._label_store import StoredLabelMasks
+
+    store = LabelStore.create(tmp_path / "labels.zarr")
+    maps = [np.array([[1, 1, 0], [0, 2, 2]]), np.array([[0, 0], [1, 0]]),
+            np.array([[1, 0, 1]])]
+    classes = [[4, 2], [1], [3]]
+    for start, (region_map, image_classes) in enumerate(zip(maps, classes)):  # a chunk each
+        store.write_regions(start, [_regions(region_map.shape, region_map)],
+                            [np.zeros((len(image_classes), 2), np.float32)], [], [0])
+        store.write_classes(start, np.array(image_classes, np.uint8))
+    masks = StoredLabelMasks(store, [0, 1, 2], 3, np.uint8)
+    expected = [np.choose(m, [0, *c]) for m, c in zip(maps, classes)]
+    assert len(masks) == 3
+    for i in (2, 0, 1, -1):
+        np.testing.assert_array_equal(masks[i], expected[i])
+        assert masks[i].dtype == np.uint8
+        np.testing.assert_array_equal(masks.region_map(i), maps[i])
+    later = masks[1:][::-1]  # a view of a view, in its own order
+    assert len(later) == 2
+    np.testing.assert_array_equal(later[0], expected[2])
+    np.testing.assert_array_equal(later.region_map(1), maps[1])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(later))[1], expected[1])
+    with pytest.raises(IndexError):
+        masks[3]
+    assert "3 images" in repr(masks)
