@@ -88,6 +88,7 @@ class LabelStore:
         root = zarr.open_group(location.zarr_store(), mode="w")
         fit = uuid.uuid4().hex
         root.attrs.update({"format": FORMAT, "version": VERSION, "fit": fit})
+        # Made once here: else every task's first write would make it too.
         root.create_group("chunks")
         return cls(path, fit, storage_options)
 
@@ -328,9 +329,9 @@ class StoredCategories(Sequence):
         return int(self._store.categories(start)[index - start])
 
     def __array__(self, dtype=None, copy=None):
-        categories = np.concatenate([self._store.categories(int(start))
-                                     for start in self._starts] + [np.zeros(0, np.int64)])
-        return categories if dtype is None else categories.astype(dtype)
+        # A new array either way; numpy casts it to ``dtype`` itself.
+        return np.concatenate([self._store.categories(int(start)) for start in self._starts]
+                              + [np.zeros(0, np.int64)])
 
     def __repr__(self):
         return f"StoredCategories(<{len(self)} images at {self._store.path!r}>)"

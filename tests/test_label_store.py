@@ -227,16 +227,32 @@ def test_a_chunk_reads_back_its_regions_classes_and_categories(tmp_path):
     store = LabelStore.create(tmp_path / "labels.zarr")
     first = _regions((2, 4), [[1, 1, 0, 2], [0, 0, 0, 2]])
     empty = _regions((3, 2), np.zeros((3, 2), int))
-    descriptors = [np.ones((2, 3), np.float32), np.zeros((0, 3), np.float32)]
-    store.write_regions(10, [first, empty], descriptors, np.array([5, 7]), np.array([2, 0]))
-    store.write_classes(10, np.array([3, 1], np.uint8))
-    (shape, runs, classes), (empty_shape, empty_runs, empty_classes) = store.read(10)
-    assert shape == (2, 4) and empty_shape == (3, 2)
-    assert runs.tolist() == [[0, 0, 2, 1], [0, 3, 4, 2], [1, 3, 4, 2]]
-    assert classes.tolist() == [3, 1] and len(empty_runs) == 0 and len(empty_classes) == 0
-    assert store.categories(10).tolist() == [2, 0]
-    assert store.priorities(10).tolist() == [5, 7]
-    np.testing.assert_array_equal(store.descriptors(10), np.ones((2, 3)))
+    last = _regions((1, 3), [[0, 1, 1]])
+    descriptors = [np.ones((2, 3), np.float32), np.zeros((0, 3), np.float32),
+                   np.full((1, 3), 2, np.float32)]
+    store.write_regions(10, [first, empty, last], descriptors, np.array([5, 7, 6]),
+                        np.array([2, 0, 1]))
+    store.write_classes(10, np.array([3, 1, 1], np.uint8))
+    store.write_classes(10, np.array([3, 1, 2], np.uint8))  # the last pass, run again
+    read = store.read(10)
+    assert [shape for shape, _, _ in read] == [(2, 4), (3, 2), (1, 3)]
+    assert [runs.tolist() for _, runs, _ in read] \
+        == [[[0, 0, 2, 1], [0, 3, 4, 2], [1, 3, 4, 2]], [], [[0, 1, 3, 1]]]
+    assert [classes.tolist() for _, _, classes in read] == [[3, 1], [], [2]]
+    assert store.categories(10).tolist() == [2, 0, 1]
+    priorities = store.priorities(10)
+    assert priorities.tolist() == [5, 7, 6] and priorities.dtype == np.uint64
+    stored = store.descriptors(10)
+    np.testing.assert_array_equal(stored, [[1, 1, 1], [1, 1, 1], [2, 2, 2]])
+    assert stored.dtype == np.float32
+    # A chunk without regions: no descriptors, no priorities.
+    store.write_regions(20, [empty], [np.zeros((0, 3), np.float32)], [], [1])
+    assert len(store.descriptors(20)) == 0 and store.descriptors(20).dtype == np.float32
+    assert len(store.priorities(20)) == 0 and store.categories(20).tolist() == [1]
+    # The masks of a fit are no longer read once a later fit took the path.
+    LabelStore.create(tmp_path / "labels.zarr")
+    with pytest.raises(RuntimeError, match="replaced by a later fit to the same labels_path"):
+        store.read(10)
 
 
 def test_stored_categories_index_like_an_array_and_pickle_as_their_place(tmp_path):
@@ -251,6 +267,7 @@ def test_stored_categories_index_like_an_array_and_pickle_as_their_place(tmp_pat
     stored = StoredCategories(store, [0, 3, 5], 7)
     assert len(stored) == 7
     np.testing.assert_array_equal(stored, categories)
+    assert np.asarray(stored).dtype == np.int64
     assert np.asarray(stored, dtype=np.float32).dtype == np.float32
     assert [stored[i] for i in range(7)] == categories.tolist()
     assert stored[-1] == 0 and stored[4] == 1 and stored[3] == 2
@@ -258,6 +275,8 @@ def test_stored_categories_index_like_an_array_and_pickle_as_their_place(tmp_pat
     np.testing.assert_array_equal(stored[[6, 0]], [0, 4])
     with pytest.raises(IndexError):
         stored[7]
+    with pytest.raises(IndexError, match="categories_ indices"):
+        stored["a"]
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(stored)), categories)
     assert "7 images" in repr(stored)
 
@@ -277,20 +296,51 @@ def test_parts_pass_from_task_to_task_until_removed(tmp_path):
 
 
 def test_a_store_pickles_as_its_place_and_fit(tmp_path):
+    import zarr
+
     store = LabelStore.create(tmp_path / "labels.zarr")
+    assert dict(zarr.open_group(tmp_path / "labels.zarr", mode="r").attrs) \
+        == {"format": "skseg.labels", "version": 2, "fit": store.fit}
     again = pickle.loads(pickle.dumps(store))
     assert again == store and hash(again) == hash(store) and again.path == store.path
     later = LabelStore.create(tmp_path / "labels.zarr")
-    assert later != store and later.fit != store.fit
+    assert later != store and later.fit != store.fit and hash(later) != hash(store)
     assert store != store.path
-    a_file = tmp_path / "a file"
-    a_file.write_text("keep me")
-    with pytest.raises(ValueError, match="does not hold the masks"):
-        LabelStore.create(a_file)
-    assert a_file.read_text() == "keep me"
+    for taken in (tmp_path / "a file", tmp_path / "a folder" / "notes.txt"):
+        taken.parent.mkdir(exist_ok=True)
+        taken.write_text("keep me")
+        with pytest.raises(ValueError, match="does not hold the masks of an earlier fit; "
+                                             "give a new path"):
+            LabelStore.create(tmp_path / taken.relative_to(tmp_path).parts[0])
+        assert taken.read_text() == "keep me"
     LabelStore.create(tmp_path / "empty")  # a new path is fine, and so is an empty folder
     (tmp_path / "empty folder").mkdir()
     LabelStore.create(tmp_path / "empty folder")
+    with pytest.raises(ValueError, match="storage_options are for URLs"):
+        LabelStore.create(tmp_path / "options", storage_options={"anon": True})
+    with pytest.raises(ValueError, match="storage_options are for URLs"):
+        LabelStore(tmp_path / "labels.zarr", store.fit, storage_options={"anon": True})
+
+
+def test_a_store_at_a_url_carries_its_storage_options_and_names_itself(tmp_path):
+    # fsspec's in-memory filesystem stands for object storage here.
+    store = LabelStore.create("memory://skseg-tests/labels.zarr",
+                              storage_options={"skip_instance_cache": True})
+    assert store.location.storage_options == {"skip_instance_cache": True}
+    again = pickle.loads(pickle.dumps(store))
+    assert again.location.storage_options == {"skip_instance_cache": True}
+    with pytest.raises(ValueError, match="labels_path 'nosuch://bucket/labels.zarr': Protocol"):
+        LabelStore.create("nosuch://bucket/labels.zarr")
+    with pytest.raises(ValueError, match="labels_path 'nosuch://bucket/labels.zarr': Protocol"):
+        LabelStore("nosuch://bucket/labels.zarr", store.fit)
+
+
+def test_shared_values_live_side_by_side(tmp_path):
+    store = LabelStore.create(tmp_path / "labels.zarr")
+    one, two = store.share([1]), store.share([2])
+    assert one.digest != two.digest and store.share([1]).digest == one.digest
+    skseg._label_store._load_shared.cache_clear()
+    assert [pickle.loads(pickle.dumps(s)).value for s in (one, two)] == [[1], [2]]
 
 
 def test_stored_masks_paint_each_image_from_its_chunk(tmp_path):
@@ -305,17 +355,36 @@ def test_stored_masks_paint_each_image_from_its_chunk(tmp_path):
                             [np.zeros((len(image_classes), 2), np.float32)], [], [0])
         store.write_classes(start, np.array(image_classes, np.uint8))
     masks = StoredLabelMasks(store, [0, 1, 2], 3, np.uint8)
+    sent = len(pickle.dumps(masks))
     expected = [np.choose(m, [0, *c]) for m, c in zip(maps, classes)]
     assert len(masks) == 3
     for i in (2, 0, 1, -1):
         np.testing.assert_array_equal(masks[i], expected[i])
         assert masks[i].dtype == np.uint8
         np.testing.assert_array_equal(masks.region_map(i), maps[i])
+        assert masks.region_map(i).dtype == np.int32
+    assert len(pickle.dumps(masks)) == sent  # not the chunk it last read
     later = masks[1:][::-1]  # a view of a view, in its own order
     assert len(later) == 2
     np.testing.assert_array_equal(later[0], expected[2])
+    assert later[0].dtype == np.uint8
     np.testing.assert_array_equal(later.region_map(1), maps[1])
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(later))[1], expected[1])
     with pytest.raises(IndexError):
         masks[3]
+    for index in (lambda key: masks[key], masks.region_map):
+        with pytest.raises(IndexError, match="StoredLabelMasks indices"):
+            index("a")
     assert "3 images" in repr(masks)
+    # Read in order, each chunk is read once.
+    store = LabelStore.create(tmp_path / "one chunk.zarr")
+    store.write_regions(0, [_regions(m.shape, m) for m in maps],
+                        [np.zeros((len(c), 2), np.float32) for c in classes], [], [0, 0, 0])
+    store.write_classes(0, np.concatenate(classes).astype(np.uint8))
+    reads = []
+    real_read = store.read
+    store.read = lambda start: reads.append(start) or real_read(start)
+    masks = StoredLabelMasks(store, [0], 3, np.uint8)
+    for i in range(3):
+        np.testing.assert_array_equal(masks[i], expected[i])
+    assert reads == [0]
