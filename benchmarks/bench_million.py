@@ -54,7 +54,7 @@ import joblib
 import numpy as np
 
 import skseg._chunks
-import skseg._segmenter
+import skseg._fit_stages
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter
 from skseg._clustering import BoundedSample, nearest_centroid, unit_rows
 from skseg._label_store import value_of
@@ -232,7 +232,7 @@ def measure(n_images, labels_path=None):
         return real_delayed(task)
 
     for function in stand_ins:
-        setattr(skseg._segmenter, function.__name__, counted(function))
+        setattr(skseg._fit_stages, function.__name__, counted(function))
     skseg._chunks.delayed = measured_delayed
     peak, stop = [0], threading.Event()
 
