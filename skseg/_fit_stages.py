@@ -351,6 +351,7 @@ class RegionsInMemory:
 
     @property
     def n_regions(self):
+        """Object regions found in all the images."""
         return sum(r.n_regions for r in self._regions)
 
     def class_sample(self):
@@ -372,10 +373,8 @@ class RegionsOnWorkers:
     of a light pass over the chunks that hold the sample's regions send
     back their descriptors; those of a last pass write the classes."""
 
-    def __init__(self, output, chunks, n_images, settings, seed):
-        self._output, self._chunks, self._n_images = output, chunks, n_images
-        self._settings, self._seed = settings, seed
-        self._starts = [start for start, _ in chunks]
+    def __init__(self, output, settings, seed):
+        self._output, self._settings, self._seed = output, settings, seed
 
     def __enter__(self):
         return self
@@ -385,6 +384,8 @@ class RegionsOnWorkers:
 
     def segment(self, X, chunks, expected, keys, state):
         """Run the per-image path; return its level counts."""
+        self._chunks, self._n_images = chunks, len(X)
+        self._starts = [start for start, _ in chunks]
         n_regions = []
         counts, self._priorities = segment_all(
             X, chunks, expected, state, lambda n, _: n_regions.append(n), self._settings,

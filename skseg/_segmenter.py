@@ -476,8 +476,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
 
         # 4. The per-image path that predict runs: image level, consensus,
         # pixels, regions and their descriptors, with counts of how the
-        # levels agree; 5. the classes of the regions, fitted on a sample of
-        # them, which make the masks.
+        # levels agree, recorded and warned on. The regions stay here, or
+        # with labels_path on the workers' files, until they have classes.
         if self.region == "crop":
             self.region_encoder_ = (
                 clone(self.region_encoder).fit() if _needs_fit(self.region_encoder)
@@ -487,11 +487,14 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                 f"({self.refine if self.refine and self.refine_iter else 'none'}), "
                 f"then object regions ({self.region} descriptors)")
         with (RegionsInMemory(run, seeds["classes"]) if output is None
-              else RegionsOnWorkers(output, chunks, len(X), run, seeds["classes"])) as regions:
+              else RegionsOnWorkers(output, run, seeds["classes"])) as regions:
             counts = regions.segment(X, chunks, expected, keys, self._state())
             self.foreground_share_, self.border_foreground_share_, self.level_agreement_ = \
                 foreground_diagnostics(counts)
             warn_if_foreground_looks_wrong(self)
+
+            # 5. The classes: K-means of a sample of the region descriptors,
+            # then every region's nearest class, which make the masks.
             self.n_classes_, scores, self.class_centroids_ = fit_classes(
                 regions.class_sample(), regions.n_regions, self.n_classes, self.max_classes,
                 seeds["classes"], run,
