@@ -1,26 +1,21 @@
-"""The stages of :meth:`MultilevelSegmenter.fit`, each a function of what it
-reads that returns what it computes; ``fit`` assigns the fitted attributes.
+"""The stages of :meth:`MultilevelSegmenter.fit` but the per-image path
+(:mod:`skseg._per_image_path`), each a function of what it reads that
+returns what it computes; ``fit`` assigns the fitted attributes.
 
-Each stage runs a pass of :mod:`skseg._passes` over the chunks of X (through
-:meth:`StageSettings.map`), merges what the tasks send back, and fits its
-K-means in this process. :func:`segment_all`, the per-image path, is the
-pass that ``predict`` runs too.
+The stages that read the images run a pass of :mod:`skseg._passes` over
+the chunks of X (through :meth:`StageSettings.map`) and merge what its
+tasks send back; the others fit K-means, in this process, on the bounded
+samples those passes drew.
 
-With ``labels_path`` (an ``output``, a :class:`LabelStore`), the workers
-write there what the fitting process would otherwise receive: the category
-samples' rows, which tasks on the workers merge and fit the category 2-means
-on (:func:`fit_category_level`), the regions, their descriptors and each
-image's category, of which the fitting process fetches only the descriptors
-of the sample for the classes, and the classes, in a last pass
-(:class:`RegionsOnWorkers`). The fitted state the tasks read is written
-there once, and each task gets a reference to it (:func:`shared`); the
-images' keys are computed again where a task needs them. The fitting
-process then holds nothing per image, and each task's arguments and results
-are a few kilobytes.
+With ``labels_path`` (an ``output``, a :class:`LabelStore`), the fitted
+state the tasks read is written there once and each task gets a reference
+to it (:func:`shared`), the images' keys are computed again where a task
+needs them, and the category 2-means are fitted on the workers
+(:func:`pairs_on_workers`): the fitting process holds nothing per image,
+and each task's arguments and results are a few kilobytes.
 """
 
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 
@@ -29,21 +24,10 @@ from sklearn.utils import check_random_state
 
 from ._chunks import CurrentBound, PerImage, map_chunks
 from ._clustering import BoundedSample, fit_kmeans, nearest_centroid, priority_bound
-from ._label_store import SpilledRows, StoredCategories, StoredLabelMasks
+from ._label_store import shared
 from ._levels import attention_foreground, border_foreground, category_pair
 from ._n_classes import choose_n_clusters
-from ._passes import (
-    classes_of,
-    dataset_statistics,
-    fit_category_pairs,
-    gather_category_rows,
-    label_regions,
-    offer_regions,
-    region_rows,
-    segment,
-    survey,
-)
-from ._regions import LabelMasks
+from ._passes import dataset_statistics, fit_category_pairs, gather_category_rows, survey
 
 # Streams of random draws, one per use, derived from one seed.
 SEEDS = ("dataset", "categories", "category_pairs", "classes")
@@ -83,16 +67,6 @@ class StageSettings:
         """With ``verbose``, say which stage of the fit starts."""
         if self.verbose:
             print(f"{self.name}: {message}", file=sys.stderr, flush=True)
-
-
-def shared(value, output):
-    """``value`` as the passes' tasks get it: itself, or with an ``output``
-    (a fit with ``labels_path``) written there once and sent as a reference."""
-    return value if output is None else output.share(value)
-
-
-def label_dtype(n_classes):
-    return np.uint8 if n_classes < 256 else np.int32
 
 
 # ------------------------------------------------------ 1. survey
@@ -267,159 +241,6 @@ def pairs_on_workers(samples, n_categories, dataset_centroids, foreground, chunk
         pairs.update(fitted)
     output.remove("work")
     return pairs
-
-
-# ------------------------------------------------------ 4. the per-image path
-def segment_all(X, chunks, expected, state, keep, settings, keys=None, output=None,
-                seed=None):
-    """The per-image path over X (:func:`segment`), chunk by chunk, for fit
-    and predict: ``keep`` gets each chunk's regions and region descriptors
-    (one array per image) as they come, so that this process need not hold
-    them all. Returns the summed level counts and, with ``output``, the
-    sample of region priorities (else None).
-
-    With ``output`` (a :class:`LabelStore`) and ``seed``, the tasks write
-    the regions and descriptors there and ``keep`` gets the chunk's number
-    of regions; the tasks' samples of region priorities (each row the start
-    of the chunk that holds the region) are merged, each task sending only
-    those under the bound of the sample when it is dispatched.
-    """
-    counts, no_pixels = {}, 0
-    task_state = shared(state, output)
-    keys = None if keys is None else PerImage(keys)
-    if output is None:
-        sample, args = None, (expected, task_state, keys)
-    else:
-        sample = BoundedSample(settings.max_samples)
-        args = (expected, task_state, keys, output, seed, settings.max_samples,
-                CurrentBound(sample))
-    for result in settings.map(segment, X, chunks, *args, progress="image level + refinement"):
-        chunk_regions, chunk_descriptors, chunk_no_pixels, chunk_counts = result[:4]
-        keep(chunk_regions, chunk_descriptors)
-        if sample is not None:
-            sample.merge(result[4])
-        no_pixels += chunk_no_pixels
-        for name, values in chunk_counts.items():
-            counts[name] = counts.get(name, 0) + values
-    if no_pixels and state.refine is not None:
-        warnings.warn(
-            f"{no_pixels} of {len(X)} images carry no pixels "
-            "(ImageFeatures.image is None), so refinement is skipped for them.",
-            UserWarning,
-        )
-    return counts, sample
-
-
-def classes_per_image(descriptors, class_centroids, dtype):
-    """The classes of the regions of a chunk's images, from their
-    descriptors (one array per image)."""
-    filled = [d for d in descriptors if len(d)]
-    classes = classes_of(np.concatenate(filled) if filled else (), class_centroids, dtype)
-    return np.split(classes, np.cumsum([len(d) for d in descriptors])[:-1])
-
-
-class RegionsInMemory:
-    """The training images' regions kept in the fitting process, from the
-    per-image path to their classes: the regions as they come in, their
-    descriptors in a temporary file (closed on leaving the ``with``) until
-    the classes are fitted, and the sample for the classes drawn here (the
-    descriptors come here anyway)."""
-
-    def __init__(self, settings, seed):
-        self._settings, self._seed = settings, seed
-        self._regions, self._sample = [], BoundedSample(settings.max_samples)
-        self._spill = tempfile.TemporaryFile()
-        self._descriptors = SpilledRows(self._spill)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exception):
-        self._spill.close()
-
-    def segment(self, X, chunks, expected, keys, state):
-        """Run the per-image path; return its level counts."""
-        def keep(chunk_regions, chunk_descriptors):
-            first = len(self._regions)
-            self._regions.extend(chunk_regions)
-            self._descriptors.append(chunk_descriptors)
-            offer_regions(self._sample, self._seed, keys[first:len(self._regions)],
-                          chunk_descriptors)
-
-        counts, _ = segment_all(X, chunks, expected, state, keep, self._settings, keys)
-        return counts
-
-    @property
-    def n_regions(self):
-        """Object regions found in all the images."""
-        return sum(r.n_regions for r in self._regions)
-
-    def class_sample(self):
-        """The bounded sample of region descriptors for the classes."""
-        return self._sample
-
-    def labels(self, class_centroids, dtype):
-        """The label masks, every region given its nearest class."""
-        classes = [c for chunk in self._descriptors
-                   for c in classes_per_image(chunk, class_centroids, dtype)]
-        return LabelMasks(self._regions, classes, dtype)
-
-
-class RegionsOnWorkers:
-    """The training images' regions written by the workers to ``output``
-    (a :class:`LabelStore`), from the per-image path to their classes: the
-    tasks of the per-image pass write regions, descriptors and their
-    priorities, and send back a bounded sample of the priorities; the tasks
-    of a light pass over the chunks that hold the sample's regions send
-    back their descriptors; those of a last pass write the classes."""
-
-    def __init__(self, output, settings, seed):
-        self._output, self._settings, self._seed = output, settings, seed
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exception):
-        pass
-
-    def segment(self, X, chunks, expected, keys, state):
-        """Run the per-image path; return its level counts."""
-        self._chunks, self._n_images = chunks, len(X)
-        self._starts = [start for start, _ in chunks]
-        n_regions = []
-        counts, self._priorities = segment_all(
-            X, chunks, expected, state, lambda n, _: n_regions.append(n), self._settings,
-            keys, self._output, self._seed,
-        )
-        self.n_regions = sum(n_regions)
-        return counts
-
-    def class_sample(self):
-        """The bounded sample of region descriptors for the classes, fetched
-        from the chunks that hold its regions (:func:`region_rows`)."""
-        regions = BoundedSample(self._settings.max_samples)
-        if len(self._priorities):
-            holding = set(self._priorities.result().tolist())
-            for rows in self._settings.map(
-                region_rows, self._output, [c for c in self._chunks if c[0] in holding],
-                self._priorities.largest(), self._settings.max_samples,
-            ):
-                regions.merge(rows)
-        return regions
-
-    def labels(self, class_centroids, dtype):
-        """The label masks, read from ``output`` once a last pass
-        (:func:`label_regions`) has written every region's class there."""
-        for _ in self._settings.map(label_regions, self._output, self._chunks,
-                                    shared(class_centroids, self._output), dtype,
-                                    progress="labelling"):
-            pass
-        self._output.remove("shared")
-        return StoredLabelMasks(self._output, self._starts, self._n_images, dtype)
-
-    def categories(self):
-        """Each image's category, which the per-image pass wrote beside its mask."""
-        return StoredCategories(self._output, self._starts, self._n_images)
 
 
 # ------------------------------------------------------ 5. classes

@@ -24,8 +24,9 @@ images:
 
 With ``labels_path``, the workers write into a zarr group there what the
 fitting process would otherwise receive, so that it holds nothing per image.
-The stages are functions in :mod:`skseg._fit_stages`; ``fit`` runs them in
-order and assigns what they return.
+The stages are functions in :mod:`skseg._fit_stages` and, for the per-image
+path, :mod:`skseg._per_image_path`; ``fit`` runs them in order and assigns
+what they return.
 """
 
 import functools
@@ -42,23 +43,25 @@ from ._chunks import Expected, as_features, chunk_ranges
 from ._diagnostics import foreground_diagnostics, warn_if_foreground_looks_wrong
 from ._features import check_features
 from ._fit_stages import (
-    RegionsInMemory,
-    RegionsOnWorkers,
     StageSettings,
-    classes_per_image,
     dataset_foreground,
     draw_seeds,
     fit_categories,
     fit_category_level,
     fit_classes,
     fit_dataset_level,
-    label_dtype,
     run_dataset_statistics,
     run_survey,
-    segment_all,
 )
 from ._label_store import LabelStore
 from ._passes import FittedState, levels_only
+from ._per_image_path import (
+    RegionsInMemory,
+    RegionsOnWorkers,
+    classes_per_image,
+    label_dtype,
+    segment_all,
+)
 from ._refine import dense_crf, pamr
 from ._regions import LabelMasks
 from ._validation import HasMethods, Interval, StrOptions
@@ -510,70 +513,6 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
                     f"{self.n_classes_scores_[self.n_classes_]:.3f})")
         return self
 
-    def _check_params(self):
-        dilations = self.refine_dilations
-        if not dilations or not all(isinstance(d, Integral) and d >= 1 for d in dilations):
-            raise ValueError(
-                f"refine_dilations={dilations!r} must be a non-empty sequence of positive ints."
-            )
-        if self.refine == "crf" and self.crf_stride > self.crf_radius:
-            raise ValueError(
-                f"crf_stride={self.crf_stride} exceeds crf_radius={self.crf_radius}: the "
-                "CRF's bilateral kernel would have no neighbour in its window."
-            )
-        if self.max_samples < self.n_dataset_clusters:
-            raise ValueError(
-                f"max_samples={self.max_samples} is below n_dataset_clusters="
-                f"{self.n_dataset_clusters}: the dataset level's K-means needs at least one "
-                "sampled patch per cluster."
-            )
-        if self.region == "crop" and self.region_encoder is None:
-            raise ValueError("region='crop' needs a region_encoder, e.g. a ViTPatchTransformer.")
-        resolve_device(self.device)  # an unavailable device fails now, not mid-run
-
-    def _settings(self):
-        """What every stage of fit reads of the parameters."""
-        return StageSettings(max_samples=self.max_samples, max_iter=self.max_iter,
-                             n_init=self.n_init, n_jobs=self.n_jobs, verbose=self.verbose,
-                             name=type(self).__name__)
-
-    def _expected(self, X, fitted=False):
-        """What every image must have: like image 0 in fit, like fit in predict."""
-        if fitted:
-            n_features, has_cls = self.n_features_in_, self.uses_cls_
-        else:
-            first = X[0]
-            check_features(first, "X[0]")
-            n_features, has_cls = first.patches.shape[2], first.cls is not None
-        return Expected(
-            n_features, has_cls, self.metric, fitted=fitted,
-            needs_attention=self.foreground == "attention" and not fitted,
-            needs_pixels="region='crop'" if self.region == "crop" else None,
-        )
-
-    def _state(self):
-        """What the passes read of this segmenter, fitted so far."""
-        refine = None
-        if self.refine == "crf" and self.refine_iter > 0:
-            refine = functools.partial(
-                dense_crf, n_iter=self.refine_iter, radius=self.crf_radius,
-                stride=self.crf_stride, bilateral_weight=self.crf_bilateral_weight,
-                bilateral_xy=self.crf_bilateral_xy, bilateral_rgb=self.crf_bilateral_rgb,
-                gaussian_weight=self.crf_gaussian_weight, gaussian_xy=self.crf_gaussian_xy,
-            )
-        elif self.refine == "pamr" and self.refine_iter > 0:
-            refine = functools.partial(pamr, n_iter=self.refine_iter,
-                                       dilations=tuple(self.refine_dilations))
-        return FittedState(
-            dataset_centroids=self.dataset_centroids_, category_centers=self.category_centers_,
-            consensus=self.consensus, max_iter=self.max_iter, device=self.device,
-            metric=self.metric, dataset_foreground=getattr(self, "dataset_foreground_", None),
-            category_pairs=getattr(self, "category_centroids_", None), refine=refine,
-            refine_max_side=self.refine_max_side, batch_size=self.batch_size,
-            min_region_size=self.min_region_size, region=self.region,
-            region_encoder=getattr(self, "region_encoder_", None),
-        )
-
     # -------------------------------------------------------------- predict
     def predict(self, X):
         """Label masks for new images with the fitted centroids.
@@ -643,3 +582,68 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         labels : LabelMasks
         """
         return self.fit(X).labels_
+
+    # ----------------------------------------------------------- parameters
+    def _check_params(self):
+        dilations = self.refine_dilations
+        if not dilations or not all(isinstance(d, Integral) and d >= 1 for d in dilations):
+            raise ValueError(
+                f"refine_dilations={dilations!r} must be a non-empty sequence of positive ints."
+            )
+        if self.refine == "crf" and self.crf_stride > self.crf_radius:
+            raise ValueError(
+                f"crf_stride={self.crf_stride} exceeds crf_radius={self.crf_radius}: the "
+                "CRF's bilateral kernel would have no neighbour in its window."
+            )
+        if self.max_samples < self.n_dataset_clusters:
+            raise ValueError(
+                f"max_samples={self.max_samples} is below n_dataset_clusters="
+                f"{self.n_dataset_clusters}: the dataset level's K-means needs at least one "
+                "sampled patch per cluster."
+            )
+        if self.region == "crop" and self.region_encoder is None:
+            raise ValueError("region='crop' needs a region_encoder, e.g. a ViTPatchTransformer.")
+        resolve_device(self.device)  # an unavailable device fails now, not mid-run
+
+    def _settings(self):
+        """What every stage of fit reads of the parameters."""
+        return StageSettings(max_samples=self.max_samples, max_iter=self.max_iter,
+                             n_init=self.n_init, n_jobs=self.n_jobs, verbose=self.verbose,
+                             name=type(self).__name__)
+
+    def _expected(self, X, fitted=False):
+        """What every image must have: like image 0 in fit, like fit in predict."""
+        if fitted:
+            n_features, has_cls = self.n_features_in_, self.uses_cls_
+        else:
+            first = X[0]
+            check_features(first, "X[0]")
+            n_features, has_cls = first.patches.shape[2], first.cls is not None
+        return Expected(
+            n_features, has_cls, self.metric, fitted=fitted,
+            needs_attention=self.foreground == "attention" and not fitted,
+            needs_pixels="region='crop'" if self.region == "crop" else None,
+        )
+
+    def _state(self):
+        """What the passes read of this segmenter, fitted so far."""
+        refine = None
+        if self.refine == "crf" and self.refine_iter > 0:
+            refine = functools.partial(
+                dense_crf, n_iter=self.refine_iter, radius=self.crf_radius,
+                stride=self.crf_stride, bilateral_weight=self.crf_bilateral_weight,
+                bilateral_xy=self.crf_bilateral_xy, bilateral_rgb=self.crf_bilateral_rgb,
+                gaussian_weight=self.crf_gaussian_weight, gaussian_xy=self.crf_gaussian_xy,
+            )
+        elif self.refine == "pamr" and self.refine_iter > 0:
+            refine = functools.partial(pamr, n_iter=self.refine_iter,
+                                       dilations=tuple(self.refine_dilations))
+        return FittedState(
+            dataset_centroids=self.dataset_centroids_, category_centers=self.category_centers_,
+            consensus=self.consensus, max_iter=self.max_iter, device=self.device,
+            metric=self.metric, dataset_foreground=getattr(self, "dataset_foreground_", None),
+            category_pairs=getattr(self, "category_centroids_", None), refine=refine,
+            refine_max_side=self.refine_max_side, batch_size=self.batch_size,
+            min_region_size=self.min_region_size, region=self.region,
+            region_encoder=getattr(self, "region_encoder_", None),
+        )

@@ -6,6 +6,7 @@ import pytest
 
 import skseg._chunks
 import skseg._fit_stages
+import skseg._per_image_path
 from skseg import MultilevelSegmenter
 from skseg._label_store import LabelStore
 from skseg.datasets import make_patch_features
@@ -29,7 +30,7 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path
     # any chunking and number of jobs.
     in_memory = _seg().fit(planted)
     returned = []
-    real = skseg._fit_stages.segment
+    real = skseg._per_image_path.segment
 
     def recorded(*args):
         result = real(*args)
@@ -49,7 +50,7 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path
         surveyed.append(result)
         return result
 
-    monkeypatch.setattr(skseg._fit_stages, "segment", recorded)
+    monkeypatch.setattr(skseg._per_image_path, "segment", recorded)
     monkeypatch.setattr(skseg._fit_stages, "dataset_statistics", recorded_statistics)
     monkeypatch.setattr(skseg._fit_stages, "survey", recorded_survey)
     path = tmp_path / "labels.zarr"

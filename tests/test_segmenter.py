@@ -12,6 +12,7 @@ from sklearn.exceptions import NotFittedError
 
 import skseg._chunks
 import skseg._fit_stages
+import skseg._per_image_path
 import skseg._segmenter
 from skseg import ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg.datasets import make_patch_features
@@ -690,7 +691,7 @@ def test_with_labels_path_tasks_send_back_region_samples_bounded(planted, monkey
     # same classes and masks as from every region's descriptor, as in memory.
     X, _ = planted
     sent = []
-    real = skseg._fit_stages.segment
+    real = skseg._per_image_path.segment
 
     def counted(*args):
         result = real(*args)
@@ -702,7 +703,7 @@ def test_with_labels_path_tasks_send_back_region_samples_bounded(planted, monkey
         return _seg(max_samples=10, chunk_size=2, labels_path=tmp_path / name).fit(X)
 
     in_memory = _seg(max_samples=10).fit(X)
-    monkeypatch.setattr(skseg._fit_stages, "segment", counted)
+    monkeypatch.setattr(skseg._per_image_path, "segment", counted)
     seg, bounded = fit("bounded"), sent.copy()
     monkeypatch.setattr(skseg._chunks.CurrentBound, "for_task", lambda self, start, stop: None)
     unbounded = fit("unbounded")
