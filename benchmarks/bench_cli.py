@@ -168,10 +168,12 @@ import skseg._cli
 totals["import skseg._cli (argument parsing's)"] = time.perf_counter() - started
 begin = time.perf_counter()
 import torch, sklearn, timm, skseg._cli.segment, skseg._segmenter, skseg._extraction
+import skseg._fit_stages, skseg._per_image_path
 totals["import torch, scikit-learn, timm, skseg"] = time.perf_counter() - begin
 import skseg._backbone, skseg._passes, skseg._refine, skseg._regions, skseg._store
 from skseg import MultilevelSegmenter as M, ViTPatchTransformer as V, FeatureStore
 run, seg, ex = skseg._cli.segment, skseg._segmenter, skseg._extraction
+stages, per_image = skseg._fit_stages, skseg._per_image_path
 out = skseg._cli.segment_outputs
 for owner, name, stage in [
     (run, "_build_pipeline", "build the pipeline (no model yet)"),
@@ -183,17 +185,17 @@ for owner, name, stage in [
     (ex, "forward_facets", "extraction: ViT forward"),
     (FeatureStore, "extend", "extraction: store writes"),
     (M, "fit", "fit: all (segmenter)"),
-    (seg, "survey", "fit: survey pass (reads the store)"),
-    (M, "_fit_categories", "fit: categories (K-means of CLS)"),
-    (M, "_dataset_statistics", "fit: dataset statistics pass"),
-    (M, "_fit_category_pairs", "fit: category 2-means"),
-    (M, "_segment_all", "fit: per-image path (levels, pixels, regions)"),
+    (stages, "survey", "fit: survey pass (reads the store)"),
+    (seg, "fit_categories", "fit: categories (K-means of CLS)"),
+    (seg, "run_dataset_statistics", "fit: dataset statistics pass"),
+    (seg, "fit_category_level", "fit: category 2-means"),
+    (per_image, "segment_all", "fit: per-image path (levels, pixels, regions)"),
     (skseg._passes, "foreground_masks", "fit: upsampling + refinement"),
     (skseg._refine, "working_pixels", "fit: refinement's decode"),
     (skseg._passes, "object_regions", "fit: object regions"),
-    (M, "_fit_classes", "fit: classes (K-means of regions)"),
-    (M, "_label_in_memory", "fit: labels"),
-    (M, "_label_on_workers", "fit: labels (joblib workers)"),
+    (seg, "fit_classes", "fit: classes (K-means of regions)"),
+    (per_image.RegionsInMemory, "labels", "fit: labels"),
+    (per_image.RegionsOnWorkers, "labels", "fit: labels (joblib workers)"),
     (run, "write_masks", "writes: all"),
     (out, "save_label_png", "writes: mask PNGs (with painting)"),
     (out, "_write_overlay", "writes: overlays"),

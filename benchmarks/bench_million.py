@@ -54,7 +54,8 @@ import joblib
 import numpy as np
 
 import skseg._chunks
-import skseg._segmenter
+import skseg._fit_stages
+import skseg._per_image_path
 from skseg import FeatureStore, ImageFeatures, MultilevelSegmenter
 from skseg._clustering import BoundedSample, nearest_centroid, unit_rows
 from skseg._label_store import value_of
@@ -231,8 +232,10 @@ def measure(n_images, labels_path=None):
         arguments.append(max(len(pickle.dumps(arg, protocol=5)) for arg in task.args))
         return real_delayed(task)
 
-    for function in stand_ins:
-        setattr(skseg._segmenter, function.__name__, counted(function))
+    for function in stand_ins:  # where the stages look them up
+        for stages in (skseg._fit_stages, skseg._per_image_path):
+            if hasattr(stages, function.__name__):
+                setattr(stages, function.__name__, counted(function))
     skseg._chunks.delayed = measured_delayed
     peak, stop = [0], threading.Event()
 

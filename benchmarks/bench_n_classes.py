@@ -25,7 +25,7 @@ from sklearn.metrics import (
 )
 from sklearn.mixture import BayesianGaussianMixture
 
-import skseg._segmenter
+import skseg._fit_stages
 from skseg import MultilevelSegmenter
 from skseg._n_classes import choose_n_clusters
 from skseg.datasets import make_patch_features
@@ -58,7 +58,7 @@ def region_descriptors(X, max_classes=30, random_state=0):
             seen.append(descriptors)
         return choose_n_clusters(descriptors, *args, **kwargs)
 
-    with mock.patch.object(skseg._segmenter, "choose_n_clusters", recording):
+    with mock.patch.object(skseg._fit_stages, "choose_n_clusters", recording):
         MultilevelSegmenter("auto", max_classes=max_classes, refine=None,
                             random_state=random_state, device="cpu").fit(X)
     return seen[0]

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-import skseg._segmenter
+import skseg._fit_stages
 from skseg import ImageFeatures, MultilevelSegmenter
 from skseg.datasets import make_patch_features
 
@@ -44,8 +44,8 @@ def planted(n_images):
 def measured_fit(X, bounded):
     """The fit, and the pickled bytes of each pass's task results."""
     sent = {"survey": [], "dataset_statistics": []}  # appends: atomic across threads
-    real = {name: getattr(skseg._segmenter, name) for name in sent}
-    real_bound = skseg._segmenter.priority_bound
+    real = {name: getattr(skseg._fit_stages, name) for name in sent}
+    real_bound = skseg._fit_stages.priority_bound
 
     def counting(name):
         def run(*args):
@@ -56,17 +56,17 @@ def measured_fit(X, bounded):
 
     try:
         for name in sent:
-            setattr(skseg._segmenter, name, counting(name))
+            setattr(skseg._fit_stages, name, counting(name))
         if not bounded:
-            skseg._segmenter.priority_bound = lambda size, n_rows, margin=1: None
+            skseg._fit_stages.priority_bound = lambda size, n_rows, margin=1: None
         start = time.perf_counter()
         segmenter = MultilevelSegmenter(n_classes=4, refine=None, random_state=0,
                                         n_jobs=2).fit(X)
         seconds = time.perf_counter() - start
     finally:
         for name in sent:
-            setattr(skseg._segmenter, name, real[name])
-        skseg._segmenter.priority_bound = real_bound
+            setattr(skseg._fit_stages, name, real[name])
+        skseg._fit_stages.priority_bound = real_bound
     return segmenter, {name: sum(sizes) for name, sizes in sent.items()}, seconds
 
 

@@ -237,6 +237,13 @@ def _load_shared(store, digest):
     return pickle.loads(data)
 
 
+def shared(value, store):
+    """``value`` as a pass's tasks get it: itself, or with a ``store`` (a fit
+    with ``labels_path``) written there once and sent as a reference;
+    :func:`value_of` undoes it."""
+    return value if store is None else store.share(value)
+
+
 def value_of(argument):
     """A pass argument's value, whether it came as itself or as :class:`Shared`."""
     return argument.value if isinstance(argument, Shared) else argument

@@ -23,75 +23,48 @@ images:
    file until it assigns the classes.
 
 With ``labels_path``, the workers write into a zarr group there what the
-fitting process would otherwise receive: the category samples' rows, which
-tasks on the workers merge and fit the category 2-means on (step 3), the
-regions, their descriptors and each image's category, of which the fitting
-process fetches only the descriptors of the sample for the classes, and the
-classes, in a last pass. The fitted state the tasks read is written there
-once, and each task gets a reference to it; the images' keys are computed
-again where a task needs them. The fitting process then holds nothing per
-image, and each task's arguments and results are a few kilobytes.
+fitting process would otherwise receive, so that it holds nothing per image.
+The stages are functions in :mod:`skseg._fit_stages` and, for the per-image
+path, :mod:`skseg._per_image_path`; ``fit`` runs them in order and assigns
+what they return.
 """
 
 import functools
 import os
-import sys
-import tempfile
-import warnings
 from numbers import Integral, Real
 
-import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, clone
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from sklearn_compat.base import _fit_context
 
 from ._backbone import resolve_device
-from ._clustering import (
-    BoundedSample,
-    fit_kmeans,
-    nearest_centroid,
-    priority_bound,
-)
+from ._chunks import Expected, as_features, chunk_ranges
 from ._diagnostics import foreground_diagnostics, warn_if_foreground_looks_wrong
 from ._features import check_features
-from ._label_store import LabelStore, SpilledRows, StoredCategories, StoredLabelMasks
-from ._levels import (
-    attention_foreground,
-    border_foreground,
-    category_pair,
+from ._fit_stages import (
+    StageSettings,
+    dataset_foreground,
+    draw_seeds,
+    fit_categories,
+    fit_category_level,
+    fit_classes,
+    fit_dataset_level,
+    run_dataset_statistics,
+    run_survey,
 )
-from ._n_classes import choose_n_clusters
-from ._chunks import (
-    CurrentBound,
-    Expected,
-    PerImage,
-    as_features,
-    chunk_ranges,
-    map_chunks,
-)
-from ._passes import (
-    FittedState,
-    classes_of,
-    dataset_statistics,
-    fit_category_pairs,
-    gather_category_rows,
-    label_regions,
-    levels_only,
-    offer_regions,
-    region_rows,
-    segment,
-    survey,
+from ._label_store import LabelStore
+from ._passes import FittedState, levels_only
+from ._per_image_path import (
+    RegionsInMemory,
+    RegionsOnWorkers,
+    classes_per_image,
+    label_dtype,
+    segment_all,
 )
 from ._refine import dense_crf, pamr
-from ._regions import (
-    LabelMasks,
-)
+from ._regions import LabelMasks
 from ._validation import HasMethods, Interval, StrOptions
-
-# Streams of random draws, one per use, derived from one seed.
-_SEEDS = ("dataset", "categories", "category_pairs", "classes")
 
 
 def _needs_fit(estimator):
@@ -459,81 +432,158 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         for name in [name for name in vars(self) if name.endswith("_")]:
             del self.__dict__[name]
         expected = self._expected(X)
-        master = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-        seeds = dict(zip(_SEEDS, np.random.SeedSequence(master).generate_state(len(_SEEDS))))
+        seeds = draw_seeds(self.random_state)
         chunks = chunk_ranges(X, self.chunk_size, self.n_jobs)
         output = None if self.labels_path is None else LabelStore.create(self.labels_path)
+        run = self._settings()
 
         # 1. Survey: every image checked and keyed; bounded, content-keyed
         # samples of patches for the dataset level and of the images'
         # descriptors for their pseudo-categories.
-        self._stage(f"survey: checking and describing {len(X)} images")
-        keys, n_patches, patch_sample, descriptor_sample = self._survey(
-            X, chunks, expected, (seeds["dataset"], seeds["categories"]), output is None
+        run.say(f"survey: checking and describing {len(X)} images")
+        keys, n_patches, patch_sample, descriptor_sample = run_survey(
+            X, chunks, expected, (seeds["dataset"], seeds["categories"]), run,
+            send_keys=output is None,
         )
-        if n_patches < self.n_dataset_clusters:
-            raise ValueError(
-                f"X has {n_patches} patches in all, fewer than "
-                f"n_dataset_clusters={self.n_dataset_clusters}."
-            )
-        self.n_features_in_ = expected.n_features
-        self.uses_cls_ = expected.has_cls
 
-        # 2. Dataset level, and the images' pseudo-categories.
-        self._stage(f"dataset level: K-means of {len(patch_sample)} sampled patches into "
-                    f"{self.n_dataset_clusters} clusters, then image categories")
-        self.dataset_centroids_ = fit_kmeans(
-            patch_sample.result(), self.n_dataset_clusters, n_init=self._starts("dataset"),
-            max_iter=self.max_iter, seed=seeds["dataset"]
+        # 2. Dataset level, the images' pseudo-categories, and which
+        # dataset clusters are foreground.
+        run.say(f"dataset level: K-means of {len(patch_sample)} sampled patches into "
+                f"{self.n_dataset_clusters} clusters, then image categories")
+        self.dataset_centroids_ = fit_dataset_level(
+            patch_sample, n_patches, self.n_dataset_clusters, seeds["dataset"], run
         )
-        self._fit_categories(descriptor_sample.result()[:, :-1], len(X), seeds["categories"])
-        statistics, category_samples = self._dataset_statistics(
-            X, chunks, expected, keys, n_patches, descriptor_sample, seeds["category_pairs"],
-            output,
+        self.n_features_in_, self.uses_cls_ = expected.n_features, expected.has_cls
+        self.category_centers_, self.n_categories_, scores = fit_categories(
+            descriptor_sample, self.n_classes if self.n_categories is None else self.n_categories,
+            len(X), self.max_classes, seeds["categories"], run,
         )
-        if self.foreground == "border":
-            self.dataset_foreground_ = border_foreground(
-                statistics["counts"], statistics["border"]
-            )
-        else:
-            self.dataset_foreground_ = attention_foreground(
-                statistics["counts"], statistics["attention"]
-            )
-
-        self._stage(f"dataset level: {int(self.dataset_foreground_.sum())} of "
-                    f"{self.n_dataset_clusters} clusters are foreground")
+        if scores is not None:
+            self.n_categories_scores_ = scores
+        categories, statistics, category_samples = run_dataset_statistics(
+            X, chunks, expected, keys, descriptor_sample, self._state(),
+            seeds["category_pairs"], run, output,
+        )
+        if output is None:  # else the per-image pass writes them beside the masks
+            self.categories_ = categories
+        self.dataset_foreground_ = dataset_foreground(statistics, self.foreground)
+        run.say(f"dataset level: {int(self.dataset_foreground_.sum())} of "
+                f"{self.n_dataset_clusters} clusters are foreground")
 
         # 3. Category level, oriented by the dataset level.
-        self._stage(f"category level: a 2-means in each of {self.n_categories_} categories")
-        self.category_centroids_ = self._fit_category_pairs(category_samples, statistics,
-                                                            chunks, output)
+        run.say(f"category level: a 2-means in each of {self.n_categories_} categories")
+        self.category_centroids_ = fit_category_level(
+            category_samples, statistics, self.dataset_centroids_, self.dataset_foreground_,
+            self.n_categories_, chunks, run, output,
+        )
 
         # 4. The per-image path that predict runs: image level, consensus,
-        # pixels, regions and their descriptors; 5. the classes of the
-        # regions, fitted on a sample of them, which make the masks.
+        # pixels, regions and their descriptors, with counts of how the
+        # levels agree, recorded and warned on. The regions stay here, or
+        # with labels_path on the workers' files, until they have classes.
         if self.region == "crop":
             self.region_encoder_ = (
                 clone(self.region_encoder).fit() if _needs_fit(self.region_encoder)
                 else self.region_encoder
             )
-        self._stage("image level, consensus and refinement "
-                    f"({self.refine if self.refine and self.refine_iter else 'none'}), "
-                    f"then object regions ({self.region} descriptors)")
-        if output is None:
-            self.labels_ = self._label_in_memory(X, chunks, expected, keys, seeds["classes"])
-        else:
-            self.labels_ = self._label_on_workers(X, chunks, expected, keys, seeds["classes"],
-                                                  output)
+        run.say("image level, consensus and refinement "
+                f"({self.refine if self.refine and self.refine_iter else 'none'}), "
+                f"then object regions ({self.region} descriptors)")
+        with (RegionsInMemory(run, seeds["classes"]) if output is None
+              else RegionsOnWorkers(output, run, seeds["classes"])) as regions:
+            counts = regions.segment(X, chunks, expected, keys, self._state())
+            self.foreground_share_, self.border_foreground_share_, self.level_agreement_ = \
+                foreground_diagnostics(counts)
+            warn_if_foreground_looks_wrong(self)
+
+            # 5. The classes: K-means of a sample of the region descriptors,
+            # then every region's nearest class, which make the masks.
+            self.n_classes_, scores, self.class_centroids_ = fit_classes(
+                regions.class_sample(), regions.n_regions, self.n_classes, self.max_classes,
+                seeds["classes"], run,
+            )
+            if scores is not None:
+                self.n_classes_scores_ = scores
+            labels = regions.labels(self.class_centroids_, label_dtype(self.n_classes_))
+            if output is not None:
+                self.categories_ = regions.categories()
+            self.labels_ = labels
         if self.n_classes == "auto":
-            self._stage(f"labelling: {self.n_classes_} classes chosen (silhouette "
-                        f"{self.n_classes_scores_[self.n_classes_]:.3f})")
+            run.say(f"labelling: {self.n_classes_} classes chosen (silhouette "
+                    f"{self.n_classes_scores_[self.n_classes_]:.3f})")
         return self
 
-    def _stage(self, message):
-        """With ``verbose``, say which stage of the fit starts."""
-        if self.verbose:
-            print(f"{type(self).__name__}: {message}", file=sys.stderr, flush=True)
+    # -------------------------------------------------------------- predict
+    def predict(self, X):
+        """Label masks for new images with the fitted centroids.
 
+        The dataset-level, category and class centroids are reused; only the
+        image-level clustering is computed afresh. It runs the same per-image
+        path as :meth:`fit`, so ``predict`` of the training images gives
+        ``labels_``.
+
+        Parameters
+        ----------
+        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
+
+        Returns
+        -------
+        labels : LabelMasks
+            Item ``i`` is the ``(H, W)`` mask of image ``i``: 0 for
+            background, 1..n_classes_ for the classes.
+        """
+        check_is_fitted(self, "class_centroids_")
+        X = as_features(X)
+        dtype = label_dtype(self.n_classes_)
+        regions, classes = [], []
+
+        def keep(chunk_regions, chunk_descriptors):
+            regions.extend(chunk_regions)
+            classes.extend(classes_per_image(chunk_descriptors, self.class_centroids_, dtype))
+
+        segment_all(X, chunk_ranges(X, self.chunk_size, self.n_jobs),
+                    self._expected(X, fitted=True), self._state(), keep, self._settings())
+        return LabelMasks(regions, classes, dtype)
+
+    def predict_levels(self, X):
+        """The three level masks and their consensus, at patch resolution.
+
+        Parameters
+        ----------
+        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
+
+        Returns
+        -------
+        levels : list of dict
+            Per image: ``"dataset"``, ``"category"``, ``"image"`` (bool
+            ``(h, w)`` foreground masks), ``"consensus"`` (float ``(h, w)``
+            soft score thresholded at 0.5) and ``"category_index"``.
+        """
+        check_is_fitted(self, "class_centroids_")
+        X = as_features(X)
+        levels = []
+        for per_image in self._settings().map(
+            levels_only, X, chunk_ranges(X, self.chunk_size, self.n_jobs),
+            self._expected(X, fitted=True), self._state(),
+        ):
+            levels.extend(per_image)
+        return levels
+
+    def fit_predict(self, X, y=None):
+        """Fit and return the label masks of the training images.
+
+        Parameters
+        ----------
+        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
+        y : ignored
+
+        Returns
+        -------
+        labels : LabelMasks
+        """
+        return self.fit(X).labels_
+
+    # ----------------------------------------------------------- parameters
     def _check_params(self):
         dilations = self.refine_dilations
         if not dilations or not all(isinstance(d, Integral) and d >= 1 for d in dilations):
@@ -555,11 +605,11 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             raise ValueError("region='crop' needs a region_encoder, e.g. a ViTPatchTransformer.")
         resolve_device(self.device)  # an unavailable device fails now, not mid-run
 
-    def _starts(self, level="descriptors"):
-        """K-means starts of a fit (see ``n_init``)."""
-        if self.n_init != "auto":
-            return self.n_init
-        return 3 if level == "dataset" else 10
+    def _settings(self):
+        """What every stage of fit reads of the parameters."""
+        return StageSettings(max_samples=self.max_samples, max_iter=self.max_iter,
+                             n_init=self.n_init, n_jobs=self.n_jobs, verbose=self.verbose,
+                             name=type(self).__name__)
 
     def _expected(self, X, fitted=False):
         """What every image must have: like image 0 in fit, like fit in predict."""
@@ -574,19 +624,6 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             needs_attention=self.foreground == "attention" and not fitted,
             needs_pixels="region='crop'" if self.region == "crop" else None,
         )
-
-    def _map(self, function, X, chunks, *args, progress=None):
-        """:func:`map_chunks` with this segmenter's jobs, and its progress
-        bar when ``verbose``."""
-        return map_chunks(function, X, chunks, *args, n_jobs=self.n_jobs,
-                          progress=progress if self.verbose else None)
-
-    @staticmethod
-    def _shared(value, output):
-        """``value`` as the passes' tasks get it: itself, or with an
-        ``output`` (a fit with ``labels_path``) written there once and sent
-        as a reference."""
-        return value if output is None else output.share(value)
 
     def _state(self):
         """What the passes read of this segmenter, fitted so far."""
@@ -610,336 +647,3 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
             min_region_size=self.min_region_size, region=self.region,
             region_encoder=getattr(self, "region_encoder_", None),
         )
-
-    def _fit_categories(self, sample, n_images, seed):
-        requested = self.n_classes if self.n_categories is None else self.n_categories
-        if requested == "auto":
-            requested, self.n_categories_scores_ = choose_n_clusters(
-                sample, self.max_classes, random_state=seed, max_samples=self.max_samples,
-                n_init=self._starts(), max_iter=self.max_iter, rows_name="images",
-                parameter="n_categories",
-            )
-        self.n_categories_ = min(requested, n_images)
-        if self.n_categories_ < requested:
-            warnings.warn(
-                f"n_categories={requested} exceeds the {n_images} images; using "
-                f"{self.n_categories_}.", UserWarning,
-            )
-        self.category_centers_ = fit_kmeans(
-            sample, self.n_categories_, n_init=self._starts(), max_iter=self.max_iter, seed=seed
-        )
-
-    def _survey(self, X, chunks, expected, seeds, send_keys=True):
-        """Pass 1, whose tasks send back only the rows under a priority bound:
-        descriptors from the number of images, patches from the patch count
-        that image 0 suggests (twice the sample expected, in case the images
-        are smaller), or the bound of the sample merged so far where it is
-        tighter; again without the first in the rare case they were much
-        smaller and the sample did not fill up. The images' keys (None
-        without ``send_keys``) come back with the rest."""
-        estimate = len(X) * int(np.prod(X[0].grid_shape))
-        for below in ((priority_bound(self.max_samples, estimate, margin=2),
-                       priority_bound(self.max_samples, len(X))), (None, None)):
-            keys, n_patches = [], 0
-            patches, descriptors = BoundedSample(self.max_samples), BoundedSample(self.max_samples)
-            for chunk_keys, chunk_patches, chunk_sample, chunk_descriptors in self._map(
-                survey, X, chunks, expected, seeds, self.max_samples,
-                CurrentBound(patches, below[0]), CurrentBound(descriptors, below[1]), send_keys,
-                progress="survey",
-            ):
-                if send_keys:
-                    keys.append(chunk_keys)
-                n_patches += chunk_patches
-                patches.merge(chunk_sample)
-                descriptors.merge(chunk_descriptors)
-            if len(patches) == min(self.max_samples, n_patches) \
-                    and len(descriptors) == min(self.max_samples, len(X)):
-                break
-        return np.concatenate(keys) if send_keys else None, n_patches, patches, descriptors
-
-    def _dataset_statistics(self, X, chunks, expected, keys, n_patches, descriptor_sample,
-                            seed, output=None):
-        """Pass 2, which also finds each image's category. Each category's
-        patch count is estimated from the sample of images and their patch
-        counts (low by eight standard deviations of the count of its images
-        in the sample), so its sample is bounded as in :meth:`_survey`;
-        again without the bounds in the rare case one did not fill up. With
-        ``output``, the samples' rows stay there and only their priorities
-        come back (see :func:`dataset_statistics`)."""
-        state = self._shared(self._state(), output)
-        sample = descriptor_sample.result()
-        category = nearest_centroid(sample[:, :-1], self.category_centers_)
-        estimates = np.bincount(category, weights=sample[:, -1],
-                                minlength=self.n_categories_) * (len(X) / len(sample))
-        if len(sample) < len(X):
-            sampled = np.bincount(category, minlength=self.n_categories_)
-            estimates *= np.maximum(1 - 8 / np.sqrt(np.maximum(sampled, 1)), 0)
-        for below in ([priority_bound(self.max_samples, n) for n in estimates], None):
-            categories, statistics, samples = [], {}, {}
-            for chunk_categories, chunk_statistics, chunk_samples in self._map(
-                dataset_statistics, X, chunks, expected,
-                None if keys is None else PerImage(keys), state,
-                seed, self.max_samples, below, output, progress="dataset level",
-            ):
-                categories.append(chunk_categories)
-                for name, values in chunk_statistics.items():
-                    statistics[name] = statistics.get(name, 0) + values
-                for category, sample in chunk_samples.items():
-                    samples.setdefault(category, BoundedSample(self.max_samples)).merge(sample)
-            if all(len(samples.get(c, ())) == min(self.max_samples, n)
-                   for c, n in enumerate(statistics["category_patches"]) if n):
-                break
-        if output is None:  # else the per-image pass writes them beside the masks
-            self.categories_ = np.concatenate(categories)
-        return statistics, samples
-
-    def _fit_category_pairs(self, samples, statistics, chunks, output=None):
-        """Each category's 2-means; with ``output``, on the workers, from the
-        rows that the statistics pass left there."""
-        # A category with fewer than two patches (no image is nearest its
-        # centre) keeps the dataset-wide split: the mean of the dataset
-        # centroids on each side, weighted by their patch counts.
-        sides = np.stack([~self.dataset_foreground_, self.dataset_foreground_]) \
-            * statistics["counts"].astype(np.float64)
-        fallback = sides @ self.dataset_centroids_ / np.maximum(sides.sum(1, keepdims=True), 1)
-        fallback = fallback.astype(np.float32)
-        pairs = np.repeat(fallback[None], self.n_categories_, axis=0)
-        if output is not None:
-            for category, pair in self._pairs_on_workers(samples, chunks, output).items():
-                pairs[category] = pair
-            return pairs
-        for category, sample in sorted(samples.items()):
-            if len(sample) < 2:
-                continue
-            patches = sample.result()
-            reference = self.dataset_foreground_[
-                nearest_centroid(patches, self.dataset_centroids_)
-            ]
-            pairs[category] = category_pair(patches, reference, max_iter=self.max_iter)
-        return pairs
-
-    def _pairs_on_workers(self, samples, chunks, output):
-        """The category 2-means fitted by tasks on the workers, in a tree of
-        two steps over the rows that the statistics pass wrote to ``output``
-        (:func:`gather_category_rows`, :func:`fit_category_pairs`), by
-        category."""
-        largest = np.zeros(self.n_categories_, np.uint64)
-        for category, sample in samples.items():
-            if len(sample):
-                largest[category] = sample.largest()
-        starts = np.array([start for start, _ in chunks], np.int64)
-        per_group = max(1, int(np.ceil(np.sqrt(len(starts)))))
-        groups = [(first, min(first + per_group, len(starts)))
-                  for first in range(0, len(starts), per_group)]
-        for _ in self._map(gather_category_rows, output, groups, PerImage(starts), largest):
-            pass
-        pairs = {}
-        for fitted in self._map(
-            fit_category_pairs, output,
-            [(c, c + 1) for c, sample in sorted(samples.items()) if len(sample) >= 2],
-            self._shared((self.dataset_centroids_, self.dataset_foreground_), output),
-            self.max_samples, self.max_iter,
-        ):
-            pairs.update(fitted)
-        output.remove("work")
-        return pairs
-
-    def _label_in_memory(self, X, chunks, expected, keys, seed):
-        """Steps 4 and 5 with the masks kept here: regions as they come in,
-        region descriptors in a temporary file until the classes are fitted,
-        their sample drawn here (they come here anyway)."""
-        regions, sample = [], BoundedSample(self.max_samples)
-        with tempfile.TemporaryFile() as spill:
-            descriptors = SpilledRows(spill)
-
-            def keep(chunk_regions, chunk_descriptors):
-                first = len(regions)
-                regions.extend(chunk_regions)
-                descriptors.append(chunk_descriptors)
-                offer_regions(sample, seed, keys[first:len(regions)], chunk_descriptors)
-
-            counts, _ = self._segment_all(X, chunks, expected, keep, keys)
-            self._diagnose(counts)
-            self._fit_classes(sample, sum(r.n_regions for r in regions), seed)
-            classes = [c for chunk in descriptors for c in self._classes_of(chunk)]
-        return LabelMasks(regions, classes, self._label_dtype())
-
-    def _label_on_workers(self, X, chunks, expected, keys, seed, output):
-        """Steps 4 and 5 with the masks written by the workers to
-        ``output``: the tasks of the per-image pass write regions,
-        descriptors and their priorities, and send back a bounded sample of
-        the priorities; the tasks of a light pass over the chunks that hold
-        the sample's regions send back their descriptors; those of a last
-        pass write the classes."""
-        n_regions = []
-        counts, sample = self._segment_all(
-            X, chunks, expected, lambda n, _: n_regions.append(n), keys, output, seed
-        )
-        self._diagnose(counts)
-        regions = BoundedSample(self.max_samples)
-        if len(sample):
-            holding = set(sample.result().tolist())
-            for rows in self._map(region_rows, output,
-                                  [chunk for chunk in chunks if chunk[0] in holding],
-                                  sample.largest(), self.max_samples):
-                regions.merge(rows)
-        self._fit_classes(regions, sum(n_regions), seed)
-        dtype = self._label_dtype()
-        for _ in self._map(label_regions, output, chunks,
-                           self._shared(self.class_centroids_, output), dtype,
-                           progress="labelling"):
-            pass
-        output.remove("shared")
-        starts = [start for start, _ in chunks]
-        self.categories_ = StoredCategories(output, starts, len(X))
-        return StoredLabelMasks(output, starts, len(X), dtype)
-
-    def _fit_classes(self, sample, n_regions, seed):
-        self._stage(f"labelling: {n_regions} object regions into "
-                    + ("a number of classes chosen by the silhouette"
-                       if self.n_classes == "auto" else f"{self.n_classes} classes"))
-        if n_regions == 0:
-            raise ValueError(
-                "No foreground region was found in any image; lower min_region_size or "
-                "check the features."
-            )
-        sample = sample.result()
-        if self.n_classes == "auto":
-            self.n_classes_, self.n_classes_scores_ = choose_n_clusters(
-                sample, self.max_classes, random_state=seed, max_samples=self.max_samples,
-                n_init=self._starts(), max_iter=self.max_iter, rows_name="object regions",
-                parameter="n_classes",
-            )
-        else:
-            self.n_classes_ = min(self.n_classes, n_regions)
-            if self.n_classes_ < self.n_classes:
-                warnings.warn(
-                    f"Only {n_regions} object regions were found, fewer than "
-                    f"n_classes={self.n_classes}; using {self.n_classes_} classes.",
-                    UserWarning,
-                )
-        self.class_centroids_ = fit_kmeans(
-            sample, self.n_classes_, n_init=self._starts(), max_iter=self.max_iter, seed=seed
-        )
-
-    # ------------------------------------------------- the per-image path
-    def _segment_all(self, X, chunks, expected, keep, keys=None, output=None, seed=None):
-        """The per-image path over X, chunk by chunk: ``keep`` gets each
-        chunk's regions and region descriptors (one array per image) as they
-        come, so that this process need not hold them all. With ``output``
-        (a :class:`LabelStore`) and ``seed``, the tasks write them there and
-        ``keep`` gets the chunk's number of regions; the tasks' samples of
-        region priorities (each row the start of the chunk that holds the
-        region) are merged, each task sending only those under the bound of
-        the sample when it is dispatched. Returns the summed level counts
-        and that sample (None without ``output``)."""
-        counts, no_pixels = {}, 0
-        state = self._shared(self._state(), output)
-        keys = None if keys is None else PerImage(keys)
-        if output is None:
-            sample, args = None, (expected, state, keys)
-        else:
-            sample = BoundedSample(self.max_samples)
-            args = (expected, state, keys, output, seed, self.max_samples, CurrentBound(sample))
-        for result in self._map(segment, X, chunks, *args,
-                                progress="image level + refinement"):
-            chunk_regions, chunk_descriptors, chunk_no_pixels, chunk_counts = result[:4]
-            keep(chunk_regions, chunk_descriptors)
-            if sample is not None:
-                sample.merge(result[4])
-            no_pixels += chunk_no_pixels
-            for name, values in chunk_counts.items():
-                counts[name] = counts.get(name, 0) + values
-        if no_pixels and self.refine is not None and self.refine_iter > 0:
-            warnings.warn(
-                f"{no_pixels} of {len(X)} images carry no pixels "
-                "(ImageFeatures.image is None), so refinement is skipped for them.",
-                UserWarning,
-            )
-        return counts, sample
-
-    def _diagnose(self, counts):
-        """Record how the foreground decision went; warn when it looks wrong."""
-        self.foreground_share_, self.border_foreground_share_, self.level_agreement_ = \
-            foreground_diagnostics(counts)
-        warn_if_foreground_looks_wrong(self)
-
-    def _label_dtype(self):
-        return np.uint8 if self.n_classes_ < 256 else np.int32
-
-    def _classes_of(self, descriptors):
-        """The classes of the regions of a chunk's images, from their
-        descriptors (one array per image)."""
-        filled = [d for d in descriptors if len(d)]
-        classes = classes_of(np.concatenate(filled) if filled else (),
-                             self.class_centroids_, self._label_dtype())
-        return np.split(classes, np.cumsum([len(d) for d in descriptors])[:-1])
-
-    # -------------------------------------------------------------- predict
-    def predict(self, X):
-        """Label masks for new images with the fitted centroids.
-
-        The dataset-level, category and class centroids are reused; only the
-        image-level clustering is computed afresh. It runs the same per-image
-        path as :meth:`fit`, so ``predict`` of the training images gives
-        ``labels_``.
-
-        Parameters
-        ----------
-        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
-
-        Returns
-        -------
-        labels : LabelMasks
-            Item ``i`` is the ``(H, W)`` mask of image ``i``: 0 for
-            background, 1..n_classes_ for the classes.
-        """
-        check_is_fitted(self, "class_centroids_")
-        X = as_features(X)
-        regions, classes = [], []
-
-        def keep(chunk_regions, chunk_descriptors):
-            regions.extend(chunk_regions)
-            classes.extend(self._classes_of(chunk_descriptors))
-
-        self._segment_all(X, chunk_ranges(X, self.chunk_size, self.n_jobs),
-                          self._expected(X, fitted=True), keep)
-        return LabelMasks(regions, classes, self._label_dtype())
-
-    def predict_levels(self, X):
-        """The three level masks and their consensus, at patch resolution.
-
-        Parameters
-        ----------
-        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
-
-        Returns
-        -------
-        levels : list of dict
-            Per image: ``"dataset"``, ``"category"``, ``"image"`` (bool
-            ``(h, w)`` foreground masks), ``"consensus"`` (float ``(h, w)``
-            soft score thresholded at 0.5) and ``"category_index"``.
-        """
-        check_is_fitted(self, "class_centroids_")
-        X = as_features(X)
-        levels = []
-        for per_image in self._map(
-            levels_only, X, chunk_ranges(X, self.chunk_size, self.n_jobs),
-            self._expected(X, fitted=True), self._state(),
-        ):
-            levels.extend(per_image)
-        return levels
-
-    def fit_predict(self, X, y=None):
-        """Fit and return the label masks of the training images.
-
-        Parameters
-        ----------
-        X : sequence of ImageFeatures or ndarray of shape (n_images, h, w, d)
-        y : ignored
-
-        Returns
-        -------
-        labels : LabelMasks
-        """
-        return self.fit(X).labels_

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import skseg._chunks
-import skseg._segmenter
+import skseg._fit_stages
+import skseg._per_image_path
 from skseg import MultilevelSegmenter
 from skseg._label_store import LabelStore
 from skseg.datasets import make_patch_features
@@ -29,7 +30,7 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path
     # any chunking and number of jobs.
     in_memory = _seg().fit(planted)
     returned = []
-    real = skseg._segmenter.segment
+    real = skseg._per_image_path.segment
 
     def recorded(*args):
         result = real(*args)
@@ -37,7 +38,7 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path
         return result
 
     statistics, surveyed = [], []
-    real_statistics, real_survey = skseg._segmenter.dataset_statistics, skseg._segmenter.survey
+    real_statistics, real_survey = skseg._fit_stages.dataset_statistics, skseg._fit_stages.survey
 
     def recorded_statistics(*args):
         result = real_statistics(*args)
@@ -49,9 +50,9 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path
         surveyed.append(result)
         return result
 
-    monkeypatch.setattr(skseg._segmenter, "segment", recorded)
-    monkeypatch.setattr(skseg._segmenter, "dataset_statistics", recorded_statistics)
-    monkeypatch.setattr(skseg._segmenter, "survey", recorded_survey)
+    monkeypatch.setattr(skseg._per_image_path, "segment", recorded)
+    monkeypatch.setattr(skseg._fit_stages, "dataset_statistics", recorded_statistics)
+    monkeypatch.setattr(skseg._fit_stages, "survey", recorded_survey)
     path = tmp_path / "labels.zarr"
     seg = _seg(labels_path=path, chunk_size=7, n_jobs=2).fit(planted)
     assert all(isinstance(n, int) and descriptors is None for n, descriptors in returned)

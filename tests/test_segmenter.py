@@ -11,6 +11,8 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import NotFittedError
 
 import skseg._chunks
+import skseg._fit_stages
+import skseg._per_image_path
 import skseg._segmenter
 from skseg import ImageFeatures, MultilevelSegmenter, ViTPatchTransformer
 from skseg.datasets import make_patch_features
@@ -109,8 +111,8 @@ def test_predict_reuses_fitted_centroids(planted, monkeypatch):
     fitted = {k: np.copy(v) for k, v in vars(seg).items()
               if k.endswith("_") and isinstance(v, np.ndarray)}
     calls = []
-    real = skseg._segmenter.fit_kmeans
-    monkeypatch.setattr(skseg._segmenter, "fit_kmeans",
+    real = skseg._fit_stages.fit_kmeans
+    monkeypatch.setattr(skseg._fit_stages, "fit_kmeans",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     held_out = seg.predict(X[40:])
     assert not calls  # no K-means is fitted at predict time
@@ -199,7 +201,7 @@ def test_crop_region_descriptors_re_encode_with_a_vit():
 
 def test_bad_input_is_refused_before_clustering(planted, monkeypatch):
     X, _ = planted
-    monkeypatch.setattr(skseg._segmenter, "fit_kmeans",
+    monkeypatch.setattr(skseg._fit_stages, "fit_kmeans",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("clustered")))
     nan = np.array(X[3].patches)
     nan[0, 0, 0] = np.nan
@@ -278,7 +280,7 @@ def test_estimator_conventions(planted):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_an_unavailable_device_fails_before_any_work(planted, monkeypatch):
     X, _ = planted
-    monkeypatch.setattr(skseg._segmenter, "fit_kmeans",
+    monkeypatch.setattr(skseg._fit_stages, "fit_kmeans",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("clustered")))
     with pytest.raises(ValueError, match="CUDA is not available"):
         _seg(device="cuda").fit(X)
@@ -343,8 +345,8 @@ def test_max_samples_bounds_every_kmeans_fit(planted, monkeypatch):
     X, masks = planted
     sizes = []
     for fit in ("fit_kmeans", "category_pair"):
-        real = getattr(skseg._segmenter, fit)
-        monkeypatch.setattr(skseg._segmenter, fit, lambda rows, *a, real=real, **k:
+        real = getattr(skseg._fit_stages, fit)
+        monkeypatch.setattr(skseg._fit_stages, fit, lambda rows, *a, real=real, **k:
                             sizes.append(len(rows)) or real(rows, *a, **k))
     labels = _seg(max_samples=50).fit_predict(X)
     # dataset level, categories (60 images), 4 category pairs, classes.
@@ -360,8 +362,8 @@ def test_max_samples_bounds_every_kmeans_fit(planted, monkeypatch):
 def test_n_init_and_max_iter_reach_every_kmeans_fit(planted, monkeypatch, n_classes):
     X, _ = planted
     fits = []
-    real_fit = skseg._segmenter.fit_kmeans
-    monkeypatch.setattr(skseg._segmenter, "fit_kmeans", lambda rows, k, **kw:
+    real_fit = skseg._fit_stages.fit_kmeans
+    monkeypatch.setattr(skseg._fit_stages, "fit_kmeans", lambda rows, k, **kw:
                         fits.append((kw["n_init"], kw["max_iter"])) or real_fit(rows, k, **kw))
     real_kmeans = skseg._n_classes.KMeans.fit_predict
     monkeypatch.setattr(skseg._n_classes.KMeans, "fit_predict", lambda self, Z:
@@ -561,7 +563,7 @@ def test_levels_that_disagree_warn(planted, monkeypatch):
 def test_a_refit_stopped_midway_leaves_the_estimator_unfitted(planted, monkeypatch):
     X, _ = planted
     seg = _seg().fit(X)
-    monkeypatch.setattr(seg, "_fit_classes", lambda *args: (_ for _ in ()).throw(
+    monkeypatch.setattr(skseg._segmenter, "fit_classes", lambda *args: (_ for _ in ()).throw(
         KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         seg.fit(X)
@@ -600,7 +602,7 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
     returned = {"survey": [], "dataset_statistics": []}
 
     def counted(name):
-        real = getattr(skseg._segmenter, name)
+        real = getattr(skseg._fit_stages, name)
 
         def run(*args):
             result = real(*args)
@@ -609,10 +611,10 @@ def test_passes_send_back_bounded_samples_and_the_same_fit_as_without_the_bound(
                                    for s in samples if s._parts])
             return result
 
-        monkeypatch.setattr(skseg._segmenter, name, run)
+        monkeypatch.setattr(skseg._fit_stages, name, run)
 
     def fit(bound, merged=True):
-        monkeypatch.setattr(skseg._segmenter, "priority_bound", bound)
+        monkeypatch.setattr(skseg._fit_stages, "priority_bound", bound)
         monkeypatch.setattr(skseg._chunks.CurrentBound, "for_task",
                             real_for_task if merged else lambda self, start, stop: None)
         for per_task in returned.values():
@@ -650,7 +652,7 @@ def test_the_sample_of_image_descriptors_is_bounded_too_and_changes_nothing(
     X, _ = planted
     seg = _seg(max_samples=20, chunk_size=5).fit(X)
     assert skseg._clustering.priority_bound(20, len(X)) is not None
-    monkeypatch.setattr(skseg._segmenter, "priority_bound", lambda size, n_rows, margin=1: None)
+    monkeypatch.setattr(skseg._fit_stages, "priority_bound", lambda size, n_rows, margin=1: None)
     unbounded = _seg(max_samples=20, chunk_size=5).fit(X)
     np.testing.assert_array_equal(seg.category_centers_, unbounded.category_centers_)
     np.testing.assert_array_equal(seg.categories_, unbounded.categories_)
@@ -689,7 +691,7 @@ def test_with_labels_path_tasks_send_back_region_samples_bounded(planted, monkey
     # same classes and masks as from every region's descriptor, as in memory.
     X, _ = planted
     sent = []
-    real = skseg._segmenter.segment
+    real = skseg._per_image_path.segment
 
     def counted(*args):
         result = real(*args)
@@ -701,7 +703,7 @@ def test_with_labels_path_tasks_send_back_region_samples_bounded(planted, monkey
         return _seg(max_samples=10, chunk_size=2, labels_path=tmp_path / name).fit(X)
 
     in_memory = _seg(max_samples=10).fit(X)
-    monkeypatch.setattr(skseg._segmenter, "segment", counted)
+    monkeypatch.setattr(skseg._per_image_path, "segment", counted)
     seg, bounded = fit("bounded"), sent.copy()
     monkeypatch.setattr(skseg._chunks.CurrentBound, "for_task", lambda self, start, stop: None)
     unbounded = fit("unbounded")
