@@ -229,7 +229,7 @@ def measure(n_images, labels_path=None):
         return run
 
     def measured_delayed(task):
-        arguments.append(max(len(pickle.dumps(arg, protocol=5)) for arg in task.args))
+        arguments.append(max(len(pickle.dumps(arg, protocol=5)) for arg in task.task.args))
         return real_delayed(task)
 
     for function in stand_ins:  # where the stages look them up

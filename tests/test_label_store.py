@@ -144,8 +144,8 @@ def test_task_arguments_stay_small_when_the_fitted_state_is_large(tmp_path, monk
 
     def measured(task):
         # X travels as itself or as its location, the store's affair.
-        size = len(pickle.dumps(task.args[3:], protocol=5))
-        sizes[task.func.__name__] = max(sizes.get(task.func.__name__, 0), size)
+        size = len(pickle.dumps(task.task.args[3:], protocol=5))
+        sizes[task.__name__] = max(sizes.get(task.__name__, 0), size)
         return real(task)
 
     monkeypatch.setattr(skseg._chunks, "delayed", measured)
