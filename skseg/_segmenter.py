@@ -217,7 +217,9 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     labels_path : str or path-like, default=None
         Where the workers of ``fit`` write the training images' object
         regions, region descriptors and classes: a zarr group on a
-        filesystem that every worker sees, emptied at each fit (the masks
+        filesystem that every worker sees, or at an fsspec URL
+        (``s3://bucket/labels.zarr``) for workers that share none, emptied
+        at each fit (the masks
         of an earlier fit there can no longer be read; a path that holds
         anything else is refused). ``labels_`` then reads each mask
         from there when indexed, and the process that calls ``fit``
@@ -228,6 +230,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         2-means themselves, and read the fitted state from there rather
         than receive it with every task. ``None`` keeps the masks in
         memory, in ``labels_``. The masks are the same either way.
+    labels_options : dict, default=None
+        fsspec storage options for a ``labels_path`` URL (an endpoint,
+        credentials), as ``ViTPatchTransformer``'s ``store_options``; by
+        default the workers' environment supplies them.
 
     Attributes
     ----------
@@ -332,6 +338,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         "n_jobs": [None, Integral],
         "verbose": ["verbose"],
         "labels_path": [None, str, os.PathLike],
+        "labels_options": [None, dict],
     }
 
     def __init__(
@@ -368,6 +375,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         n_jobs=None,
         verbose=False,
         labels_path=None,
+        labels_options=None,
     ):
         self.n_classes = n_classes
         self.max_classes = max_classes
@@ -400,6 +408,7 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.verbose = verbose
         self.labels_path = labels_path
+        self.labels_options = labels_options
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -434,7 +443,8 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
         expected = self._expected(X)
         seeds = draw_seeds(self.random_state)
         chunks = chunk_ranges(X, self.chunk_size, self.n_jobs)
-        output = None if self.labels_path is None else LabelStore.create(self.labels_path)
+        output = None if self.labels_path is None \
+            else LabelStore.create(self.labels_path, self.labels_options)
         run = self._settings()
 
         # 1. Survey: every image checked and keyed; bounded, content-keyed

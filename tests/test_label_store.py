@@ -180,13 +180,21 @@ def test_a_shared_value_is_read_once_per_process_and_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_labels_path_on_object_storage_gives_the_masks_kept_in_memory(planted, s3):
+def test_labels_path_on_object_storage_gives_the_masks_kept_in_memory(planted, s3,
+                                                                      monkeypatch):
     # Workers that share no filesystem write their chunks to S3 (moto's
-    # server here): the same masks and categories, the work and shared
-    # state deleted afterwards, and the masks read back after pickling.
+    # server here, reached through labels_options alone): the same masks
+    # and categories, the work and shared state deleted afterwards, and the
+    # masks read back after pickling.
+    from . import _s3
+
     in_memory = _seg().fit(planted[:20])
+    for name in s3.server.environment():
+        monkeypatch.delenv(name)
+    _s3.clear_filesystem_caches()
     url = s3.url("labels.zarr")
-    seg = _seg(labels_path=url, chunk_size=7, n_jobs=2).fit(planted[:20])
+    seg = _seg(labels_path=url, labels_options=s3.server.storage_options(), chunk_size=7,
+               n_jobs=2).fit(planted[:20])
     assert seg.labels_._store.path == url
     for i in (0, 9, 19):
         np.testing.assert_array_equal(seg.labels_[i], in_memory.labels_[i])
@@ -199,7 +207,7 @@ def test_labels_path_on_object_storage_gives_the_masks_kept_in_memory(planted, s
     # A path that holds something else is refused, not emptied.
     s3.server.client().put_object(Bucket=s3.name, Key="other/data.bin", Body=b"x")
     with pytest.raises(ValueError, match="does not hold the masks"):
-        LabelStore.create(s3.url("other"))
+        LabelStore.create(s3.url("other"), s3.server.storage_options())
     assert "other/data.bin" in s3.keys()
 
 
@@ -319,6 +327,7 @@ def test_a_store_pickles_as_its_place_and_fit(tmp_path):
     LabelStore.create(tmp_path / "empty folder")
     with pytest.raises(ValueError, match="storage_options are for URLs"):
         LabelStore.create(tmp_path / "options", storage_options={"anon": True})
+    assert not (tmp_path / "options").exists()  # refused before anything is written
     with pytest.raises(ValueError, match="storage_options are for URLs"):
         LabelStore(tmp_path / "labels.zarr", store.fit, storage_options={"anon": True})
 
