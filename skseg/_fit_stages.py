@@ -116,27 +116,38 @@ def fit_dataset_level(patch_sample, n_patches, n_clusters, seed, settings):
 
 
 def fit_categories(descriptor_sample, requested, n_images, max_classes, seed, settings):
-    """The images' pseudo-categories: their centres, their number
-    (``requested``, chosen by the silhouette where ``"auto"``, capped at
-    the images) and the silhouette of each number tried (None unless
-    chosen)."""
+    """The images' pseudo-categories (:func:`fit_clusters` of the sample of
+    their descriptors): their centres, their number and the silhouette of
+    each number tried (None unless chosen)."""
     sample = descriptor_sample.result()[:, :-1]  # the last column is the patch count
+    n_categories, scores, centers = fit_clusters(
+        sample, requested, n_images, max_classes, seed, settings, rows_name="images",
+        parameter="n_categories",
+    )
+    return centers, n_categories, scores
+
+
+def fit_clusters(sample, requested, n_rows, max_classes, seed, settings, *, rows_name,
+                 parameter):
+    """K-means of a bounded ``sample`` of ``n_rows`` rows into ``requested``
+    clusters (the parameter named ``parameter``), chosen by the silhouette
+    where ``"auto"``, capped at the rows with a warning. Returns the number,
+    the silhouette of each number tried (None unless chosen) and the
+    centroids."""
     scores = None
     if requested == "auto":
         requested, scores = choose_n_clusters(
             sample, max_classes, random_state=seed, max_samples=settings.max_samples,
-            n_init=settings.starts(), max_iter=settings.max_iter, rows_name="images",
-            parameter="n_categories",
+            n_init=settings.starts(), max_iter=settings.max_iter, rows_name=rows_name,
+            parameter=parameter,
         )
-    n_categories = min(requested, n_images)
-    if n_categories < requested:
-        warnings.warn(
-            f"n_categories={requested} exceeds the {n_images} images; using "
-            f"{n_categories}.", UserWarning,
-        )
-    centers = fit_kmeans(sample, n_categories, n_init=settings.starts(),
-                         max_iter=settings.max_iter, seed=seed)
-    return centers, n_categories, scores
+    chosen = min(requested, n_rows)
+    if chosen < requested:
+        warnings.warn(f"{parameter}={requested} exceeds the {n_rows} {rows_name}; using "
+                      f"{chosen}.", UserWarning)
+    centroids = fit_kmeans(sample, chosen, n_init=settings.starts(), max_iter=settings.max_iter,
+                           seed=seed)
+    return chosen, scores, centroids
 
 
 def run_dataset_statistics(X, chunks, expected, keys, descriptor_sample, state, seed,
@@ -257,22 +268,5 @@ def fit_classes(sample, n_regions, n_classes, max_classes, seed, settings):
             "No foreground region was found in any image; lower min_region_size or "
             "check the features."
         )
-    sample = sample.result()
-    scores = None
-    if n_classes == "auto":
-        chosen, scores = choose_n_clusters(
-            sample, max_classes, random_state=seed, max_samples=settings.max_samples,
-            n_init=settings.starts(), max_iter=settings.max_iter, rows_name="object regions",
-            parameter="n_classes",
-        )
-    else:
-        chosen = min(n_classes, n_regions)
-        if chosen < n_classes:
-            warnings.warn(
-                f"Only {n_regions} object regions were found, fewer than "
-                f"n_classes={n_classes}; using {chosen} classes.",
-                UserWarning,
-            )
-    centroids = fit_kmeans(sample, chosen, n_init=settings.starts(),
-                           max_iter=settings.max_iter, seed=seed)
-    return chosen, scores, centroids
+    return fit_clusters(sample.result(), n_classes, n_regions, max_classes, seed, settings,
+                        rows_name="object regions", parameter="n_classes")
