@@ -18,6 +18,20 @@ def tiny_vit_kwargs():
     return dict(model=TINY_MODEL, pretrained=False, image_size=64, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def one_openmp_thread():
+    """OpenMP (scikit-learn's K-means) at one thread for a module's tests.
+
+    The K-means of the tests' few thousand rows gain nothing from a second
+    thread, and on 2 shared cores under load each parallel region waits for
+    it to be scheduled: a MultilevelSegmenter fit took ten times longer.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
 @pytest.fixture
 def rgb_images():
     rng = np.random.default_rng(0)
