@@ -11,7 +11,7 @@ from skseg._label_store import LabelStore
 from skseg.datasets import make_patch_features
 
 
-pytestmark = pytest.mark.usefixtures("one_openmp_thread")
+pytestmark = pytest.mark.usefixtures("one_blas_and_openmp_thread")
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +26,12 @@ def _seg(**kwargs):
 
 # Fitted once per module for the tests that only read them.
 @pytest.fixture(scope="module")
-def in_memory(planted, one_openmp_thread):
+def in_memory(planted, one_blas_and_openmp_thread):
     return _seg().fit(planted)
 
 
 @pytest.fixture(scope="module")
-def stored(planted, one_openmp_thread, tmp_path_factory):
+def stored(planted, one_blas_and_openmp_thread, tmp_path_factory):
     path = tmp_path_factory.mktemp("stored") / "labels.zarr"
     # A str path: skops trusts no pathlib type by itself.
     return _seg(labels_path=str(path), chunk_size=6).fit(planted)

@@ -19,7 +19,7 @@ from skseg.metrics import mean_iou
 from .conftest import square_scene
 
 
-pytestmark = pytest.mark.usefixtures("one_openmp_thread")
+pytestmark = pytest.mark.usefixtures("one_blas_and_openmp_thread")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _seg(**kwargs):
 
 
 @pytest.fixture(scope="module")
-def shared_fit(planted, one_openmp_thread):
+def shared_fit(planted, one_blas_and_openmp_thread):
     """``_seg(**params).fit(X)`` on the planted set, fitted once per module for
     the tests that only read it (never refit it or change its attributes)."""
     fits = {}
