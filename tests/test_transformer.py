@@ -186,7 +186,8 @@ def test_exif_orientation_is_honoured(tmp_path):
     assert features.image_shape == (64, 40)
 
 
-def test_decoding_threads_run_torch_on_one_thread_and_give_the_same_pixels(rgb_images):
+def test_decoding_threads_run_torch_on_one_thread_and_give_the_same_pixels(rgb_images,
+                                                                           two_torch_threads):
     from concurrent.futures import ThreadPoolExecutor
 
     vit = ViTPatchTransformer(TINY_MODEL, pretrained=False, image_size=64, device="cpu").fit()
