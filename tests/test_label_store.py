@@ -10,7 +10,6 @@ from skseg import MultilevelSegmenter
 from skseg._label_store import LabelStore
 from skseg.datasets import make_patch_features
 
-
 pytestmark = pytest.mark.usefixtures("one_blas_and_openmp_thread")
 
 

@@ -18,7 +18,6 @@ from skseg.metrics import mean_iou
 
 from .conftest import square_scene
 
-
 pytestmark = pytest.mark.usefixtures("one_blas_and_openmp_thread")
 
 
@@ -67,7 +66,7 @@ def test_planted_structure_is_recovered_where_plain_kmeans_fails(planted, fitted
 @pytest.mark.parametrize("consensus", ["vote", "intersection", "image"])
 @pytest.mark.parametrize("foreground", ["border", "attention"])
 def test_every_consensus_and_foreground_rule(planted, shared_fit, consensus, foreground):
-    X, masks = planted
+    _, masks = planted
     labels = shared_fit(consensus=consensus, foreground=foreground).labels_
     assert mean_iou(masks, labels) > 0.85
 
