@@ -22,6 +22,7 @@ def two_torch_threads():
     yield
     torch.set_num_threads(threads)
 
+
 # Small and fast: a DINO ViT-S/16 with random weights on 64-pixel images.
 TINY_MODEL = "vit_small_patch16_224.dino"
 
@@ -39,7 +40,7 @@ def one_blas_and_openmp_thread():
     thousand rows gain nothing from a second thread, and on 2 shared cores
     under load each parallel region waits for it to be scheduled. A fit of
     test_segmenter's planted set took 1.5 to 1.9 s with the default two
-    threads, 0.4 s with one. torch keeps its two threads.
+    threads, 0.4 s with one.
     """
     from threadpoolctl import threadpool_limits
 
