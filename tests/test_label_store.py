@@ -133,7 +133,7 @@ def test_task_arguments_stay_small_when_the_fitted_state_is_large(tmp_path, monk
     # 512-dimensional features: the centroids the tasks read are 16 kB and
     # more, sent with every task in memory; with labels_path they are
     # written once and each task gets a reference, at most 10 kB in all.
-    X = make_patch_features(n_images=24, n_features=512, n_classes=3, random_state=0)[0]
+    X = make_patch_features(n_images=12, n_features=512, n_classes=3, random_state=0)[0]
     sizes = {}
     real = skseg._chunks.delayed
 
