@@ -23,9 +23,11 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 # Everything but the tests marked slow (whole command-line runs, clusters,
-# processes importing torch, model families): for the edit-test loop.
+# processes importing torch, model families): for the edit-test loop. Two
+# pytest-xdist workers: the tests run torch (and scikit-learn's K-means in
+# test_segmenter and test_label_store) at one thread, so each takes a core.
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 docs: $(VENV)/.installed-docs
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html

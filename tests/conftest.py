@@ -7,7 +7,21 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the tests' forward passes and K-means are small, and on 2
+# shared cores under load a second thread is a wait at every parallel
+# region (a ViT-S forward of four 64-pixel images: 0.05 s with one thread,
+# 0.13 to 1 s with two). Tests of the thread counts ask for two_torch_threads.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def two_torch_threads():
+    """torch at two threads (where the machine has two cores) for one test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(threads)
+
 
 # Small and fast: a DINO ViT-S/16 with random weights on 64-pixel images.
 TINY_MODEL = "vit_small_patch16_224.dino"
@@ -16,6 +30,22 @@ TINY_MODEL = "vit_small_patch16_224.dino"
 @pytest.fixture
 def tiny_vit_kwargs():
     return dict(model=TINY_MODEL, pretrained=False, image_size=64, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_blas_and_openmp_thread():
+    """BLAS and OpenMP (scikit-learn's K-means) at one thread, for a module's tests.
+
+    Where tests fit MultilevelSegmenter many times: K-means of a few
+    thousand rows gain nothing from a second thread, and on 2 shared cores
+    under load each parallel region waits for it to be scheduled. A fit of
+    test_segmenter's planted set took 1.5 to 1.9 s with the default two
+    threads, 0.4 s with one.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ def _vit(**kwargs):
     return _image_helpers.vit(**{"batch_size": 2, **kwargs})
 
 
-def test_decoding_threads_run_torch_on_one_thread_and_give_the_same_pixels(rgb_images):
+def test_decoding_threads_run_torch_on_one_thread_and_give_the_same_pixels(rgb_images,
+                                                                           two_torch_threads):
     from concurrent.futures import ThreadPoolExecutor
 
     vit = ViTPatchTransformer(TINY_MODEL, pretrained=False, image_size=64, device="cpu").fit()

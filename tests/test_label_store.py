@@ -11,6 +11,8 @@ from skseg import MultilevelSegmenter
 from skseg._label_store import LabelStore
 from skseg.datasets import make_patch_features
 
+pytestmark = pytest.mark.usefixtures("one_blas_and_openmp_thread")
+
 
 @pytest.fixture(scope="module")
 def planted():
@@ -22,13 +24,25 @@ def _seg(**kwargs):
                                max_samples=30, **kwargs)
 
 
-def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path,
+# Fitted once per module for the tests that only read them.
+@pytest.fixture(scope="module")
+def in_memory(planted, one_blas_and_openmp_thread):
+    return _seg().fit(planted)
+
+
+@pytest.fixture(scope="module")
+def stored(planted, one_blas_and_openmp_thread, tmp_path_factory):
+    path = tmp_path_factory.mktemp("stored") / "labels.zarr"
+    # A str path: skops trusts no pathlib type by itself.
+    return _seg(labels_path=str(path), chunk_size=6).fit(planted)
+
+
+def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, in_memory, tmp_path,
                                                                monkeypatch):
     # With labels_path, the per-image pass's tasks write regions and
     # descriptors and send back only their number, a light last pass writes
     # the classes, and labels_ reads the masks back: the same masks, from
     # any chunking and number of jobs.
-    in_memory = _seg().fit(planted)
     returned = []
     real = skseg._per_image_path.segment
 
@@ -85,9 +99,8 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, tmp_path
         np.testing.assert_array_equal(mask, seg.labels_[i])
 
 
-def test_stored_masks_index_pickle_and_save_like_masks_in_memory(planted, tmp_path):
-    in_memory = _seg().fit(planted).labels_
-    stored = _seg(labels_path=str(tmp_path / "labels.zarr"), chunk_size=6).fit(planted).labels_
+def test_stored_masks_index_pickle_and_save_like_masks_in_memory(in_memory, stored, tmp_path):
+    in_memory, stored = in_memory.labels_, stored.labels_
     subset = stored[3:30][::4][[0, -1]]
     np.testing.assert_array_equal(subset[0], in_memory[3])
     np.testing.assert_array_equal(subset[1], in_memory[27])
@@ -100,13 +113,12 @@ def test_stored_masks_index_pickle_and_save_like_masks_in_memory(planted, tmp_pa
     assert [p.name for p in paths] == ["0.png", "1.png", "2.png"]
 
 
-def test_a_segmenter_with_stored_masks_saves_and_loads_through_skops(planted, tmp_path):
+def test_a_segmenter_with_stored_masks_saves_and_loads_through_skops(stored):
     import skops.io
 
     from skseg.io import TRUSTED_TYPES
 
-    # A str path: skops trusts no pathlib type by itself.
-    seg = _seg(labels_path=str(tmp_path / "labels.zarr"), chunk_size=6).fit(planted)
+    seg = stored
     data = skops.io.dumps(seg)
     assert set(skops.io.get_untrusted_types(data=data)) <= set(TRUSTED_TYPES)
     loaded = skops.io.loads(data, trusted=TRUSTED_TYPES)
@@ -138,7 +150,7 @@ def test_task_arguments_stay_small_when_the_fitted_state_is_large(tmp_path, monk
     # 512-dimensional features: the centroids the tasks read are 16 kB and
     # more, sent with every task in memory; with labels_path they are
     # written once and each task gets a reference, at most 10 kB in all.
-    X = make_patch_features(n_images=24, n_features=512, n_classes=3, random_state=0)[0]
+    X = make_patch_features(n_images=12, n_features=512, n_classes=3, random_state=0)[0]
     sizes = {}
     real = skseg._chunks.delayed
 

@@ -84,7 +84,8 @@ def test_cost_is_bounded_by_max_samples(monkeypatch):
     assert seen == [(300, 4)] * 3  # 300 rows on 4 principal components, k = 2..4
 
 
-def test_candidate_kmeans_run_at_one_openmp_thread_and_torch_keeps_its_own(monkeypatch):
+def test_candidate_kmeans_run_at_one_openmp_thread_and_torch_keeps_its_own(monkeypatch,
+                                                                           two_torch_threads):
     # Hundreds of small K-means: a second OpenMP thread only waits (on a busy
     # machine, 76 s against 13 s); the limit ends with the choice.
     import torch

@@ -20,6 +20,8 @@ from skseg.metrics import mean_iou
 
 from .conftest import square_scene
 
+pytestmark = pytest.mark.usefixtures("one_blas_and_openmp_thread")
+
 
 @pytest.fixture(scope="module")
 def planted():
@@ -32,9 +34,30 @@ def _seg(**kwargs):
     return MultilevelSegmenter(**params)
 
 
-def test_planted_structure_is_recovered_where_plain_kmeans_fails(planted):
+@pytest.fixture(scope="module")
+def shared_fit(planted, one_blas_and_openmp_thread):
+    """``_seg(**params).fit(X)`` on the planted set, fitted once per module for
+    the tests that only read it (never refit it or change its attributes)."""
+    fits = {}
+
+    def fit(**params):
+        seg = _seg(**params)
+        key = repr(sorted(seg.get_params().items()))
+        if key not in fits:
+            fits[key] = seg.fit(planted[0])
+        return fits[key]
+
+    return fit
+
+
+@pytest.fixture(scope="module")
+def fitted(shared_fit):
+    return shared_fit()
+
+
+def test_planted_structure_is_recovered_where_plain_kmeans_fails(planted, fitted):
     X, masks = planted
-    labels = _seg().fit_predict(X)
+    labels = fitted.labels_
     assert mean_iou(masks, labels) > 0.9
     flat = np.concatenate([f.patches.reshape(-1, f.patches.shape[2]) for f in X])
     single = KMeans(5, n_init=4, random_state=0).fit(flat).labels_
@@ -44,15 +67,15 @@ def test_planted_structure_is_recovered_where_plain_kmeans_fails(planted):
 
 @pytest.mark.parametrize("consensus", ["vote", "intersection", "image"])
 @pytest.mark.parametrize("foreground", ["border", "attention"])
-def test_every_consensus_and_foreground_rule(planted, consensus, foreground):
-    X, masks = planted
-    labels = _seg(consensus=consensus, foreground=foreground).fit_predict(X)
+def test_every_consensus_and_foreground_rule(planted, shared_fit, consensus, foreground):
+    _, masks = planted
+    labels = shared_fit(consensus=consensus, foreground=foreground).labels_
     assert mean_iou(masks, labels) > 0.85
 
 
-def test_each_level_finds_the_foreground(planted):
+def test_each_level_finds_the_foreground(planted, fitted):
     X, masks = planted
-    seg = _seg().fit(X)
+    seg = fitted
     levels = seg.predict_levels(X)
     for name in ("dataset", "category", "image"):
         accuracy = np.mean([(lv[name] == (m > 0)).mean() for lv, m in zip(levels, masks)])
@@ -65,10 +88,10 @@ def test_each_level_finds_the_foreground(planted):
     )
 
 
-def test_consensus_rules_combine_levels_as_documented(planted):
+def test_consensus_rules_combine_levels_as_documented(planted, shared_fit):
     X, _ = planted
     for consensus in ("vote", "intersection", "image"):
-        seg = _seg(consensus=consensus).fit(X)
+        seg = shared_fit(consensus=consensus)
         for lv in seg.predict_levels(X[:10]):
             votes = lv["dataset"].astype(int) + lv["category"] + lv["image"]
             expected = {"vote": votes >= 2, "intersection": votes == 3,
@@ -124,10 +147,10 @@ def test_predict_reuses_fitted_centroids(planted, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-def test_fit_predict_equals_fit_labels_and_is_deterministic(planted):
+def test_fit_predict_equals_fit_labels_and_is_deterministic(planted, fitted):
     X, _ = planted
     a = _seg().fit_predict(X)
-    b = _seg().fit(X).labels_
+    b = fitted.labels_
     c = _seg(n_jobs=2).fit(X).labels_
     for x, y, z in zip(a, b, c):
         np.testing.assert_array_equal(x, y)
@@ -173,7 +196,7 @@ def test_refinement_uses_pixels_and_warns_without_them(planted, refine):
     assert mean_iou(truths, refined) > mean_iou(truths, plain) + 0.05
     X, _ = planted
     with pytest.warns(UserWarning, match="refinement is skipped"):
-        _seg(refine=refine).fit(X)
+        _seg(refine=refine).fit(X[:10])
 
 
 def test_crop_region_descriptors_re_encode_with_a_vit():
@@ -237,9 +260,9 @@ def test_bad_input_is_refused_before_clustering(planted, monkeypatch):
         _seg(refine="crf", crf_stride=7).fit(X)
 
 
-def test_predict_checks_the_feature_dimension(planted):
+def test_predict_checks_the_feature_dimension(planted, fitted):
     X, _ = planted
-    seg = _seg().fit(X)
+    seg = fitted
     other, _ = make_patch_features(n_images=3, n_features=32, random_state=0)
     with pytest.raises(ValueError, match="fitted on 64"):
         seg.predict(other)
@@ -260,11 +283,10 @@ def test_corner_settings_are_legal(planted):
     assert seg.n_classes_ < 50
 
 
-def test_estimator_conventions(planted):
+def test_estimator_conventions(planted, fitted):
     X, _ = planted
     seg = MultilevelSegmenter()
     assert not [k for k in vars(seg) if k.endswith("_")]
-    fitted = _seg().fit(X)
     restored = pickle.loads(pickle.dumps(fitted))
     for a, b in zip(restored.predict(X[:5]), fitted.predict(X[:5])):
         np.testing.assert_array_equal(a, b)
@@ -294,9 +316,10 @@ def _shuffled(X, seed):
 
 
 @pytest.mark.parametrize("params", [{}, {"metric": "euclidean", "foreground": "attention"}])
-def test_the_same_images_in_any_order_and_chunking_get_the_same_masks(planted, params):
+def test_the_same_images_in_any_order_and_chunking_get_the_same_masks(planted, shared_fit,
+                                                                     params):
     X, _ = planted
-    reference = _seg(**params).fit(X)
+    reference = shared_fit(**params)
     for seed, extra in ((1, {"chunk_size": 7}), (2, {"chunk_size": 13, "n_jobs": 2})):
         order, shuffled = _shuffled(X, seed)
         seg = _seg(**params, **extra).fit(shuffled)
@@ -378,14 +401,14 @@ def test_n_init_and_max_iter_reach_every_kmeans_fit(planted, monkeypatch, n_clas
     assert fits[0] == (3, 20) and set(fits[1:]) == {(10, 20)}
 
 
-def test_cosine_metric_ignores_the_length_of_patch_features(planted):
+def test_cosine_metric_ignores_the_length_of_patch_features(planted, fitted):
     X, masks = planted
     rng = np.random.default_rng(0)
     rescaled = [
         ImageFeatures(patches=f.patches * rng.uniform(0.1, 10, f.grid_shape + (1,)), cls=f.cls)
         for f in X
     ]
-    cosine = _seg().fit(X)
+    cosine = fitted
     for a, b in zip(cosine.predict(X[:6]), cosine.predict(rescaled[:6])):
         np.testing.assert_array_equal(a, b)
     assert mean_iou(masks, _seg().fit_predict(rescaled)) > 0.95
@@ -408,9 +431,8 @@ def test_a_fitted_region_encoder_is_used_as_is(monkeypatch):
     assert seg.region_encoder_ is encoder
 
 
-def test_labels_are_a_sequence_of_masks_made_on_demand(planted):
-    X, _ = planted
-    seg = _seg().fit(X)
+def test_labels_are_a_sequence_of_masks_made_on_demand(fitted):
+    seg = fitted
     labels = seg.labels_
     assert len(labels) == 60 and labels[-1].shape == (14, 14)
     np.testing.assert_array_equal(labels[3:5][1], labels[4])
@@ -575,9 +597,8 @@ def test_a_refit_stopped_midway_leaves_the_estimator_unfitted(planted, monkeypat
 
 
 @pytest.mark.parametrize("method", ["predict", "predict_levels"])
-def test_predict_on_image_paths_says_to_extract_features_first(planted, method, tmp_path):
-    X, _ = planted
-    seg = _seg().fit(X)
+def test_predict_on_image_paths_says_to_extract_features_first(fitted, method, tmp_path):
+    seg = fitted
     with pytest.raises(TypeError, match=r"X\[0\] is a PosixPath, not ImageFeatures; pass "
                        "images through ViTPatchTransformer first"):
         getattr(seg, method)([tmp_path / "photo.jpg"])
