@@ -256,6 +256,7 @@ _NOT_OPTIONS = {
     "batch_size": "--batch-size (ViT); the pixel-stage batch never changes the masks",
     "chunk_size": "bounds memory only; the masks do not depend on it",
     "labels_path": "the command writes every mask as a PNG itself",
+    "labels_options": "as labels_path",
 }
 
 

@@ -163,7 +163,7 @@ def test_bad_values_give_clear_errors():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert _seg(20, n_categories=1).fit(one).n_classes_ == 1
-    assert any("fewer than n_classes=20" in str(w.message) for w in caught)
+    assert any("n_classes=20 exceeds the 1 object regions" in str(w.message) for w in caught)
 
 
 @pytest.mark.slow
