@@ -150,7 +150,7 @@ def gather_category_rows(store, first, last, starts, largest):
     """Reads and writes rows on the worker: nothing comes back."""
 
 
-def fit_category_pairs(store, first, last, dataset, max_samples, max_iter):
+def fit_category_pairs(store, first, last, dataset, max_samples, max_iter, groups):
     rng = np.random.default_rng(first)
     return {c: unit_rows(rng.standard_normal((2, N_FEATURES), dtype=np.float32))
             for c in range(first, last)}

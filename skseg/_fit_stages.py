@@ -247,7 +247,7 @@ def pairs_on_workers(samples, n_categories, dataset_centroids, foreground, chunk
         fit_category_pairs, output,
         [(c, c + 1) for c, sample in sorted(samples.items()) if len(sample) >= 2],
         shared((dataset_centroids, foreground), output),
-        settings.max_samples, settings.max_iter,
+        settings.max_samples, settings.max_iter, [first for first, _ in groups],
     ):
         pairs.update(fitted)
     output.remove("work")

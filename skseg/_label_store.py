@@ -9,9 +9,9 @@ calls ``fit`` receives none of it, only counts and a bounded sample.
 
 The same group carries what the tasks of the fit need but the fitting
 process should neither receive nor send in every task: the rows of the
-category samples (``work/``), which tasks on the workers merge and fit
+category samples (``work-<fit>/``), which tasks on the workers merge and fit
 the category 2-means on, and the fitted state that every task reads
-(``shared/``), which a task receives as a small :class:`Shared` reference;
+(``shared-<fit>/``), which a task receives as a small :class:`Shared` reference;
 both are deleted once the fit no longer needs them.
 
 A task that is run again (its worker died) rewrites its own group whole, so
@@ -74,22 +74,30 @@ class LabelStore:
         import zarr
 
         location = Location(path, storage_options, kind="labels_path")
-        if location.local and os.path.exists(location.path) \
-                and not os.path.isdir(location.path) or location.list(""):
-            try:
-                fmt = zarr.open_group(location.zarr_store(), mode="r").attrs.get("format")
-            except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError):
-                fmt = None
-            if fmt != FORMAT:
-                raise ValueError(
-                    f"labels_path={location.url!r} exists and does not hold the masks of an "
-                    "earlier fit; give a new path (it is emptied at every fit)."
-                )
-        root = zarr.open_group(location.zarr_store(), mode="w")
-        fit = uuid.uuid4().hex
-        root.attrs.update({"format": FORMAT, "version": VERSION, "fit": fit})
-        # Made once here: else every task's first write would make it too.
-        root.create_group("chunks")
+        if location.local and os.path.islink(location.path):
+            raise ValueError(
+                f"labels_path={location.url!r} is a symbolic link; give the folder it "
+                f"points to ({os.path.realpath(location.path)!r}) or a new path."
+            )
+        with location.errors(""):
+            fmt = FORMAT  # nothing there yet
+            if location.local and os.path.exists(location.path) \
+                    and not os.path.isdir(location.path) or location.list(""):
+                try:
+                    fmt = zarr.open_group(location.zarr_store(), mode="r").attrs.get("format")
+                except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError):
+                    fmt = None
+        if fmt != FORMAT:
+            raise ValueError(
+                f"labels_path={location.url!r} exists and does not hold the masks of an "
+                "earlier fit; give a new path (it is emptied at every fit)."
+            )
+        with location.errors(""):
+            root = zarr.open_group(location.zarr_store(), mode="w")
+            fit = uuid.uuid4().hex
+            root.attrs.update({"format": FORMAT, "version": VERSION, "fit": fit})
+            # Made once here: else every task's first write would make it too.
+            root.create_group("chunks")
         return cls(path, fit, storage_options)
 
     @functools.cached_property
@@ -110,7 +118,8 @@ class LabelStore:
         each image's category."""
         runs = [r.runs() for r in regions]
         images = np.array([(*r.shape, r.n_regions, len(rows), category)
-                           for r, (rows, *_), category in zip(regions, runs, categories)],
+                           for r, (rows, *_), category
+                           in zip(regions, runs, categories, strict=True)],
                           np.int64)
         group = self._chunk(start, mode="w")
         group.create_array("images", data=images.reshape(-1, 5))
@@ -123,6 +132,7 @@ class LabelStore:
         group.create_array("priorities", data=np.asarray(priorities, np.uint64))
 
     def categories(self, start):
+        self._check_fit()
         return self._chunk(start)["images"][:, 4]
 
     def descriptors(self, start):
@@ -132,32 +142,32 @@ class LabelStore:
         return self._chunk(start)["priorities"][:]
 
     # ------------------------------------------- what the tasks pass on
+    # Under the fit's own id (``work-<fit>/``, ``shared-<fit>/``): a fit
+    # started at the same path meanwhile never reads this one's, nor this
+    # one its.
     def write_part(self, name, key, **arrays):
         """Arrays that a task leaves for the tasks of a later step, under
-        ``work/<name>/<key>`` (rewritten whole by a task run again)."""
-        group = self._group(f"work/{name}/{key}", mode="w")
+        ``work-<fit>/<name>/<key>`` (rewritten whole by a task run again)."""
+        group = self._group(f"work-{self.fit}/{name}/{key}", mode="w")
         for array_name, values in arrays.items():
             group.create_array(array_name, data=values)
 
     def read_part(self, name, key):
-        group = self._group(f"work/{name}/{key}")
-        return {array_name: array[:] for array_name, array in group.arrays()}
-
-    def parts(self, name):
-        """The keys written under ``work/<name>``, each with its arrays as a dict."""
+        """What :meth:`write_part` left under ``name`` and ``key``, as a dict of
+        arrays, or None if no task wrote it. Read by key, never by listing:
+        object storage's listings can be cached, and stale."""
         import zarr
 
         try:
-            group = self._group(f"work/{name}")
+            group = self._group(f"work-{self.fit}/{name}/{key}")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            return
-        for key, part in sorted(group.groups()):
-            yield key, {array_name: array[:] for array_name, array in part.arrays()}
+            return None
+        return {array_name: array[:] for array_name, array in group.arrays()}
 
     def remove(self, name):
-        """Delete what the tasks passed on (``"work"``) or read
+        """Delete what this fit's tasks passed on (``"work"``) or read
         (``"shared"``), once the fit no longer needs it."""
-        self.location.remove(name)
+        self.location.remove(f"{name}-{self.fit}")
 
     def share(self, value):
         """``value`` written once for every task of the fit to read: a
@@ -165,12 +175,12 @@ class LabelStore:
         kilobyte whatever the value's size."""
         data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         digest = bytes_digest(data)
-        key = f"shared/{digest}"
+        key = f"shared-{self.fit}/{digest}"
         if not self.location.exists(key):
             # Whole or not at all (a renamed file, one PUT): a task never
             # reads a part-written one.
             if self.location.local:
-                os.makedirs(self.location.full_path("shared"), exist_ok=True)
+                os.makedirs(self.location.full_path(f"shared-{self.fit}"), exist_ok=True)
             self.location.put(key, data)
         return Shared(self, digest, value)
 
@@ -178,16 +188,19 @@ class LabelStore:
         group = self._chunk(start, mode="r+")
         group.create_array("classes", data=classes, overwrite=True)
 
-    def read(self, start):
-        """Per image of the chunk at ``start``: (H, W), its runs and the class of
-        each of its regions."""
-        # A later fit to the same path replaced these masks: say so, rather
-        # than read its chunks as this fit's.
+    def _check_fit(self):
+        """A later fit to the same path replaced these masks: say so, rather
+        than read its chunks as this fit's."""
         if self._group("").attrs.get("fit") != self.fit:
             raise RuntimeError(
                 f"the masks at {self.path!r} were replaced by a later fit to the same "
                 "labels_path; fit again, or give each fit its own path."
             )
+
+    def read(self, start):
+        """Per image of the chunk at ``start``: (H, W), its runs and the class of
+        each of its regions."""
+        self._check_fit()
         group = self._chunk(start)
         images, runs, classes = (group[name][:] for name in ("images", "runs", "classes"))
         runs = runs.astype(np.int64)
@@ -224,7 +237,7 @@ class Shared:
 
 @functools.lru_cache(maxsize=8)
 def _load_shared(store, digest):
-    key = f"shared/{digest}"
+    key = f"shared-{store.fit}/{digest}"
     data = store.location.read(key)
     # The digest came with the task from the fitting process, which wrote
     # these bytes: they are unpickled only if they are the very bytes it
@@ -315,10 +328,10 @@ class StoredLabelMasks(Sequence):
 
 class StoredCategories(Sequence):
     """The category of each image of a fit with ``labels_path``, read from
-    there: ``categories[i]`` reads the chunk of image ``i``, and
-    ``np.asarray(categories)`` (what a slice or an array of indices also
-    gives) reads them all, so that the fitting process need not hold one
-    per image."""
+    there, so that the fitting process need not hold one per image:
+    ``categories[i]`` reads the chunk of image ``i``, iterating reads one
+    chunk at a time, and ``np.asarray(categories)`` (what a slice, an
+    array of indices or a comparison also gives) reads them all."""
 
     def __init__(self, store, starts, n_images):
         self._store = store
@@ -334,6 +347,22 @@ class StoredCategories(Sequence):
             return np.asarray(self)[index]
         start = int(self._starts[np.searchsorted(self._starts, index, side="right") - 1])
         return int(self._store.categories(start)[index - start])
+
+    @property
+    def shape(self):
+        return (self._n_images,)
+
+    def __iter__(self):
+        for start in self._starts:
+            yield from self._store.categories(int(start)).tolist()
+
+    def __eq__(self, other):
+        return np.asarray(self) == other
+
+    def __ne__(self, other):
+        return np.asarray(self) != other
+
+    __hash__ = None  # compared elementwise, as an array
 
     def __array__(self, dtype=None, copy=None):
         # A new array either way; numpy casts it to ``dtype`` itself.

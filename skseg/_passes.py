@@ -207,10 +207,11 @@ def gather_category_rows(store, first, last, starts, largest):
                          rows=np.concatenate(rows[category]))
 
 
-def fit_category_pairs(store, first, last, dataset, max_samples, max_iter):
+def fit_category_pairs(store, first, last, dataset, max_samples, max_iter, groups):
     """Step 3 on the workers, second half: the 2-means of categories
     ``first..last`` (:func:`category_pair`) on their samples, merged from
-    what :func:`gather_category_rows` wrote; ``dataset`` holds the dataset
+    what :func:`gather_category_rows` wrote for the ``groups`` (their first
+    chunks' positions); ``dataset`` holds the dataset
     level's centroids and foreground. The same pairs as fitted on the
     samples sent to the fitting process. Categories of fewer than two
     sampled patches are left out."""
@@ -218,8 +219,10 @@ def fit_category_pairs(store, first, last, dataset, max_samples, max_iter):
     pairs = {}
     for category in range(first, last):
         sample = BoundedSample(max_samples)
-        for _, part in store.parts(f"categories/{category}"):
-            sample.offer(part["priority"], part["rows"])
+        for group in groups:
+            part = store.read_part(f"categories/{category}", group)
+            if part is not None:  # the group had rows of this category
+                sample.offer(part["priority"], part["rows"])
         if len(sample) < 2:
             continue
         patches = sample.result()

@@ -233,7 +233,10 @@ class MultilevelSegmenter(ClusterMixin, BaseEstimator):
     labels_options : dict, default=None
         fsspec storage options for a ``labels_path`` URL (an endpoint,
         credentials), as ``ViTPatchTransformer``'s ``store_options``; by
-        default the workers' environment supplies them.
+        default the workers' environment supplies them. Like any parameter
+        they show in the estimator's repr and in a saved model, and travel
+        with every task (and with ``labels_`` and ``categories_``): prefer
+        credentials in the workers' environment.
 
     Attributes
     ----------

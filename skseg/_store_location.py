@@ -228,7 +228,7 @@ class Location:
         """A store moved or deleted under an open handle is not a damaged one."""
         if not self.exists("zarr.json"):
             raise FileNotFoundError(
-                f"feature store {self.url!r} is no longer there: it was moved "
+                f"{self.kind} {self.url!r} is no longer there: it was moved "
                 "or deleted while open. Open it again where it is now."
             )
 

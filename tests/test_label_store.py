@@ -87,7 +87,7 @@ def test_masks_written_by_the_workers_are_those_kept_in_memory(planted, in_memor
     assert seg.categories_[-1] == in_memory.categories_[-1]
     np.testing.assert_array_equal(seg.categories_[5:9], in_memory.categories_[5:9])
     np.testing.assert_array_equal(seg.category_centroids_, in_memory.category_centroids_)
-    assert not os.path.exists(path / "work") and not os.path.exists(path / "shared")
+    assert sorted(os.listdir(path)) == ["chunks", "zarr.json"]  # work and shared state gone
     np.testing.assert_array_equal(seg.class_centroids_, in_memory.class_centroids_)
     assert len(seg.labels_) == len(planted)
     for i in range(len(planted)):
@@ -183,7 +183,7 @@ def test_a_shared_value_is_read_once_per_process_and_checked(tmp_path):
     received = pickle.loads(sent)
     np.testing.assert_array_equal(received.value["centroids"], value["centroids"])
     assert pickle.loads(sent).value is received.value  # one read per process
-    with open(tmp_path / "labels.zarr" / "shared" / shared.digest, "r+b") as file:
+    with open(tmp_path / "labels.zarr" / f"shared-{store.fit}" / shared.digest, "r+b") as file:
         file.seek(-1, os.SEEK_END)
         file.write(b"!")
     skseg._label_store._load_shared.cache_clear()
@@ -213,7 +213,7 @@ def test_labels_path_on_object_storage_gives_the_masks_kept_in_memory(planted, s
     np.testing.assert_array_equal(seg.categories_, in_memory.categories_)
     keys = s3.keys()
     assert keys and all(k.startswith("labels.zarr/") for k in keys)
-    assert not any(k.startswith(("labels.zarr/work/", "labels.zarr/shared/")) for k in keys)
+    assert {k.split("/")[1] for k in keys} == {"chunks", "zarr.json"}
     again = pickle.loads(pickle.dumps(seg.labels_))
     np.testing.assert_array_equal(again[19], in_memory.labels_[19])
     # A path that holds something else is refused, not emptied.
@@ -300,19 +300,38 @@ def test_stored_categories_index_like_an_array_and_pickle_as_their_place(tmp_pat
         stored["a"]
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(stored)), categories)
     assert "7 images" in repr(stored)
+    # Compared, iterated and shaped as the array they stand for; iterating
+    # reads each chunk once.
+    np.testing.assert_array_equal(stored == 2, categories == 2)
+    np.testing.assert_array_equal(stored != 2, categories != 2)
+    assert stored.shape == (7,)
+    reads = []
+    real_categories = store.categories
+    store.categories = lambda start: reads.append(start) or real_categories(start)
+    assert list(stored) == categories.tolist() and reads == [0, 3, 5]
+    # Not read once a later fit took the path.
+    LabelStore.create(tmp_path / "labels.zarr")
+    store.categories = real_categories
+    with pytest.raises(RuntimeError, match="replaced by a later fit"):
+        np.asarray(stored)
 
 
-def test_parts_pass_from_task_to_task_until_removed(tmp_path):
+def test_parts_pass_from_task_to_task_of_one_fit_until_removed(tmp_path):
     store = LabelStore.create(tmp_path / "labels.zarr")
-    assert list(store.parts("rows")) == []
+    assert store.read_part("rows", 10) is None
     store.write_part("rows", 20, priority=np.array([3], np.uint64))
     store.write_part("rows", 10, priority=np.array([1, 2], np.uint64))
     store.write_part("rows", 10, priority=np.array([9], np.uint64))  # a task run again
-    assert [(key, part["priority"].tolist()) for key, part in store.parts("rows")] \
-        == [("10", [9]), ("20", [3])]
+    assert store.read_part("rows", 10)["priority"].tolist() == [9]
+    assert store.read_part("rows", 20)["priority"].tolist() == [3]
+    # A fit started at the same path meanwhile neither sees them nor is seen.
+    later = LabelStore(tmp_path / "labels.zarr", "another fit")
+    assert later.read_part("rows", 20) is None
+    later.write_part("rows", 20, priority=np.array([7], np.uint64))
     assert store.read_part("rows", 20)["priority"].tolist() == [3]
     store.remove("work")
-    assert list(store.parts("rows")) == [] and not (tmp_path / "labels.zarr" / "work").exists()
+    assert store.read_part("rows", 20) is None
+    assert later.read_part("rows", 20)["priority"].tolist() == [7]
     store.remove("work")  # nothing there: no error
 
 
@@ -340,6 +359,9 @@ def test_a_store_pickles_as_its_place_and_fit(tmp_path):
     with pytest.raises(ValueError, match="storage_options are for URLs"):
         LabelStore.create(tmp_path / "options", storage_options={"anon": True})
     assert not (tmp_path / "options").exists()  # refused before anything is written
+    (tmp_path / "link").symlink_to(tmp_path / "labels.zarr")
+    with pytest.raises(ValueError, match="is a symbolic link; give the folder it points to"):
+        LabelStore.create(tmp_path / "link")
     with pytest.raises(ValueError, match="storage_options are for URLs"):
         LabelStore(tmp_path / "labels.zarr", store.fit, storage_options={"anon": True})
 
