@@ -449,6 +449,7 @@ def test_load_model_refuses_anything_but_a_saved_skseg_model(content, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # two whole runs
 def test_load_model_refuses_options_it_would_ignore(tmp_path, capsys):
     photos = tmp_path / "photos"
     save_scenes(photos, 3)

@@ -6,7 +6,6 @@ import pickle
 
 import numpy as np
 import pytest
-import skops.io
 from sklearn.pipeline import Pipeline
 
 from skseg import LabelMasks, MultilevelSegmenter, ViTPatchTransformer
@@ -46,6 +45,8 @@ def test_a_fitted_pipeline_pickles_with_every_protocol(fitted, protocol):
 
 
 def test_skops_saves_the_whole_pipeline_trusting_only_skseg_types(fitted):
+    import skops.io  # here: 2 s of imports that the other tests need not pay
+
     pipeline, new_images, predicted = fitted
     data = skops.io.dumps(pipeline)  # labels_ included
     assert set(skops.io.get_untrusted_types(data=data)) <= set(TRUSTED_TYPES)
@@ -66,6 +67,8 @@ def test_save_model_and_load_model_round_trip(fitted, tmp_path, keep_labels):
 
 
 def test_load_model_refuses_other_files_naming_them(tmp_path):
+    import skops.io
+
     from sklearn.preprocessing import FunctionTransformer
 
     path = tmp_path / "other.skops"
