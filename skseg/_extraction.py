@@ -197,10 +197,10 @@ def _extract_task(transformer, config, items, batches):
     store = open_store(transformer, config)
     images = {i: image for i, (image, _, _) in items.items()}
 
-    config = sklearn.get_config()  # scikit-learn's settings are per thread
+    settings = sklearn.get_config()  # scikit-learn's settings are per thread
 
     def append(indices, records):
-        with sklearn.config_context(**config):  # working_memory sizes the commits
+        with sklearn.config_context(**settings):  # working_memory sizes the commits
             store.extend(
                 (feature_record(transformer, record, items[i][1], items[i][0], items[i][2])
                  for i, record in zip(indices, records)),

@@ -262,6 +262,11 @@ def value_of(argument):
     return argument.value if isinstance(argument, Shared) else argument
 
 
+def _chunk_start(starts, index):
+    """The start of the chunk that holds image ``index`` of the fit."""
+    return int(starts[np.searchsorted(starts, index, side="right") - 1])
+
+
 class StoredLabelMasks(Sequence):
     """The label masks of a fit's images, read from its ``labels_path``.
 
@@ -289,8 +294,7 @@ class StoredLabelMasks(Sequence):
         """(H, W), runs and classes of image ``index`` of the fit."""
         if self._indices is not None:
             index = int(self._indices[index])
-        chunk = int(np.searchsorted(self._starts, index, side="right") - 1)
-        start = int(self._starts[chunk])
+        start = _chunk_start(self._starts, index)
         if self._cached[0] != start:
             self._cached = (start, self._store.read(start))
         return self._cached[1][index - start]
@@ -345,7 +349,7 @@ class StoredCategories(Sequence):
         index = positions(key, len(self), "categories_")
         if not isinstance(index, int):
             return np.asarray(self)[index]
-        start = int(self._starts[np.searchsorted(self._starts, index, side="right") - 1])
+        start = _chunk_start(self._starts, index)
         return int(self._store.categories(start)[index - start])
 
     @property
