@@ -83,7 +83,7 @@ def content_keys(transformer, images):
     if transformer.store is None or not all(isinstance(x, (str, os.PathLike))
                                             for x in images):
         return [content_hash(image) for image in images]
-    parts = Parallel(n_jobs=transformer.n_jobs)(
+    parts = Parallel(n_jobs=transformer.n_jobs, prefer="threads")(
         delayed(_hash_files)(images[start:start + _FILES_PER_HASH_TASK])
         for start in range(0, len(images), _FILES_PER_HASH_TASK)
     )
@@ -176,7 +176,7 @@ def extract_into_store(transformer, config, images, shapes, keys, batches):
     """
     tasks = [batches[start:start + _BATCHES_PER_TASK]
              for start in range(0, len(batches), _BATCHES_PER_TASK)]
-    Parallel(n_jobs=transformer.n_jobs)(
+    Parallel(n_jobs=transformer.n_jobs, prefer="threads")(
         delayed(_extract_task)(
             transformer, config, {i: (images[i], shapes[i], keys[i])
                                   for _, indices in task for i in indices}, task,

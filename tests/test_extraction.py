@@ -113,3 +113,30 @@ def test_files_going_into_a_store_are_hashed_in_the_extraction_tasks(
     with parallel_config(backend="threading", n_jobs=2), pytest.raises(KeyError):
         vit.transform(paths)
     assert threads and threading.get_ident() not in threads
+
+
+def test_n_jobs_alone_runs_the_extraction_tasks_on_threads_of_this_process(
+        tmp_path, rgb_images, monkeypatch):
+    # As the docstring says: threads, not processes that would each import
+    # torch and build the model (which made --n-jobs 2 on 20 photos take
+    # three times as long as --n-jobs 1).
+    import threading
+
+    paths = []
+    for i, image in enumerate(rgb_images * 5):  # 20 files, batches of 2: 2 tasks of 8 batches
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.roll(image, i, axis=0)).save(paths[-1])
+    ran = []
+    for name in ("_hash_files", "_extract_task"):
+        real = getattr(skseg._extraction, name)
+        monkeypatch.setattr(
+            skseg._extraction, name,
+            lambda *args, real=real, name=name: ran.append(
+                (name, os.getpid(), threading.get_ident())) or real(*args))
+    vit = _vit(store=os.fspath(tmp_path / "s.zarr"), n_jobs=2).fit()
+    features = vit.transform(paths)
+    assert sorted(name for name, _, _ in ran) == ["_extract_task"] * 2 + ["_hash_files"]
+    assert {pid for _, pid, _ in ran} == {os.getpid()}
+    assert threading.get_ident() not in {thread for _, _, thread in ran}
+    alone = _vit().fit().transform(paths[7:8])[0]
+    np.testing.assert_array_equal(features[7].patches, alone.patches)
