@@ -1,7 +1,5 @@
 """``python -m skseg``: the same command line as ``skseg``."""
 
-import sys
+from ._cli import run_and_exit
 
-from ._cli import main
-
-sys.exit(main())
+run_and_exit()

@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -340,6 +341,62 @@ def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "skseg", "--help"], capture_output=True,
                             text=True, check=True)
     assert "segment" in result.stdout and "evaluate" in result.stdout
+
+
+# run_and_exit with a stand-in command: argv[1] says what the command leaves
+# behind, and an object freed only by the interpreter's teardown says whether
+# that teardown ran.
+_EXITING = textwrap.dedent("""
+    import atexit, sys, threading, time
+    from pathlib import Path
+    import skseg._cli.parser as parser
+
+    class Freed:
+        def __del__(self):
+            print("teardown ran", flush=True)
+
+    kept_until_teardown = Freed()
+    atexit.register(print, "atexit handlers ran")
+
+    def command(argv):
+        print("the command's output", end="")  # unflushed
+        if sys.argv[1] == "thread":
+            def late_write():
+                time.sleep(0.3)
+                Path(sys.argv[2]).write_text("written")
+            threading.Thread(target=late_write).start()
+        return 3
+
+    parser.main = command
+    parser.run_and_exit([])
+""")
+
+
+@pytest.mark.parametrize("leftover", ["nothing", "thread"])
+def test_the_program_exits_with_the_status_after_atexit_without_teardown(tmp_path, leftover):
+    late = tmp_path / "late.txt"
+    result = subprocess.run([sys.executable, "-c", _EXITING, leftover, str(late)],
+                            capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.startswith("the command's output")
+    assert "atexit handlers ran" in result.stdout
+    if leftover == "thread":  # a thread still at work: the normal exit waits for it
+        assert late.read_text() == "written"
+        assert "teardown ran" in result.stdout
+    else:  # the point: the teardown of torch's and timm's objects is skipped
+        assert "teardown ran" not in result.stdout
+
+
+def test_the_console_script_is_the_quick_exit():
+    import tomllib
+    from pathlib import Path
+
+    import skseg._cli
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    script = tomllib.loads(pyproject.read_text())["project"]["scripts"]["skseg"]
+    module, name = script.split(":")
+    assert getattr(__import__(module, fromlist=[name]), name) is skseg._cli.run_and_exit
 
 
 def test_the_library_never_imports_the_command_line():
