@@ -1,5 +1,6 @@
 """The skseg command line: options, help, messages, segment runs and demo."""
 
+import os
 import re
 import subprocess
 import sys
@@ -375,8 +376,10 @@ _EXITING = textwrap.dedent("""
 @pytest.mark.parametrize("leftover", ["nothing", "thread"])
 def test_the_program_exits_with_the_status_after_atexit_without_teardown(tmp_path, leftover):
     late = tmp_path / "late.txt"
+    buffered = {name: value for name, value in os.environ.items()
+                if name != "PYTHONUNBUFFERED"}  # so that an unflushed output is lost
     result = subprocess.run([sys.executable, "-c", _EXITING, leftover, str(late)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=buffered)
     assert result.returncode == 3, result.stderr
     assert result.stdout.startswith("the command's output")
     assert "atexit handlers ran" in result.stdout
@@ -385,6 +388,19 @@ def test_the_program_exits_with_the_status_after_atexit_without_teardown(tmp_pat
         assert "teardown ran" in result.stdout
     else:  # the point: the teardown of torch's and timm's objects is skipped
         assert "teardown ran" not in result.stdout
+
+
+def test_the_program_keeps_its_status_when_its_reader_has_gone(tmp_path):
+    # skseg segment ... | head: the command's work is done; a closed pipe
+    # at the final flush must not turn its status into a traceback.
+    buffered = {name: value for name, value in os.environ.items()
+                if name != "PYTHONUNBUFFERED"}
+    program = subprocess.Popen([sys.executable, "-c", _EXITING, "nothing", ""],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=buffered)
+    program.stdout.close()  # long before the program has started
+    assert program.wait(timeout=60) == 3
+    assert b"Traceback" not in program.stderr.read()
+    program.stderr.close()
 
 
 def test_the_console_script_is_the_quick_exit():

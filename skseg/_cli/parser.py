@@ -331,7 +331,7 @@ def run_and_exit(argv=None):
     thread still running gets the normal exit, which waits for it.
     """
     status = main(argv)
-    if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+    if any(not thread.daemon for thread in threading.enumerate()  # the running ones
            if thread is not threading.current_thread()):
         sys.exit(status)
     atexit._run_exitfuncs()
