@@ -186,6 +186,7 @@ for owner, name, stage in [
     (FeatureStore, "extend", "extraction: store writes"),
     (M, "fit", "fit: all (segmenter)"),
     (stages, "survey", "fit: survey pass (reads the store)"),
+    (seg, "fit_dataset_level", "fit: dataset level (K-means of patches)"),
     (seg, "fit_categories", "fit: categories (K-means of CLS)"),
     (seg, "run_dataset_statistics", "fit: dataset statistics pass"),
     (seg, "fit_category_level", "fit: category 2-means"),
@@ -205,11 +206,17 @@ for owner, name, stage in [
     timed(owner, name, stage)
 import skseg._regions
 timed(skseg._regions.LabelMasks, "__getitem__", "writes: painting the masks")
-status = skseg._cli.main(sys.argv[1:])
-totals["whole process (from interpreter start)"] = time.perf_counter() - started
-for stage, seconds in sorted(totals.items(), key=lambda item: item[0]):
-    print(f"{seconds:9.2f} s {calls[stage] or 1:6d}  {stage}")
-sys.exit(status)
+real_main = skseg._cli.parser.main
+
+def main_then_totals(argv):
+    status = real_main(argv)
+    totals["whole process (from interpreter start)"] = time.perf_counter() - started
+    for stage, seconds in sorted(totals.items(), key=lambda item: item[0]):
+        print(f"{seconds:9.2f} s {calls[stage] or 1:6d}  {stage}")
+    return status
+
+skseg._cli.parser.main = main_then_totals
+skseg._cli.run_and_exit(sys.argv[1:])  # and exit as the program does
 '''
 
 
@@ -229,8 +236,12 @@ def profile(args, folder):
     print("  seconds  calls  stage  (* = summed over worker threads)", flush=True)
     command = segment_command(folder / "photos", folder / "out", args)
     begin = time.perf_counter()
-    subprocess.run([sys.executable, "-c", _PROFILED_RUN, *command[3:]], check=True)
+    stages = subprocess.run([sys.executable, "-c", _PROFILED_RUN, *command[3:]], check=True,
+                            stdout=subprocess.PIPE, text=True).stdout
     wall = time.perf_counter() - begin
+    print(stages, end="")
+    inside = float(next(line for line in stages.splitlines() if "whole process" in line).split()[0])
+    print(f"{wall - inside:9.2f} s      1  interpreter start-up and exit (outside the above)")
     forward = bare_forward_seconds(photos, args.model)[0]
     print(f"whole run, wall, seen from outside: {wall:.2f} s; bare forward of the same photos "
           f"just after: {forward:.2f} s (ratio {wall / forward:.2f})")
