@@ -11,6 +11,7 @@ batches) is in ``_transformer``; the forward pass and its hooks in
 ``_backbone``.
 """
 
+import functools
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +20,10 @@ import numpy as np
 import sklearn
 import threadpoolctl
 import torch
-from sklearn.utils.parallel import Parallel, delayed
+from joblib import Parallel, delayed
 
 from ._backbone import forward_facets, resolve_device
+from ._chunks import Configured
 from ._features import ImageFeatures
 from ._image_decoding import normalised_pixels
 from ._images import content_hash
@@ -83,11 +85,24 @@ def content_keys(transformer, images):
     if transformer.store is None or not all(isinstance(x, (str, os.PathLike))
                                             for x in images):
         return [content_hash(image) for image in images]
-    parts = Parallel(n_jobs=transformer.n_jobs, prefer="threads")(
-        delayed(_hash_files)(images[start:start + _FILES_PER_HASH_TASK])
+    parts = _in_tasks(transformer.n_jobs, _hash_files, [
+        (images[start:start + _FILES_PER_HASH_TASK],)
         for start in range(0, len(images), _FILES_PER_HASH_TASK)
-    )
+    ])
     return [key for part in parts for key in part]
+
+
+def _in_tasks(n_jobs, function, arguments):
+    """``function`` on each tuple of ``arguments``, as joblib tasks on the
+    backend in effect (threads when none is: processes would each import
+    torch and build the model), each under the caller's scikit-learn
+    settings, without touching the warning filters (see
+    :class:`~skseg._chunks.Configured`)."""
+    settings = sklearn.get_config()
+    return Parallel(n_jobs=n_jobs, prefer="threads")(
+        delayed(Configured(functools.partial(function, *args), settings, function))()
+        for args in arguments
+    )
 
 
 def _hash_files(paths):
@@ -176,12 +191,11 @@ def extract_into_store(transformer, config, images, shapes, keys, batches):
     """
     tasks = [batches[start:start + _BATCHES_PER_TASK]
              for start in range(0, len(batches), _BATCHES_PER_TASK)]
-    Parallel(n_jobs=transformer.n_jobs, prefer="threads")(
-        delayed(_extract_task)(
-            transformer, config, {i: (images[i], shapes[i], keys[i])
-                                  for _, indices in task for i in indices}, task,
-        ) for task in tasks
-    )
+    _in_tasks(transformer.n_jobs, _extract_task, [
+        (transformer, config, {i: (images[i], shapes[i], keys[i])
+                               for _, indices in task for i in indices}, task)
+        for task in tasks
+    ])
 
 
 def _extract_task(transformer, config, items, batches):

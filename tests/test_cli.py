@@ -344,9 +344,9 @@ def test_module_entry_point():
     assert "segment" in result.stdout and "evaluate" in result.stdout
 
 
-# run_and_exit with a stand-in command: argv[1] says what the command leaves
-# behind, and an object freed only by the interpreter's teardown says whether
-# that teardown ran.
+# run_and_exit with a stand-in command: argv[1] says how the command ends
+# and what it leaves behind, and an object freed only by the interpreter's
+# teardown says whether that teardown ran.
 _EXITING = textwrap.dedent("""
     import atexit, sys, threading, time
     from pathlib import Path
@@ -366,41 +366,64 @@ _EXITING = textwrap.dedent("""
                 time.sleep(0.3)
                 Path(sys.argv[2]).write_text("written")
             threading.Thread(target=late_write).start()
-        return 3
+        return 130 if sys.argv[1] == "interrupted" else 1
 
     parser.main = command
     parser.run_and_exit([])
 """)
 
 
-@pytest.mark.parametrize("leftover", ["nothing", "thread"])
-def test_the_program_exits_with_the_status_after_atexit_without_teardown(tmp_path, leftover):
-    late = tmp_path / "late.txt"
+def _run_exiting(how, late="", **kwargs):
     buffered = {name: value for name, value in os.environ.items()
                 if name != "PYTHONUNBUFFERED"}  # so that an unflushed output is lost
-    result = subprocess.run([sys.executable, "-c", _EXITING, leftover, str(late)],
-                            capture_output=True, text=True, env=buffered)
-    assert result.returncode == 3, result.stderr
+    return subprocess.run([sys.executable, "-c", _EXITING, how, str(late)],
+                          capture_output=True, text=True, env=buffered, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["finished", "thread", "interrupted"])
+def test_the_program_exits_with_the_status_after_atexit_without_teardown(tmp_path, how):
+    late = tmp_path / "late.txt"
+    result = _run_exiting(how, late)
+    assert result.returncode == (130 if how == "interrupted" else 1), result.stderr
     assert result.stdout.startswith("the command's output")
     assert "atexit handlers ran" in result.stdout
-    if leftover == "thread":  # a thread still at work: the normal exit waits for it
-        assert late.read_text() == "written"
-        assert "teardown ran" in result.stdout
-    else:  # the point: the teardown of torch's and timm's objects is skipped
+    if how == "finished":  # the point: the teardown of torch's and timm's objects is skipped
         assert "teardown ran" not in result.stdout
+    else:  # a thread at work, or a stopped command's: the normal exit waits
+        assert "teardown ran" in result.stdout
+    if how == "thread":
+        assert late.read_text() == "written"
 
 
-def test_the_program_keeps_its_status_when_its_reader_has_gone(tmp_path):
+def test_the_program_keeps_its_status_when_its_reader_has_gone():
     # skseg segment ... | head: the command's work is done; a closed pipe
     # at the final flush must not turn its status into a traceback.
     buffered = {name: value for name, value in os.environ.items()
                 if name != "PYTHONUNBUFFERED"}
-    program = subprocess.Popen([sys.executable, "-c", _EXITING, "nothing", ""],
+    program = subprocess.Popen([sys.executable, "-c", _EXITING, "finished", ""],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=buffered)
     program.stdout.close()  # long before the program has started
-    assert program.wait(timeout=60) == 3
+    assert program.wait(timeout=60) == 1
     assert b"Traceback" not in program.stderr.read()
     program.stderr.close()
+
+
+def test_the_program_started_without_stdout_keeps_its_status():
+    result = _run_exiting("finished", stdout=None, preexec_fn=lambda: os.close(1))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failed_final_write_is_reported_as_python_does():
+    # On a full disk the output is lost: the status must say so (120, as
+    # Python's own exit gives), never 0 or the command's.
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-c", _EXITING, "finished", ""],
+                                stdout=full, stderr=subprocess.PIPE, text=True,
+                                env={name: value for name, value in os.environ.items()
+                                     if name != "PYTHONUNBUFFERED"})
+    assert result.returncode == 120
+    assert "No space left on device" in result.stderr
 
 
 def test_the_console_script_is_the_quick_exit():

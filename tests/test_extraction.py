@@ -121,6 +121,9 @@ def test_n_jobs_alone_runs_the_extraction_tasks_on_threads_of_this_process(
     # torch and build the model (which made --n-jobs 2 on 20 photos take
     # three times as long as --n-jobs 1).
     import threading
+    import warnings
+
+    import sklearn
 
     paths = []
     for i, image in enumerate(rgb_images * 5):  # 20 files, batches of 2: 2 tasks of 8 batches
@@ -132,11 +135,20 @@ def test_n_jobs_alone_runs_the_extraction_tasks_on_threads_of_this_process(
         monkeypatch.setattr(
             skseg._extraction, name,
             lambda *args, real=real, name=name: ran.append(
-                (name, os.getpid(), threading.get_ident())) or real(*args))
+                (name, os.getpid(), threading.get_ident(),
+                 sklearn.get_config()["working_memory"], warnings.filters)) or real(*args))
     vit = _vit(store=os.fspath(tmp_path / "s.zarr"), n_jobs=2).fit()
-    features = vit.transform(paths)
-    assert sorted(name for name, _, _ in ran) == ["_extract_task"] * 2 + ["_hash_files"]
-    assert {pid for _, pid, _ in ran} == {os.getpid()}
-    assert threading.get_ident() not in {thread for _, _, thread in ran}
+    with sklearn.config_context(working_memory=7), warnings.catch_warnings():
+        features = vit.transform(paths)
+        filters = warnings.filters
+    assert sorted(task[0] for task in ran) == ["_extract_task"] * 2 + ["_hash_files"]
+    assert {task[1] for task in ran} == {os.getpid()}
+    assert threading.get_ident() not in {task[2] for task in ran}
+    # Each task under the caller's settings (working_memory sizes the
+    # commits), and none replacing the process's warning filters: on
+    # threads, tasks that did (scikit-learn's delayed) could interleave and
+    # leave them empty.
+    assert {task[3] for task in ran} == {7}
+    assert all(task[4] is filters for task in ran)
     alone = _vit().fit().transform(paths[7:8])[0]
     np.testing.assert_array_equal(features[7].patches, alone.patches)

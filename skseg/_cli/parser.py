@@ -320,24 +320,30 @@ def main(argv=None):
 
 def run_and_exit(argv=None):
     """The ``skseg`` program: :func:`main`, then an exit with its status that
-    skips the interpreter's teardown.
+    skips the interpreter's teardown once the command has finished.
 
     Freeing the objects of torch, timm and scikit-learn one by one at exit
     takes 1 to 2 s on a 2-core machine, longer than the ViT forward of 20
     photos, and frees nothing the operating system would not. So, once
-    ``main`` has returned and every thread but this one is done, the
-    ``atexit`` handlers run (temporary folders, logging, worker pools), the
-    streams are flushed, and the process ends at once, as mypy's does. A
-    thread still running gets the normal exit, which waits for it.
+    ``main`` has returned 0 or 1 (done, perhaps with skipped inputs) and no
+    thread but this one runs, the ``atexit`` handlers run (temporary
+    folders, logging, worker pools), the streams are flushed, and the
+    process ends at once, as mypy's does. Otherwise the normal exit: a
+    thread still running is waited for, and a command stopped by an error
+    or an interrupt may have left workers' threads writing (daemon threads,
+    which only the normal exit's joining of thread pools waits for).
     """
     status = main(argv)
-    if any(not thread.daemon for thread in threading.enumerate()  # the running ones
-           if thread is not threading.current_thread()):
+    if status not in (0, 1) or any(not thread.daemon for thread in threading.enumerate()
+                                   if thread is not threading.current_thread()):
         sys.exit(status)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing left to tell
+            if stream is not None:  # None: started with the descriptor closed
+                stream.flush()
+        except (BrokenPipeError, ValueError):  # `skseg ... | head`, or closed
             pass
+        except OSError:  # a full disk: the normal exit reports it (status 120)
+            sys.exit(status)
     os._exit(status)
